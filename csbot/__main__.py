@@ -1,0 +1,5 @@
+import sys
+
+from csbot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""The aiohttp application factory and its lifecycle.
+
+Start: engine → schema check (SQLite is migrated automatically; PostgreSQL must be migrated
+with ``csbot migrate``) → group-commit writer → recovery of unfinished work → workers.
+``/healthz`` answers 200 only once all of that is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import text
+
+from csbot.config import Settings
+from csbot.inbox import Inbox
+from csbot.outbox import Outbox
+from csbot.routing import Router
+from csbot.store import make_engine, make_sessionmaker
+from csbot.store.batch import BatchWriter
+from csbot.store.migrate import ensure_schema
+from csbot.webhook import INBOX, ROUTER, SETTINGS, add_routes
+
+log = logging.getLogger("csbot.app")
+
+READY = web.AppKey("csbot_ready", dict)
+SERVICES = web.AppKey("csbot_services", dict)
+
+
+class Services:
+    """Everything the running service holds, for the review surfaces and tests."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.sessionmaker: Any = None
+        self.writer: BatchWriter | None = None
+        self.inbox: Inbox | None = None
+        self.outbox: Outbox | None = None
+        self.openapi: Any = None
+
+
+def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
+    """Build the service. ``router`` defaults to the handlers of ``settings.handlers_dir``."""
+    app = web.Application(client_max_size=settings.max_body_size + 1)
+    app[SETTINGS] = settings
+    app[READY] = {"ready": False}
+    app[INBOX] = {}
+    services = Services()
+    app[SERVICES] = {"services": services}
+    app[ROUTER] = router if router is not None else Router.load(settings.handlers_dir, settings.handler_options)
+    instance_id = uuid.uuid4().hex[:16]
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        from csbot.openapi import OpenAPIRegistry
+
+        services.engine = make_engine(settings.database_url)
+        await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
+        services.sessionmaker = make_sessionmaker(services.engine)
+        services.writer = BatchWriter(services.sessionmaker)
+        services.writer.start()
+        services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
+        services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
+                                 instance_id=instance_id)
+        services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
+                               openapi_for=services.openapi.get, on_replies=services.outbox.wake,
+                               instance_id=instance_id)
+        app[INBOX]["inbox"] = services.inbox
+        if run_workers:
+            await services.inbox.recover()
+            await services.outbox.recover()
+            services.inbox.start()
+            services.outbox.start()
+        app[READY]["ready"] = True
+        log.info("csbot ready: %d app(s), %d handler route(s), store %s", len(settings.apps),
+                 len(app[ROUTER].routes), services.engine.dialect.name)
+        yield
+        app[READY]["ready"] = False
+        await services.inbox.close()
+        await services.outbox.close()
+        await services.writer.close()
+        await services.openapi.close()
+        await services.engine.dispose()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def healthz(request: web.Request) -> web.Response:
+        if not app[READY]["ready"]:
+            return web.Response(status=503, text="starting")
+        try:
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return web.Response(status=503, text="store unavailable")
+        return web.Response(text="ok")
+
+    app.router.add_get("/healthz", healthz)
+    add_routes(app)
+    return app
+
+
+def services_of(app: web.Application) -> Services:
+    return app[SERVICES]["services"]

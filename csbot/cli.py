@@ -1,0 +1,308 @@
+"""The ``csbot`` command line: serve, migrate, check, simulate, decrypt."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qsl, urlsplit
+
+from csbot.config import ConfigError, Settings, load_settings, with_overrides
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_file=getattr(args, "config", None))
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from csbot.app import create_app
+    from csbot.store.migrate import SchemaNotCurrent
+
+    settings = _settings(args)
+    changes: dict[str, Any] = {}
+    if args.host:
+        changes["host"] = args.host
+    if args.port:
+        changes["port"] = args.port
+    settings = with_overrides(settings, **changes)
+    _setup_logging(args.log_level)
+    try:
+        app = create_app(settings)
+        web.run_app(app, host=settings.host, port=settings.port, print=None,
+                    access_log=None, handle_signals=True, shutdown_timeout=10)
+    except SchemaNotCurrent as exc:
+        print(f"csbot: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------- migrate
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from csbot.store.migrate import head_revision, upgrade
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    upgrade(settings.database_url)
+    print(f"database is at revision {head_revision(settings.database_url)} (head)")
+    return 0
+
+
+# --------------------------------------------------------------------------- check
+
+
+async def _check_database(settings: Settings) -> tuple[bool, str]:
+    from sqlalchemy import text
+
+    from csbot.store import make_engine
+    from csbot.store.migrate import current_revision, head_revision
+
+    engine = make_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        current = await current_revision(engine)
+        head = head_revision(settings.database_url)
+    except Exception as exc:
+        return False, f"cannot connect: {exc.__class__.__name__}: {exc}"
+    finally:
+        await engine.dispose()
+    if current == head:
+        return True, f"connected; schema at {head} (current)"
+    hint = ("`csbot serve` will migrate it" if settings.is_sqlite else "run `csbot migrate`")
+    return True, f"connected; schema at {current or 'nothing'}, code needs {head}: {hint}"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from csbot.routing import Router
+
+    settings = _settings(args)
+    print("effective settings (secrets masked):")
+    print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
+    ok, msg = asyncio.run(_check_database(settings))
+    print(f"database: {msg}")
+    try:
+        router = Router.load(settings.handlers_dir, settings.handler_options)
+        print(f"handlers: {len(router.routes)} route(s)")
+        for r in router.routes:
+            kind = "fallback" if r.fallback else f"priority {r.priority}"
+            print(f"  - {r.name} ({kind}{', inline' if r.inline else ''})")
+    except Exception as exc:
+        print(f"handlers: FAILED to load: {exc}")
+        ok = False
+    print("configuration OK" if ok else "configuration has problems")
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import aiohttp
+
+    from csbot.testing.pushes import PushBuilder
+
+    if args.app not in settings.apps:
+        print(f"csbot: unknown app {args.app!r}; configured: {', '.join(settings.apps)}", file=sys.stderr)
+        return 2
+    app = settings.apps[args.app]
+    builder = PushBuilder.for_app(app, mode=args.mode, fmt=args.format)
+    if args.text is not None:
+        fields = builder.text(args.openid, args.text)
+    elif args.image is not None:
+        fields = builder.image(args.openid, args.image)
+    elif args.event is not None:
+        fields = builder.enter_session(args.openid) if args.event == "user_enter_tempsession" \
+            else builder.event(args.openid, args.event)
+    else:
+        print("csbot: give --text, --image or --event", file=sys.stderr)
+        return 2
+    push = builder.build(fields)
+    base = args.url or f"http://127.0.0.1:{settings.port}"
+    path = "/wechat" if args.app == "default" else f"/wechat/{args.app}"
+    async with aiohttp.ClientSession() as session:
+        for i in range(args.repeat):
+            try:
+                status, body = await push.post(session, base, path)
+            except aiohttp.ClientError as exc:
+                print(f"csbot: cannot reach {base}: {exc}", file=sys.stderr)
+                return 1
+            shown = body
+            if status == 200 and body not in (b"success", b""):
+                try:
+                    shown = builder.decrypt_reply(body)
+                except Exception:
+                    pass
+            print(f"{status} {shown.decode('utf-8', 'replace')}")
+    return 0 if status == 200 else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    return asyncio.run(_simulate(args, _settings(args)))
+
+
+# --------------------------------------------------------------------------- decrypt
+
+
+def _read_capture(args: argparse.Namespace) -> tuple[dict[str, str], bytes]:
+    query: dict[str, str] = {}
+    if args.url:
+        query.update(dict(parse_qsl(urlsplit(args.url).query, keep_blank_values=True)))
+    if args.query:
+        query.update(dict(parse_qsl(args.query.lstrip("?"), keep_blank_values=True)))
+    if args.body == "-":
+        body = sys.stdin.buffer.read()
+    elif args.body:
+        body = Path(args.body).read_bytes()
+    else:
+        body = b""
+    return query, body
+
+
+def diagnose(app: Any, query: dict[str, str], body: bytes) -> tuple[bool, list[str]]:
+    """Walk a captured push step by step; say exactly which step fails and why."""
+    from csbot.wire import (CryptoError, MessageCrypto, WireError, check_msg_signature, check_signature,
+                            parse_fields, sniff_format)
+
+    lines: list[str] = []
+    ts, nonce = query.get("timestamp", ""), query.get("nonce", "")
+    if "signature" in query:
+        if check_signature(app.token, ts, nonce, query["signature"]):
+            lines.append("signature: OK (Token matches)")
+        else:
+            lines.append("signature: WRONG - the Token differs from WeChat's, or timestamp/nonce were altered")
+            return False, lines
+    else:
+        lines.append("signature: absent from the query (give --url or --query with the push's query string)")
+    if not body.strip():
+        lines.append("body: empty")
+        return False, lines
+    try:
+        fmt = sniff_format(body)
+        fields = parse_fields(body, fmt)
+    except WireError as exc:
+        lines.append(f"body: {exc.reason}")
+        return False, lines
+    lines.append(f"body: {fmt.upper()}")
+    if "Encrypt" not in fields:
+        lines.append("mode: plaintext (no Encrypt field)")
+        lines.append("push: " + json.dumps(fields, ensure_ascii=False))
+        return True, lines
+    encrypt = str(fields["Encrypt"])
+    if "msg_signature" in query:
+        if check_msg_signature(app.token, ts, nonce, encrypt, query["msg_signature"]):
+            lines.append("msg_signature: OK (body untouched, Token matches)")
+        else:
+            lines.append("msg_signature: WRONG - the Token differs, or the Encrypt value was altered in transit")
+            return False, lines
+    else:
+        lines.append("msg_signature: absent from the query")
+    if not app.aes_keys:
+        lines.append("key: no EncodingAESKey configured for this app; cannot decrypt")
+        return False, lines
+    for label, key in zip(("current", "previous"), app.aes_keys):
+        try:
+            crypto = MessageCrypto(key, app.appid)
+            plain, receive_id = crypto.decrypt(encrypt)
+        except CryptoError as exc:
+            lines.append(f"decrypt with {label} EncodingAESKey: FAILED ({exc.code}) {exc.reason}")
+            continue
+        lines.append(f"decrypt with {label} EncodingAESKey: OK (padding and length valid)")
+        if receive_id != app.appid:
+            lines.append(f"appid: WRONG - the push is for {receive_id}, this app is configured as {app.appid}")
+            return False, lines
+        lines.append(f"appid: OK ({receive_id})")
+        lines.append("push: " + plain.decode("utf-8", "replace"))
+        return True, lines
+    lines.append("key: no configured EncodingAESKey decrypts this push - the key differs from WeChat's "
+                 "(a wrong key usually shows up as invalid padding)")
+    return False, lines
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.app not in settings.apps:
+        print(f"csbot: unknown app {args.app!r}", file=sys.stderr)
+        return 2
+    query, body = _read_capture(args)
+    ok, lines = diagnose(settings.apps[args.app], query, body)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csbot", description="WeChat customer-service bot service")
+    parser.add_argument("--config", help="TOML config file (default: $CSBOT_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+
+    p = sub.add_parser("serve", parents=[common], help="run the webhook, workers and review surfaces")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", parents=[common], help="upgrade the database schema to this version")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("check", parents=[common], help="validate the configuration and test the database")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("simulate", parents=[common], help="send a signed (and encrypted) push to a running csbot")
+    p.add_argument("--url", help="base URL of the running csbot (default http://127.0.0.1:$CSBOT_PORT)")
+    p.add_argument("--app", default="default")
+    p.add_argument("--openid", default="oSimulatedUser0001")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--text")
+    g.add_argument("--image", metavar="MEDIA_ID")
+    g.add_argument("--event", help="e.g. user_enter_tempsession")
+    p.add_argument("--mode", choices=("plaintext", "compatible", "safe"),
+                   help="default: safe when an EncodingAESKey is configured, else plaintext")
+    p.add_argument("--format", choices=("xml", "json"), default="xml")
+    p.add_argument("--repeat", type=int, default=1, help="send the same push N times (WeChat's retries)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("decrypt", parents=[common], help="decrypt a captured push and say what is wrong with it")
+    p.add_argument("--app", default="default")
+    p.add_argument("--url", help="the push's full URL (its query string is used)")
+    p.add_argument("--query", help="the push's query string")
+    p.add_argument("--body", help="file with the push's body, or - for stdin")
+    p.set_defaults(func=cmd_decrypt)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"csbot: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""What a handler sees: the cloud function's ``getWXContext()`` plus the means to act."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from csbot.messages import Reply, as_reply
+
+
+@dataclass
+class MessageInfo:
+    """The stored inbound message, as a handler may want it (ids, not a live ORM row)."""
+
+    id: int
+    app: str
+    openid: str
+    msg_type: str
+    event: str | None
+    text: str | None
+    dedup_key: str | None
+    status: str
+    attempts: int = 0
+
+
+@dataclass
+class ConversationInfo:
+    id: int | None
+    status: str = "bot"
+
+
+@dataclass
+class Context:
+    """Passed as the second argument of ``main(event, context)``.
+
+    ``OPENID``, ``APPID`` and ``UNIONID`` mirror ``cloud.getWXContext()``. Replies given with
+    ``await context.reply(...)`` or returned are written to the outbox together with the
+    handler's outcome, so a re-run after a crash never sends them twice.
+    """
+
+    OPENID: str
+    APPID: str
+    app: str
+    message: MessageInfo
+    conversation: ConversationInfo
+    logger: logging.LoggerAdapter[logging.Logger]
+    openapi: Any = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    UNIONID: str | None = None
+    #: "push" for the normal path, "inline" when running before the webhook's answer
+    SOURCE: str = "push"
+    replies: list[Reply] = field(default_factory=list)
+
+    async def reply(self, message: str | Reply) -> None:
+        """Queue a reply to this user (text, or a csbot message object)."""
+        reply = as_reply(message)
+        if reply is not None:
+            self.replies.append(reply)
+
+    def getWXContext(self) -> dict[str, Any]:  # noqa: N802 - the cloud SDK's name
+        return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
+                "SOURCE": self.SOURCE, "ENV": self.app}

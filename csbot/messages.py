@@ -1,0 +1,128 @@
+"""Reply message objects a handler may return or pass to ``context.reply``.
+
+Each one knows its customer-service send body (``msgtype`` and the typed part), using
+WeChat's field names, so the outbox can store it as JSON and send it later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class Reply:
+    """Base class: a message csbot can send to a user through the customer-service API."""
+
+    msgtype: ClassVar[str] = ""
+
+    def body(self) -> dict[str, Any]:
+        """The typed part of the send body, e.g. ``{"content": "hi"}`` for text."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"[{self.msgtype}]"
+
+
+@dataclass(frozen=True)
+class Text(Reply):
+    content: str
+    msgtype: ClassVar[str] = "text"
+
+    def body(self) -> dict[str, Any]:
+        return {"content": self.content}
+
+    def describe(self) -> str:
+        return self.content
+
+
+@dataclass(frozen=True)
+class Image(Reply):
+    """An image by ``media_id``, or by bytes/path that the outbox uploads first."""
+
+    media_id: str | None = None
+    data: bytes | None = None
+    path: str | Path | None = None
+    msgtype: ClassVar[str] = "image"
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.media_id, self.data, self.path)) != 1:
+            raise ValueError("Image needs exactly one of media_id, data or path")
+
+    def body(self) -> dict[str, Any]:
+        if self.media_id is not None:
+            return {"media_id": self.media_id}
+        # resolved to a media_id by the outbox before sending
+        return {"path": str(self.path)} if self.path is not None else {"data_hex": self.data.hex()}  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class Link(Reply):
+    title: str
+    description: str
+    url: str
+    thumb_url: str
+    msgtype: ClassVar[str] = "link"
+
+    def body(self) -> dict[str, Any]:
+        return {"title": self.title, "description": self.description, "url": self.url,
+                "thumb_url": self.thumb_url}
+
+    def describe(self) -> str:
+        return f"[link] {self.title} {self.url}"
+
+
+@dataclass(frozen=True)
+class MiniProgramPage(Reply):
+    title: str
+    pagepath: str
+    thumb_media_id: str
+    appid: str | None = None
+    msgtype: ClassVar[str] = "miniprogrampage"
+
+    def body(self) -> dict[str, Any]:
+        body = {"title": self.title, "pagepath": self.pagepath, "thumb_media_id": self.thumb_media_id}
+        if self.appid:
+            body["appid"] = self.appid
+        return body
+
+    def describe(self) -> str:
+        return f"[mini program card] {self.title} {self.pagepath}"
+
+
+@dataclass(frozen=True)
+class TransferCustomerService:
+    """Passive reply: hand this user message to WeChat's customer-service tool.
+
+    Only valid as the return value of an inline handler (it is the webhook's answer, not a
+    send); ``kf_account`` targets one agent (Official Accounts).
+    """
+
+    kf_account: str | None = None
+
+    def fields(self, event: dict[str, Any], now: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ToUserName": event.get("FromUserName", ""),
+            "FromUserName": event.get("ToUserName", ""),
+            "CreateTime": now,
+            "MsgType": "transfer_customer_service",
+        }
+        if self.kf_account:
+            out["TransInfo"] = {"KfAccount": self.kf_account}
+        return out
+
+
+def as_reply(value: Any) -> Reply | None:
+    """Interpret a handler's return value: ``str`` → Text, Reply → itself, None → nothing."""
+    if value is None:
+        return None
+    if isinstance(value, Reply):
+        return value
+    if isinstance(value, str):
+        return Text(value) if value else None
+    raise TypeError(f"a handler may return str, a csbot message object or None, not {type(value).__name__}")
+
+
+def send_body(reply: Reply, touser: str) -> dict[str, Any]:
+    """The full JSON body of ``cgi-bin/message/custom/send``."""
+    return {"touser": touser, "msgtype": reply.msgtype, reply.msgtype: reply.body()}

@@ -1,0 +1,329 @@
+"""The durable outbox: delivers queued replies through the customer-service send API.
+
+Replies are rows of ``messages`` (direction ``out``), written in the same transaction as the
+handler outcome that produced them. A sender lane per user (a lease on the conversation's
+send columns, so several processes never send one user's replies concurrently) delivers them
+in order:
+
+    queued → sending → sent
+                     → queued again (transient: -1, 45011, 5xx, timeout, connection) with
+                       exponential backoff and jitter, → dead after ``max_send_attempts``
+                     → failed (permanent errcode, recorded with errmsg; not retried)
+           → quota_exceeded (WeChat's reply quota would refuse it; not sent blindly)
+
+The ``sending`` mark is committed before the HTTP call. WeChat's send API has no idempotency
+key, so a crash between WeChat receiving a send and the ``sent`` commit cannot be made exact:
+at start such rows become ``in_doubt`` and are sent again (the customer may see that one reply
+twice; no reply is ever lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from csbot.config import Settings
+from csbot.store import Conversation, Message, dialect_insert
+from csbot.store.batch import BatchWriter
+
+log = logging.getLogger("csbot.outbox")
+
+QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
+    "queued", "sending", "sent", "failed", "dead", "quota_exceeded", "in_doubt")
+DUE_STATUSES = (QUEUED, IN_DOUBT)
+
+
+@dataclass
+class SendLeaseOp:
+    app: str
+    openid: str
+    owner: str
+    until: float
+    batch_kind: str = "send_lease"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["SendLeaseOp"]) -> list[int | None]:
+        insert = dialect_insert(session.bind.dialect.name)  # type: ignore[union-attr]
+        now = time.time()
+        await session.execute(insert(Conversation).values([
+            dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now)
+            for op in ops]).on_conflict_do_nothing(index_elements=["app", "openid"]))
+        out: list[int | None] = []
+        for op in ops:
+            row = (await session.execute(
+                update(Conversation)
+                .where(Conversation.app == op.app, Conversation.openid == op.openid,
+                       or_(Conversation.send_lease_owner.is_(None), Conversation.send_lease_owner == op.owner,
+                           Conversation.send_lease_until < now))
+                .values(send_lease_owner=op.owner, send_lease_until=op.until)
+                .returning(Conversation.id))).first()
+            out.append(row.id if row else None)
+        return out
+
+
+@dataclass
+class SendReleaseOp:
+    conversation_ids: list[int]
+    owner: str
+    until: float | None = None
+    batch_kind: str = "send_release"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["SendReleaseOp"]) -> list[None]:
+        for op in ops:
+            if op.conversation_ids:
+                values = ({"send_lease_owner": None, "send_lease_until": None} if op.until is None
+                          else {"send_lease_until": op.until})
+                await session.execute(update(Conversation).where(
+                    Conversation.id.in_(op.conversation_ids), Conversation.send_lease_owner == op.owner)
+                    .values(**values))
+        return [None] * len(ops)
+
+
+@dataclass
+class MarkOp:
+    """Move one outbound row from one of ``expect`` to a new state."""
+
+    message_id: int
+    expect: tuple[str, ...]
+    values: dict[str, Any]
+    batch_kind: str = "mark"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["MarkOp"]) -> list[bool]:
+        out = []
+        for op in ops:
+            res = await session.execute(update(Message).where(
+                Message.id == op.message_id, Message.status.in_(op.expect)).values(**op.values))
+            out.append(res.rowcount == 1)  # type: ignore[attr-defined]
+        return out
+
+
+def backoff_delay(attempt: int, base: float, cap: float = 600.0) -> float:
+    """Exponential backoff with full jitter: uniform(base/2, base * 2**(attempt-1)), capped."""
+    high = min(cap, base * (2 ** max(attempt - 1, 0)))
+    return random.uniform(min(base / 2, high), high)
+
+
+class Outbox:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        writer: BatchWriter,
+        openapi_for: Callable[[str], Any],
+        *,
+        instance_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.writer = writer
+        self.openapi_for = openapi_for
+        self.instance_id = instance_id or uuid.uuid4().hex[:16]
+        self._wake = asyncio.Event()
+        self._lanes: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._lane_conv: dict[tuple[str, str], int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._sem = asyncio.Semaphore(settings.worker_concurrency)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="csbot-outbox-dispatch"))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="csbot-outbox-heartbeat"))
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in [*self._tasks, *self._lanes.values()]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._lanes.values(), return_exceptions=True)
+        if self._lane_conv:
+            try:
+                await asyncio.wait_for(self.writer.run(SendReleaseOp(list(self._lane_conv.values()),
+                                                                     self.instance_id)), 5)
+            except Exception:
+                pass
+
+    async def recover(self) -> None:
+        """Sends caught mid-flight by a crash become ``in_doubt`` and are sent again."""
+        now = time.time()
+        async with self.sessionmaker() as s, s.begin():
+            if self.settings.is_sqlite:
+                await s.execute(update(Conversation).values(send_lease_owner=None, send_lease_until=None))
+                stale = select(Message.id).where(Message.direction == "out", Message.status == SENDING)
+            else:
+                # on PostgreSQL only lanes whose sender is gone (lease expired or released)
+                dead_lanes = select(Conversation.app, Conversation.openid).where(
+                    or_(Conversation.send_lease_owner.is_(None), Conversation.send_lease_until < now))
+                stale = select(Message.id).where(
+                    Message.direction == "out", Message.status == SENDING,
+                    dialect_tuple(Message.app, Message.openid).in_(dead_lanes))
+            await s.execute(update(Message).where(Message.id.in_(stale))
+                            .values(status=IN_DOUBT, next_attempt_at=now,
+                                    error="in doubt: the process stopped during this send; sent again"))
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._dispatch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox dispatch failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _dispatch_once(self) -> None:
+        now = time.time()
+        async with self.sessionmaker() as s:
+            rows = (await s.execute(
+                select(Message.app, Message.openid).where(
+                    Message.direction == "out", Message.status.in_(DUE_STATUSES),
+                    or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now))
+                .group_by(Message.app, Message.openid).limit(2000))).all()
+        keys = [(r.app, r.openid) for r in rows if (r.app, r.openid) not in self._lanes]
+        if not keys:
+            return
+        until = now + self.settings.lease_seconds
+        ops = [SendLeaseOp(app, openid, self.instance_id, until) for app, openid in keys]
+        results = await asyncio.gather(*(self.writer.run(op) for op in ops))
+        for key, conv_id in zip(keys, results):
+            if conv_id is None:
+                continue
+            self._lane_conv[key] = conv_id
+            self._lanes[key] = asyncio.create_task(self._run_lane(key), name=f"csbot-send-{key[1]}")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.lease_seconds / 3, 0.2))
+            if self._lane_conv:
+                try:
+                    await self.writer.run(SendReleaseOp(list(self._lane_conv.values()), self.instance_id,
+                                                        until=time.time() + self.settings.lease_seconds))
+                except Exception:
+                    log.warning("could not renew send leases", exc_info=True)
+
+    async def _run_lane(self, key: tuple[str, str]) -> None:
+        app, openid = key
+        try:
+            async with self._sem:
+                while True:
+                    async with self.sessionmaker() as s:
+                        head = (await s.execute(
+                            select(Message).where(Message.app == app, Message.openid == openid,
+                                                  Message.direction == "out",
+                                                  Message.status.in_(DUE_STATUSES))
+                            .order_by(Message.id).limit(1))).scalars().first()
+                    if head is None or (head.next_attempt_at or 0) > time.time():
+                        break  # in order: a reply in backoff holds back the later ones
+                    await self._deliver(head)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("send lane %s/%s stopped on an error; it will be retried", app, openid)
+            await asyncio.sleep(1.0)
+        finally:
+            conv_id = self._lane_conv.pop(key, None)
+            self._lanes.pop(key, None)
+            if conv_id is not None and not self._closing:
+                try:
+                    await self.writer.run(SendReleaseOp([conv_id], self.instance_id))
+                except Exception:
+                    log.warning("could not release send lane %s/%s; its lease will expire", app, openid)
+                self._wake.set()
+
+    async def _quota_refusal(self, row: Message) -> str | None:
+        """Why WeChat's reply quota would refuse this reply now, or None if it is within quota."""
+        async with self.sessionmaker() as s:
+            conv = (await s.execute(select(Conversation.last_user_action_at, Conversation.last_user_action_kind)
+                                    .where(Conversation.app == row.app, Conversation.openid == row.openid))).first()
+            if conv is None or conv.last_user_action_at is None:
+                return None  # nothing known about the window: let WeChat decide
+            if conv.last_user_action_kind == "enter":
+                limit, window = self.settings.quota_replies_on_enter, self.settings.quota_enter_window_seconds
+            else:
+                limit, window = self.settings.quota_replies_per_message, self.settings.quota_window_seconds
+            if time.time() - conv.last_user_action_at > window:
+                return f"reply window closed: last user action {int(time.time() - conv.last_user_action_at)}s ago (window {window}s)"
+            used = (await s.execute(select(func.count()).select_from(Message).where(
+                Message.app == row.app, Message.openid == row.openid, Message.direction == "out",
+                Message.status.in_((SENT, SENDING, IN_DOUBT)), Message.id != row.id,
+                Message.sent_at >= conv.last_user_action_at))).scalar_one()
+            if used >= limit:
+                return f"reply quota used: {used} of {limit} replies since the user's last action"
+        return None
+
+    async def _deliver(self, row: Message) -> None:
+        refusal = await self._quota_refusal(row)
+        if refusal is not None:
+            await self.writer.run(MarkOp(row.id, DUE_STATUSES, {"status": QUOTA, "error": refusal}))
+            log.info("reply %s to %s not sent: %s", row.id, row.openid, refusal)
+            return
+        attempt = row.attempts + 1
+        marked = await self.writer.run(MarkOp(row.id, DUE_STATUSES, {
+            "status": SENDING, "attempts": attempt, "sent_at": time.time()}))
+        if not marked:
+            return
+        body = json.loads(row.raw)
+        openapi = self.openapi_for(row.app)
+        from csbot.openapi import is_transient, WeChatAPIError  # local: openapi imports the store
+        try:
+            body = await self._resolve_media(openapi, body)
+            await openapi.customer_service_message.send(**body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            errcode = getattr(exc, "errcode", None)
+            errmsg = getattr(exc, "errmsg", None) or str(exc) or type(exc).__name__
+            if is_transient(exc) or (isinstance(exc, WeChatAPIError) and exc.errcode in (40001, 40014, 42001)):
+                if attempt >= self.settings.max_send_attempts:
+                    values = {"status": DEAD, "errcode": errcode, "errmsg": errmsg,
+                              "error": f"dead after {attempt} attempts"}
+                    log.warning("reply %s to %s dead-lettered after %d attempts: %s", row.id, row.openid,
+                                attempt, errmsg)
+                else:
+                    delay = backoff_delay(attempt, self.settings.retry_base_delay)
+                    values = {"status": QUEUED, "errcode": errcode, "errmsg": errmsg,
+                              "next_attempt_at": time.time() + delay}
+                    log.info("reply %s to %s: transient failure (%s), retry in %.1fs", row.id, row.openid,
+                             errmsg, delay)
+            elif isinstance(exc, WeChatAPIError):
+                values = {"status": FAILED, "errcode": errcode, "errmsg": errmsg}
+                log.warning("reply %s to %s failed permanently: %s %s", row.id, row.openid, errcode, errmsg)
+            else:
+                values = {"status": FAILED, "errmsg": errmsg, "error": repr(exc)[:2000]}
+                log.warning("reply %s to %s failed: %r", row.id, row.openid, exc)
+            await self.writer.run(MarkOp(row.id, (SENDING,), values))
+            return
+        await self.writer.run(MarkOp(row.id, (SENDING,), {
+            "status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None}))
+
+    async def _resolve_media(self, openapi: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """An image reply given as bytes or a path is uploaded (media_id cached 3 days)."""
+        image = body.get("image")
+        if not isinstance(image, dict) or "media_id" in image:
+            return body
+        from csbot.openapi.media import upload_image_cached
+        if "data_hex" in image:
+            data = bytes.fromhex(image["data_hex"])
+        else:
+            data = await asyncio.to_thread(lambda: open(image["path"], "rb").read())
+        media_id = await upload_image_cached(openapi, self.sessionmaker, data)
+        return {**body, "image": {"media_id": media_id}}
+
+
+def dialect_tuple(*cols: Any) -> Any:
+    from sqlalchemy import tuple_
+    return tuple_(*cols)

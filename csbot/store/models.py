@@ -1,0 +1,141 @@
+"""The SQL schema. Created and changed only by the Alembic migrations in ``migrations/``.
+
+Times are Unix seconds (float) in every table, so SQLite and PostgreSQL compare them the
+same way and no timezone can slip in.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGSERIAL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    """A customer of one app, known by openid."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("app", "openid", name="uq_users_app_openid"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    openid: Mapped[str] = mapped_column(String(128))
+    unionid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class Conversation(Base):
+    """One thread per app and user. Its lease serialises handling of that user's pushes."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("app", "openid", name="uq_conversations_app_openid"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    openid: Mapped[str] = mapped_column(String(128))
+    #: bot | human | closed
+    status: Mapped[str] = mapped_column(String(16), default="bot")
+    created_at: Mapped[float] = mapped_column(Float)
+    last_message_at: Mapped[float] = mapped_column(Float)
+    #: the last user action (message or event) that opened WeChat's reply window
+    last_user_action_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_user_action_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: which worker holds this conversation, and until when
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: sender lane (outbox) lease, separate from the handler lane
+    send_lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    send_lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Message(Base):
+    """Every inbound push and every outbound reply.
+
+    Inbound (direction ``in``) status: pending → handling → done | failed; ``inline`` while an
+    inline handler runs before the ack. Outbound (direction ``out``) status: queued → sending →
+    sent | failed | dead | quota_exceeded; ``in_doubt`` after a crash during a send.
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("app", "dedup_key", name="uq_messages_app_dedup"),
+        Index("ix_messages_status_dir", "direction", "status", "id"),
+        Index("ix_messages_thread", "app", "openid", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    openid: Mapped[str] = mapped_column(String(128))
+    direction: Mapped[str] = mapped_column(String(3))
+    #: WeChat MsgType (text, image, event, …) or the outbound msgtype
+    msg_type: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: inbound: the push as JSON (WeChat field names); outbound: the send body as JSON
+    raw: Mapped[str] = mapped_column(Text)
+    dedup_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    wechat_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: the push's CreateTime (inbound) or when the reply was produced (outbound)
+    created_at: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    handler: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: outbound: the inbound message this replies to; null for agent replies
+    in_reply_to: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), nullable=True)
+    #: outbound: who wrote it (handler name, "agent:NAME", "apology")
+    author: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    errcode: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    errmsg: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    handled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: inbound: the passive reply body given by an inline handler (re-served on retries)
+    passive_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: inbound: path of stored media in the media store
+    media_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class AccessToken(Base):
+    """The shared access-token cache: one row per app, for every process of a deployment."""
+
+    __tablename__ = "access_tokens"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    fetched_at: Mapped[float] = mapped_column(Float, default=0.0)
+    #: a process fetching a new token holds this until the given time (cross-process lock)
+    fetch_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fetch_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MediaCache(Base):
+    """Uploaded temporary media, reused for their 3-day life."""
+
+    __tablename__ = "media_cache"
+    __table_args__ = (UniqueConstraint("app", "sha256", name="uq_media_cache_app_sha"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(16))
+    media_id: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[float] = mapped_column(Float)

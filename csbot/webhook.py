@@ -1,0 +1,112 @@
+"""The webhook: ``/wechat`` (app ``default``) and ``/wechat/{app}``.
+
+GET is WeChat's URL-verification handshake. POST verifies, decrypts and parses the push
+(``csbot.wire``), commits it to the inbox, and only then answers ``success``. Handlers run
+after the answer, except inline ones, which may give a passive reply within their budget.
+Client mistakes get a short plain-text 4xx and a WARNING line; a store that cannot commit
+gets 503 so WeChat retries. Nothing else ever reaches the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from csbot.config import AppConfig, Settings
+from csbot.inbox import INLINE, PENDING, Inbox
+from csbot.routing import Router
+from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_envelope, render_fields, verify_handshake
+
+log = logging.getLogger("csbot.webhook")
+
+SETTINGS = web.AppKey("csbot_settings", Settings)
+#: holder filled at start-up: {"inbox": Inbox}
+INBOX = web.AppKey("csbot_inbox", dict)
+ROUTER = web.AppKey("csbot_router", Router)
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> web.Response:
+    log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
+                request.remote, status, reason)
+    return web.Response(status=status, text=reason, content_type="text/plain")
+
+
+def _app_config(request: web.Request) -> tuple[str, AppConfig | None]:
+    name = request.match_info.get("app", "default")
+    return name, request.app[SETTINGS].apps.get(name)
+
+
+async def handshake(request: web.Request) -> web.Response:
+    name, app = _app_config(request)
+    if app is None:
+        return _refuse(request, name, 404, "unknown app")
+    try:
+        echostr = verify_handshake(app, request.query)
+    except WireError as exc:
+        return _refuse(request, name, exc.status, exc.reason)
+    return web.Response(text=echostr, content_type="text/plain")
+
+
+async def receive(request: web.Request) -> web.Response:
+    name, app = _app_config(request)
+    if app is None:
+        return _refuse(request, name, 404, "unknown app")
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_body_size:
+        return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
+    if len(body) > settings.max_body_size:
+        return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
+    try:
+        push = decode_push(app, request.query, body, now=time.time(), max_clock_skew=settings.max_clock_skew)
+    except WireError as exc:
+        return _refuse(request, name, exc.status, exc.reason)
+
+    inbox: Inbox = request.app[INBOX]["inbox"]
+    inline_routes = request.app[ROUTER].inline_routes(push.event)
+    try:
+        accepted = await inbox.accept(name, push, status=INLINE if inline_routes else PENDING)
+    except Exception as exc:  # the store could not commit: WeChat must retry
+        log.error("could not store push %s for app %s: %r", push.dedup_key, name, exc)
+        return web.Response(status=503, text="store unavailable, retry later", content_type="text/plain")
+
+    if not accepted.new:
+        if inline_routes:
+            stored = await inbox.stored_passive_reply(name, push.dedup_key)
+            if stored:
+                return _passive_response(app, push, json.loads(stored), request.query.get("nonce", ""))
+        return web.Response(text="success", content_type="text/plain")
+
+    if inline_routes and accepted.message_id is not None:
+        passive = await inbox.run_inline(name, app.appid, accepted.message_id, push, inline_routes)
+        if passive is not None:
+            fields = passive.fields(push.event, int(time.time()))
+            return _passive_response(app, push, fields, request.query.get("nonce", ""))
+    return web.Response(text="success", content_type="text/plain")
+
+
+def _passive_response(app: AppConfig, push: Push, fields: dict[str, Any], nonce: str) -> web.Response:
+    """The passive reply in the push's format, encrypted when the push was."""
+    body = render_fields(fields, push.fmt)
+    if push.mode != "plaintext" and push.aes_key:
+        crypto = MessageCrypto(push.aes_key, app.appid)
+        body = encrypted_envelope(crypto, app.token, body, push.fmt, nonce=nonce or "0",
+                                  timestamp=int(time.time()))
+    ctype = "application/json" if push.fmt == "json" else "application/xml"
+    return web.Response(body=body, content_type=ctype, charset="utf-8")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/wechat", handshake)
+    app.router.add_post("/wechat", receive)
+    app.router.add_get("/wechat/{app}", handshake)
+    app.router.add_post("/wechat/{app}", receive)
