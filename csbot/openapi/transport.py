@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import aiohttp
 from aiolimiter import AsyncLimiter
@@ -167,5 +167,3 @@ def _with_query(url: str, query: dict[str, str]) -> str:
 
     return f"{url}?{urlencode(query)}"
 
-
-RequestFn = Callable[..., Any]
