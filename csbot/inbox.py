@@ -265,8 +265,8 @@ class Inbox:
     # ---- inline handling (before the webhook answers)
 
     async def run_inline(self, app: str, appid: str, message_id: int, push: Push,
-                         routes: list[Route]) -> Any:
-        """Run inline routes within their budget; returns a passive reply object or None.
+                         routes: list[Route]) -> dict[str, Any] | None:
+        """Run inline routes within their budget; returns the passive reply's fields or None.
 
         The push was stored with status ``inline`` so no worker takes it meanwhile. Whatever
         happens, it ends ``done`` (the inline handler answered) or ``pending`` (normal path).
@@ -288,13 +288,13 @@ class Inbox:
             # no passive reply in time: answer `success`, the push goes on through the normal path
             await self._to_normal_path(message_id)
             return None
-        passive = result.passive
+        passive = (result.passive.fields(push.event, int(time.time()))
+                   if result.passive is not None else None)
         await self.writer.run(OutcomeOp(
             message_id=message_id, app=app, openid=push.openid, status=result.status,
             handler=result.handler, error=result.error, replies=result.replies, conversation_id=None,
             created_at=float(push.create_time), action_kind=user_action_kind(push.event),
-            passive_reply=json.dumps(passive.fields(push.event, int(time.time())), ensure_ascii=False)
-            if passive is not None else None,
+            passive_reply=json.dumps(passive, ensure_ascii=False) if passive is not None else None,
             expect=(INLINE,),
         ))
         if result.replies:

@@ -89,8 +89,7 @@ async def receive(request: web.Request) -> web.Response:
     if inline_routes and accepted.message_id is not None:
         passive = await inbox.run_inline(name, app.appid, accepted.message_id, push, inline_routes)
         if passive is not None:
-            fields = passive.fields(push.event, int(time.time()))
-            return _passive_response(app, push, fields, request.query.get("nonce", ""))
+            return _passive_response(app, push, passive, request.query.get("nonce", ""))
     return web.Response(text="success", content_type="text/plain")
 
 

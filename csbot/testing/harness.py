@@ -37,11 +37,16 @@ TEST_TOKEN = "csbotTestToken"
 TEST_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-def test_settings(db_path: str | Path, api_base: str, **overrides: Any) -> Settings:
-    """Settings for one test app in safe mode on a SQLite file, talking to ``api_base``."""
+def test_app(**changes: Any) -> AppConfig:
+    """The test app ``default`` (safe mode capable), with ``changes``."""
     app = AppConfig(name="default", appid=TEST_APPID, secret=TEST_SECRET, token=TEST_TOKEN,
                     encoding_aes_key=TEST_AES_KEY)
-    base = Settings(apps={"default": app}, database_url=f"sqlite+aiosqlite:///{db_path}",
+    return replace(app, **changes)
+
+
+def test_settings(db_path: str | Path, api_base: str, **overrides: Any) -> Settings:
+    """Settings for the test app on a SQLite file, talking to ``api_base``."""
+    base = Settings(apps={"default": test_app()}, database_url=f"sqlite+aiosqlite:///{db_path}",
                     wechat_api_base=api_base, handlers_dir=Path("handlers"), host="127.0.0.1", port=0,
                     retry_base_delay=0.05, lease_seconds=5.0, data_dir=Path(db_path).parent / "data")
     return replace(base, **overrides)
@@ -76,6 +81,7 @@ class Harness:
         router: Router | None = None,
         settings: Settings | None = None,
         fake: FakeWeChat | None = None,
+        apps: Mapping[str, AppConfig] | None = None,
         mode: str | None = None,
         fmt: str = "xml",
         **overrides: Any,
@@ -90,6 +96,8 @@ class Harness:
                 settings = test_settings(Path(tmp.name) / "csbot.db", fake.base_url,
                                          handlers_dir=Path(handlers_dir) if handlers_dir else None,
                                          **overrides)
+            if apps is not None:
+                settings = replace(settings, apps=dict(apps))
             app = create_app(settings, router=router)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -172,3 +180,8 @@ class Harness:
 
 def env_database_url() -> str | None:
     return os.environ.get("CSBOT_TEST_DATABASE_URL") or None
+
+
+# not tests, whatever pytest's name-based collection thinks
+test_app.__test__ = False  # type: ignore[attr-defined]
+test_settings.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,114 @@
+"""The csbot command line, run as an operator runs it."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from csbot.testing.harness import TEST_AES_KEY, TEST_APPID, TEST_TOKEN, Harness
+
+VECTORS = json.loads((Path(__file__).parent / "wire" / "crypto-vectors.json").read_text())
+SAFE_JSON = next(v for v in VECTORS if v["id"] == "mp-doc-safe-post-json")
+
+
+def run(*args, env=None, cwd=None, stdin=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CSBOT_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "csbot", *args], env=full_env, cwd=cwd, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def app_env(tmp_path, **extra):
+    return {"CSBOT_APPID": TEST_APPID, "CSBOT_TOKEN": TEST_TOKEN, "CSBOT_APP_SECRET": "s3cr3t-value-xyz",
+            "CSBOT_ENCODING_AES_KEY": TEST_AES_KEY,
+            "CSBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", **extra}
+
+
+def test_help_lists_the_commands():
+    out = run("--help").stdout
+    for cmd in ("serve", "migrate", "check", "simulate", "decrypt"):
+        assert cmd in out
+
+
+def test_migrate_then_check_reports_a_current_schema_with_secrets_masked(tmp_path):
+    env = app_env(tmp_path)
+    res = run("migrate", env=env)
+    assert res.returncode == 0 and "head" in res.stdout
+    res = run("check", env=env, cwd=Path(__file__).parents[1])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "(current)" in res.stdout and "configuration OK" in res.stdout
+    assert "s3cr3t-value-xyz" not in res.stdout and TEST_AES_KEY not in res.stdout
+    assert "human" in res.stdout and "faq" in res.stdout  # the shipped handlers were loaded
+
+
+def test_check_explains_configuration_errors(tmp_path):
+    res = run("check", env=app_env(tmp_path, CSBOT_ENCODING_AES_KEY="tooshort"))
+    assert res.returncode == 2 and "CSBOT_ENCODING_AES_KEY must be 43 characters" in res.stderr
+    res = run("check", env=app_env(tmp_path, CSBOT_DATABASE_URL="mysql://x"))
+    assert res.returncode == 2 and "unknown driver" in res.stderr
+
+
+def test_check_reports_an_unreachable_database(tmp_path):
+    res = run("check", env=app_env(tmp_path, CSBOT_DATABASE_URL="postgresql+asyncpg://nobody@127.0.0.1:1/x"))
+    assert res.returncode == 1 and "cannot connect" in res.stdout
+
+
+def vector_env(**over):
+    env = {"CSBOT_APPID": SAFE_JSON["appid"], "CSBOT_TOKEN": SAFE_JSON["token"],
+           "CSBOT_ENCODING_AES_KEY": SAFE_JSON["encoding_aes_key"]}
+    env.update(over)
+    return env
+
+
+def vector_query():
+    v = SAFE_JSON
+    return (f"signature={v['signature']}&timestamp={v['timestamp']}&nonce={v['nonce']}"
+            f"&openid={v['openid_query']}&encrypt_type=aes&msg_signature={v['msg_signature']}")
+
+
+def test_decrypt_opens_a_captured_push():
+    res = run("decrypt", "--query", vector_query(), "--body", "-", env=vector_env(), stdin=SAFE_JSON["post_body"])
+    assert res.returncode == 0, res.stdout
+    assert "msg_signature: OK" in res.stdout and "appid: OK" in res.stdout
+    assert SAFE_JSON["expected_plaintext"] in res.stdout
+
+
+def test_decrypt_says_precisely_what_is_wrong():
+    body = SAFE_JSON["post_body"]
+    wrong_token = run("decrypt", "--query", vector_query(), "--body", "-", env=vector_env(CSBOT_TOKEN="BBBBB"), stdin=body)
+    assert wrong_token.returncode == 1 and "signature: WRONG" in wrong_token.stdout
+    wrong_key = run("decrypt", "--query", vector_query(), "--body", "-",
+                    env=vector_env(CSBOT_ENCODING_AES_KEY="B" * 43), stdin=body)
+    assert wrong_key.returncode == 1 and "FAILED" in wrong_key.stdout and "key differs" in wrong_key.stdout
+    wrong_appid = run("decrypt", "--query", vector_query(), "--body", "-", env=vector_env(CSBOT_APPID="wxother"), stdin=body)
+    assert wrong_appid.returncode == 1 and "appid: WRONG" in wrong_appid.stdout
+    assert SAFE_JSON["appid"] in wrong_appid.stdout
+
+
+def test_decrypt_reads_the_query_from_a_url_and_the_body_from_a_file(tmp_path):
+    f = tmp_path / "push.json"
+    f.write_text(SAFE_JSON["post_body"])
+    res = run("decrypt", "--url", "https://example.com/wechat?" + vector_query(), "--body", str(f), env=vector_env())
+    assert res.returncode == 0 and "debug_demo" in res.stdout
+
+
+async def test_simulate_sends_a_signed_encrypted_push_to_a_running_instance(tmp_path):
+    async with Harness.start(handlers_dir="handlers") as bot:
+        env = {**os.environ, **app_env(tmp_path)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "csbot", "simulate", "--url", bot.url, "--text", "你好", "--openid", "oUser1",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().strip() == "200 success"
+        [row] = await bot.messages()
+        assert (row.openid, row.text) == ("oUser1", "你好")
+
+        # an inline passive reply comes back decrypted
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "csbot", "simulate", "--url", bot.url, "--text", "转人工", "--format", "json",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert "transfer_customer_service" in out.decode()

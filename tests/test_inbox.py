@@ -1,0 +1,169 @@
+"""Handling after the ack: per-user order, parallel users, errors, replies, passive replies."""
+
+import asyncio
+import json
+import random
+from dataclasses import replace
+
+from csbot import Image, Link, TransferCustomerService
+from csbot.routing import NEXT, Route, Router
+from csbot.testing.harness import Harness, test_app
+from csbot.testing.pushes import PushBuilder
+
+
+async def test_pushes_of_one_user_are_handled_in_order_one_at_a_time_and_users_in_parallel():
+    log: list[tuple[str, str]] = []
+    running: dict[str, int] = {}
+    overlap = {"max_users": 0, "max_per_user": 0}
+
+    async def handler(event, context):
+        user = context.OPENID
+        running[user] = running.get(user, 0) + 1
+        overlap["max_per_user"] = max(overlap["max_per_user"], running[user])
+        overlap["max_users"] = max(overlap["max_users"], sum(1 for v in running.values() if v))
+        await asyncio.sleep(random.uniform(0.001, 0.02))
+        log.append((user, event["Content"]))
+        running[user] -= 1
+
+    async with Harness.start(router=Router([Route("h", handler, fallback=True)])) as bot:
+        users = [f"oUser{i}" for i in range(4)]
+        sends = []
+        for n in range(10):
+            for u in users:
+                sends.append(bot.send_text(u, f"{n}"))
+        for s in sends:  # sequential per user; the webhook acks each before the next
+            assert (await s)[0] == 200
+        await bot.wait_idle(timeout=20)
+    for u in users:
+        assert [c for who, c in log if who == u] == [str(n) for n in range(10)]
+    assert overlap["max_per_user"] == 1
+    assert overlap["max_users"] > 1
+
+
+async def test_a_returned_string_is_sent_once_as_a_text_message():
+    async def echo(event, context):
+        assert context.OPENID == event["FromUserName"] and context.APPID == bot.settings.apps["default"].appid
+        return "you said " + event["Content"]
+
+    async with Harness.start(router=Router([Route("echo", echo, fallback=True)])) as bot:
+        push = bot.builder.build(bot.builder.text("oU", "hi"))
+        bot.fake.user_message(bot.settings.apps["default"].appid, "oU")
+        for _ in range(3):
+            await bot.post(push)
+        await bot.wait_idle()
+        assert bot.replies_to("oU") == ["you said hi"]
+        out = await bot.messages(direction="out")
+        assert [(m.status, m.author, m.text) for m in out] == [("sent", "echo", "you said hi")]
+        assert out[0].in_reply_to == (await bot.messages(direction="in"))[0].id
+
+
+async def test_context_reply_and_message_objects_are_sent_in_order():
+    async def many(event, context):
+        await context.reply("first")
+        await context.reply(Link(title="Docs", description="d", url="https://example.com", thumb_url="https://example.com/t.png"))
+        return "last"
+
+    async with Harness.start(router=Router([Route("many", many, fallback=True)])) as bot:
+        await bot.send_text("oU", "go")
+        await bot.wait_idle()
+        assert bot.replies_to("oU") == ["first", "[link]", "last"]
+
+
+async def test_returning_none_sends_nothing_and_next_passes_on():
+    async def first(event, context):
+        return NEXT
+
+    async def second(event, context):
+        return None
+
+    async with Harness.start(router=Router([Route("first", first, priority=5), Route("second", second)])) as bot:
+        await bot.send_text("oU", "x")
+        await bot.wait_idle()
+        [row] = await bot.messages(direction="in")
+        assert row.status == "done" and row.handler == "second"
+        assert bot.replies_to("oU") == []
+
+
+async def test_a_handler_that_raises_is_recorded_apologised_for_and_the_next_pushes_go_on(caplog):
+    async def fragile(event, context):
+        if event["Content"] == "boom":
+            raise ValueError("cannot parse order number")
+        return "ok " + event["Content"]
+
+    apps = {"default": test_app(apology_text="抱歉，出错了")}
+    async with Harness.start(apps=apps, router=Router([Route("fragile", fragile, fallback=True)])) as bot:
+        for t in ("a", "boom", "b"):
+            await bot.send_text("oU", t)
+        await bot.wait_idle()
+        rows = await bot.messages(direction="in")
+        assert [r.status for r in rows] == ["done", "failed", "done"]
+        assert "cannot parse order number" in rows[1].error and rows[1].handler == "fragile"
+        assert bot.replies_to("oU") == ["ok a", "抱歉，出错了", "ok b"]
+    assert any(f"push {rows[1].id}" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+async def test_inline_transfer_answers_the_push_itself_in_every_format_and_mode():
+    for mode, fmt in [("plaintext", "xml"), ("safe", "xml"), ("safe", "json"), ("compatible", "json")]:
+        async with Harness.start(handlers_dir="handlers", mode=mode, fmt=fmt) as bot:
+            push = bot.builder.build(bot.builder.text("oU", "转人工"))
+            status, body = await bot.post(push)
+            assert status == 200
+            if mode != "plaintext":
+                assert b"Encrypt" in body and b"MsgSignature" in body
+            plain = bot.builder.decrypt_reply(body)
+            if fmt == "json":
+                reply = json.loads(plain)
+            else:
+                from csbot.wire import parse_fields
+                reply = parse_fields(plain, "xml")
+            assert reply["MsgType"] == "transfer_customer_service"
+            assert reply["ToUserName"] == "oU" and reply["FromUserName"] == push.fields["ToUserName"]
+            # WeChat's retry of the same push gets the same answer, and nothing is stored twice
+            status2, body2 = await bot.post(push)
+            assert bot.builder.decrypt_reply(body2) == plain
+            [row] = await bot.messages()
+            assert row.status == "done" and row.handler == "human"
+
+
+async def test_inline_handler_over_budget_answers_success_and_the_push_goes_on():
+    async def slow_inline(event, context):
+        await asyncio.sleep(2)
+        return TransferCustomerService()
+
+    async def normal(event, context):
+        return "handled normally"
+
+    router = Router([Route("slow", slow_inline, inline=True, budget=0.2), Route("normal", normal, fallback=True)])
+    async with Harness.start(router=router) as bot:
+        status, body = await bot.send_text("oU", "hi")
+        assert (status, body) == (200, b"success")
+        await bot.wait_idle()
+        assert bot.replies_to("oU") == ["handled normally"]
+
+
+async def test_welcome_and_faq_replies_reach_wechat():
+    async with Harness.start(handlers_dir="handlers") as bot:
+        await bot.enter("oNew", session_from="product-page")
+        await bot.send_text("oNew", "怎么退款")
+        await bot.wait_idle()
+        replies = bot.replies_to("oNew")
+        assert len(replies) == 2 and "欢迎" in replies[0] and "退" in replies[1]
+
+
+async def test_users_and_conversations_are_recorded():
+    from sqlalchemy import select
+
+    from csbot.store import Conversation, User
+
+    async with Harness.start(handlers_dir=None) as bot:
+        await bot.send_text("oA", "1")
+        await bot.send_text("oA", "2")
+        await bot.send_text("oB", "3")
+        await bot.wait_idle()
+        async with bot.services.sessionmaker() as s:
+            users = (await s.execute(select(User).order_by(User.openid))).scalars().all()
+            convs = (await s.execute(select(Conversation).order_by(Conversation.openid))).scalars().all()
+        assert [u.openid for u in users] == ["oA", "oB"]
+        assert users[0].first_seen <= users[0].last_seen
+        assert [(c.openid, c.status, c.lease_owner) for c in convs] == [("oA", "bot", None), ("oB", "bot", None)]
+        assert convs[0].last_user_action_kind == "message"
