@@ -121,9 +121,19 @@ class OutcomeOp:
             values: dict[str, Any] = {"last_message_at": now}
             if op.action_kind is not None:
                 values.update(last_user_action_at=op.created_at, last_user_action_kind=op.action_kind)
+            if op.passive_reply is not None:
+                # the hand-off to WeChat's customer-service tool shows on the thread
+                values["transferred_at"] = now
             if op.conversation_id is not None:
                 await session.execute(update(Conversation).where(Conversation.id == op.conversation_id)
                                       .values(**values))
+            else:  # inline: the lane (and so the conversation row) may not exist yet
+                insert = dialect_insert(session.bind.dialect.name)  # type: ignore[union-attr]
+                await session.execute(insert(Conversation).values(
+                    app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now,
+                ).on_conflict_do_nothing(index_elements=["app", "openid"]))
+                await session.execute(update(Conversation).where(
+                    Conversation.app == op.app, Conversation.openid == op.openid).values(**values))
             results.append(True)
         await session.flush()
         return results

@@ -136,6 +136,26 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
+    async def enqueue(self, app: str, openid: str, reply: Any, *, author: str,
+                      in_reply_to: int | None = None) -> int:
+        """Queue a reply that no handler produced (an agent's, an operator's); returns its id."""
+        from csbot.messages import as_reply, send_body
+
+        reply = as_reply(reply)
+        if reply is None:
+            raise ValueError("nothing to send")
+        now = time.time()
+        row = Message(app=app, openid=openid, direction="out", msg_type=reply.msgtype,
+                      text=reply.describe(), raw=json.dumps(send_body(reply, openid), ensure_ascii=False),
+                      created_at=now, received_at=now, status=QUEUED, author=author,
+                      in_reply_to=in_reply_to, attempts=0, next_attempt_at=now)
+        async with self.sessionmaker() as s, s.begin():
+            s.add(row)
+            await s.flush()
+            message_id = row.id
+        self._wake.set()
+        return message_id
+
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="csbot-outbox-dispatch"))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="csbot-outbox-heartbeat"))

@@ -56,6 +56,15 @@ class Conversation(Base):
     #: the last user action (message or event) that opened WeChat's reply window
     last_user_action_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_user_action_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: the agent (console user name) who took the conversation over
+    assigned_agent: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: JSON array of tag strings
+    tags: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    human_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_agent_reply_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: when a handler last handed the customer to WeChat's customer-service tool
+    transferred_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: which worker holds this conversation, and until when
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -111,6 +120,18 @@ class Message(Base):
     passive_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: inbound: path of stored media in the media store
     media_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class Note(Base):
+    """A private note of an agent on a conversation (never sent to the customer)."""
+
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    author: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class AccessToken(Base):
