@@ -83,6 +83,9 @@ class Settings:
     handler_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: bearer token of the review API and console; empty: review API disabled
     admin_token: str = ""
+    #: seconds a conversation taken over by a person stays `human` without an agent reply before
+    #: it returns to the bot (0: never); csbot.review
+    human_timeout: float = 1800.0
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -241,11 +244,13 @@ _GENERAL = {
     "api_rate_per_second": "CSBOT_API_RATE",
     "api_timeout": "CSBOT_API_TIMEOUT",
     "admin_token": "CSBOT_ADMIN_TOKEN",
+    "human_timeout": "CSBOT_HUMAN_TIMEOUT",  # csbot.review
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
          "quota_enter_window_seconds"}
-_FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout"}
+_FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
+           "human_timeout"}
 
 
 def load_settings(

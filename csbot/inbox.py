@@ -91,7 +91,8 @@ class OutcomeOp:
     error: str | None
     replies: list[tuple[Reply, str]]
     conversation_id: int | None
-    created_at: float
+    #: when the push was received (our clock): the reply window and quota count from here
+    action_at: float
     action_kind: str | None
     passive_reply: str | None = None
     expect: tuple[str, ...] = (PENDING,)
@@ -120,7 +121,7 @@ class OutcomeOp:
                 ))
             values: dict[str, Any] = {"last_message_at": now}
             if op.action_kind is not None:
-                values.update(last_user_action_at=op.created_at, last_user_action_kind=op.action_kind)
+                values.update(last_user_action_at=op.action_at, last_user_action_kind=op.action_kind)
             if op.passive_reply is not None:
                 # the hand-off to WeChat's customer-service tool shows on the thread
                 values["transferred_at"] = now
@@ -303,7 +304,7 @@ class Inbox:
         await self.writer.run(OutcomeOp(
             message_id=message_id, app=app, openid=push.openid, status=result.status,
             handler=result.handler, error=result.error, replies=result.replies, conversation_id=None,
-            created_at=float(push.create_time), action_kind=user_action_kind(push.event),
+            action_at=time.time(), action_kind=user_action_kind(push.event),
             passive_reply=json.dumps(passive, ensure_ascii=False) if passive is not None else None,
             expect=(INLINE,),
         ))
@@ -494,7 +495,7 @@ class Inbox:
         applied = await self.writer.run(OutcomeOp(
             message_id=row.id, app=row.app, openid=row.openid, status=result.status,
             handler=result.handler, error=result.error, replies=result.replies,
-            conversation_id=conv.id, created_at=row.created_at, action_kind=user_action_kind(event),
+            conversation_id=conv.id, action_at=row.received_at, action_kind=user_action_kind(event),
         ))
         self.handled += 1
         if applied and result.replies:

@@ -265,22 +265,33 @@ class Outbox:
                 self._wake.set()
 
     async def _quota_refusal(self, row: Message) -> str | None:
-        """Why WeChat's reply quota would refuse this reply now, or None if it is within quota."""
+        """Why WeChat's reply quota would refuse this reply now, or None if it is within quota.
+
+        The allowance starts again at each user action (a message, or entering the chat), as
+        WeChat counts it: from the latest action received, handled or not.
+        """
+        from csbot.inbox import USER_MESSAGE_TYPES
+
         async with self.sessionmaker() as s:
-            conv = (await s.execute(select(Conversation.last_user_action_at, Conversation.last_user_action_kind)
-                                    .where(Conversation.app == row.app, Conversation.openid == row.openid))).first()
-            if conv is None or conv.last_user_action_at is None:
-                return None  # nothing known about the window: let WeChat decide
-            if conv.last_user_action_kind == "enter":
+            action = (await s.execute(
+                select(Message.received_at, Message.msg_type).where(
+                    Message.app == row.app, Message.openid == row.openid, Message.direction == "in",
+                    or_(Message.msg_type.in_(USER_MESSAGE_TYPES),
+                        (Message.msg_type == "event") & (Message.event == "user_enter_tempsession")))
+                .order_by(Message.id.desc()).limit(1))).first()
+            if action is None:
+                return None  # nothing known about the window (e.g. an Official Account): WeChat decides
+            if action.msg_type == "event":
                 limit, window = self.settings.quota_replies_on_enter, self.settings.quota_enter_window_seconds
             else:
                 limit, window = self.settings.quota_replies_per_message, self.settings.quota_window_seconds
-            if time.time() - conv.last_user_action_at > window:
-                return f"reply window closed: last user action {int(time.time() - conv.last_user_action_at)}s ago (window {window}s)"
+            age = time.time() - action.received_at
+            if age > window:
+                return f"reply window closed: the user's last action was {int(age)}s ago (window {window}s)"
             used = (await s.execute(select(func.count()).select_from(Message).where(
                 Message.app == row.app, Message.openid == row.openid, Message.direction == "out",
                 Message.status.in_((SENT, SENDING, IN_DOUBT)), Message.id != row.id,
-                Message.sent_at >= conv.last_user_action_at))).scalar_one()
+                Message.sent_at >= action.received_at))).scalar_one()
             if used >= limit:
                 return f"reply quota used: {used} of {limit} replies since the user's last action"
         return None

@@ -103,6 +103,8 @@ class TokenManager:
         self._clock = clock
         self._dialect = _dialect_name(sessionmaker, settings)
         self._insert = dialect_insert(self._dialect)
+        #: how processes are kept from fetching at the same time (for diagnostics)
+        self.lock_kind = "row lock (SELECT … FOR UPDATE)" if self._dialect == "postgresql" else "lease (fetch_owner/fetch_until)"
         #: the SQLite lease outlives one fetch with its retries (and a forced refetch)
         self.lease_seconds = 3 * (settings.api_timeout + 1.0) * 2
         self._lock = asyncio.Lock()
@@ -256,6 +258,10 @@ class TokenManager:
                 return self._adopt(state)  # another process refreshed while we waited
             if acquired:
                 break
+            if state.token and state.token != self._failed and self._clock() < state.expires_at - 1.0:
+                # Another process is refreshing ahead of expiry; the current token still
+                # works, so use it now rather than wait (not cached: the next call looks again).
+                return state.token
             if time.monotonic() > deadline:
                 raise APITransportError(
                     f"app {self.app.name}: another process has held the token fetch lease too long",

@@ -98,6 +98,10 @@ class Harness:
                                          **overrides)
             if apps is not None:
                 settings = replace(settings, apps=dict(apps))
+            if not settings.is_sqlite:  # `csbot serve` migrates only SQLite by itself
+                from csbot.store.migrate import upgrade_async
+
+                await upgrade_async(settings.database_url)
             app = create_app(settings, router=router)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from csbot.openapi.tokens import FORCE_MIN_INTERVAL, TokenState
 from csbot.store.models import AccessToken
 from csbot.testing.fake_wechat import FakeWeChat
 
-from .conftest import APPID, SECRET, USER, MakeAPI
+from .conftest import APPID, SECRET, MakeAPI
 
 TEXT = {"msgtype": "text", "text": {"content": "hi"}}
 
@@ -244,6 +245,7 @@ class TestConcurrency:
         first = await make_api(fake, token_source="plain", instance_id="proc-1")
         second = await make_api(fake, token_source="plain", instance_id="proc-2")
         fake.latency = 0.05  # a slow token endpoint widens the race
+        assert first.tokens.lock_kind.startswith("lease")
 
         tokens = await asyncio.gather(*(api.tokens.get() for api in (first, second) for _ in range(20)))
 
@@ -251,6 +253,36 @@ class TestConcurrency:
         assert fake.token_fetches() == 1
         assert first.tokens.fetches + second.tokens.fetches == 1
         row = await stored_token(first)
+        assert row is not None and row.fetch_owner is None
+
+
+async def hold_lease(api: OpenAPI, owner: str, until: float) -> None:
+    """Pretend another process holds the SQLite fetch lease."""
+    from sqlalchemy import update
+
+    async with api.sessionmaker() as s, s.begin():
+        await s.execute(update(AccessToken).values(fetch_owner=owner, fetch_until=until))
+
+
+class TestSQLiteLease:
+    async def test_while_another_process_refreshes_the_still_valid_token_is_used(
+        self, api: OpenAPI, fake: FakeWeChat
+    ) -> None:
+        old = await api.tokens.get()
+        fake.advance(7200 - 100)  # due for refresh, but still valid for 100 s
+        await hold_lease(api, "other-process", time.time() + 60)
+
+        assert await api.tokens.get() == old
+        assert api.tokens.fetches == 1
+
+    async def test_a_lease_left_by_a_dead_process_is_taken_over(self, api: OpenAPI, fake: FakeWeChat) -> None:
+        old = await api.tokens.get()
+        fake.advance(7200)
+        await hold_lease(api, "crashed-process", time.time() - 1)
+
+        assert await api.tokens.get() != old
+        assert api.tokens.fetches == 2
+        row = await stored_token(api)
         assert row is not None and row.fetch_owner is None
 
 
@@ -292,7 +324,7 @@ class TestTokenSources:
 class TestSecrecy:
     async def test_no_token_or_secret_reaches_the_log(self, api: OpenAPI, fake: FakeWeChat, user: str,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-        caplog.set_level(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger="csbot")
         await api.customer_service_message.send(touser=user, **TEXT)
         token = await api.tokens.get()
         fake.expire_tokens()
@@ -301,9 +333,10 @@ class TestSecrecy:
             await api.customer_service_message.send(touser=user, **TEXT)
         await api.customer_service_message.send(touser=user, **TEXT)
 
-        assert caplog.records
-        assert token not in caplog.text
-        assert SECRET not in caplog.text
+        ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("csbot"))
+        assert "access_token=***" in ours and "refused token" in ours
+        assert token not in ours
+        assert SECRET not in ours
 
 
 class TokenService:
@@ -341,4 +374,4 @@ async def token_service(fake: FakeWeChat) -> AsyncIterator[TokenService]:
         await runner.cleanup()
 
 
-_ = USER
+

@@ -1,0 +1,122 @@
+"""PostgreSQL: the same behaviour as SQLite, and several serving processes sharing one database.
+
+Skipped (with the reason) when CSBOT_TEST_DATABASE_URL is unset; .ci/run sets it.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from csbot.routing import Route, Router
+from csbot.store import Message
+from csbot.testing.fake_wechat import FakeWeChat
+from csbot.testing.harness import TEST_AES_KEY, TEST_APPID, TEST_SECRET, TEST_TOKEN, Harness
+from csbot.testing.pushes import PushBuilder
+from tests.test_recovery import free_port, wait_healthy
+
+
+async def test_webhook_stores_dedups_and_answers_on_postgresql(pg_url):
+    async def echo(event, context):
+        return "echo " + event["Content"]
+
+    router = Router([Route("echo", echo, fallback=True)])
+    async with Harness.start(router=router, database_url=pg_url, fmt="json") as bot:
+        assert bot.services.engine.dialect.name == "postgresql"
+        push = bot.builder.build(bot.builder.text("oPg", "你好", msg_id=2**63 + 5))
+        bot.fake.user_message(TEST_APPID, "oPg")
+        results = await asyncio.gather(*(bot.post(push) for _ in range(20)))
+        assert all(r == (200, b"success") for r in results)
+        for n in range(5):
+            await bot.send_text("oPg", str(n))
+            await bot.wait_idle()
+        rows = await bot.messages(direction="in")
+        assert len(rows) == 6 and json.loads(rows[0].raw)["MsgId"] == str(2**63 + 5)
+        assert bot.replies_to("oPg") == ["echo 你好"] + [f"echo {n}" for n in range(5)]
+
+
+async def test_inline_transfer_on_postgresql(pg_url):
+    async with Harness.start(handlers_dir="handlers", database_url=pg_url) as bot:
+        status, body = await bot.send_text("oPg", "人工")
+        assert status == 200 and b"transfer_customer_service" in bot.builder.decrypt_reply(body)
+
+
+def _serve(port: int, db_url: str, api_base: str, handlers: str, log) -> subprocess.Popen:
+    env = {**os.environ, "CSBOT_APPID": TEST_APPID, "CSBOT_APP_SECRET": TEST_SECRET, "CSBOT_TOKEN": TEST_TOKEN,
+           "CSBOT_ENCODING_AES_KEY": TEST_AES_KEY, "CSBOT_DATABASE_URL": db_url,
+           "CSBOT_WECHAT_API_BASE": api_base, "CSBOT_HANDLERS": handlers, "CSBOT_RETRY_BASE_DELAY": "0.05",
+           "CSBOT_LEASE_SECONDS": "5", "CSBOT_QUOTA_REPLIES_PER_MESSAGE": "1000"}
+    return subprocess.Popen([sys.executable, "-m", "csbot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def test_serve_refuses_an_unmigrated_postgresql(pg_url, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "csbot", "serve", "--port", str(free_port())],
+        env={**os.environ, "CSBOT_APPID": TEST_APPID, "CSBOT_TOKEN": TEST_TOKEN, "CSBOT_DATABASE_URL": pg_url,
+             "CSBOT_HANDLERS": str(tmp_path)},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "csbot migrate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+HANDLER = '''
+import asyncio, os, random
+
+async def main(event, context):
+    await asyncio.sleep(random.uniform(0, 0.01))
+    return f"{os.getpid()}:{event['Content']}"
+'''
+
+
+async def test_two_serving_processes_never_handle_one_push_twice(pg_url, tmp_path):
+    from csbot.store.migrate import upgrade_async
+
+    await upgrade_async(pg_url)
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "echo.py").write_text(HANDLER)
+    async with FakeWeChat(apps={TEST_APPID: TEST_SECRET}, enforce_reply_window=False) as fake, \
+            aiohttp.ClientSession() as session:
+        ports = [free_port(), free_port()]
+        log = open(tmp_path / "serve.log", "ab")
+        procs = [_serve(p, pg_url, fake.base_url, str(tmp_path / "h"), log) for p in ports]
+        try:
+            urls = [f"http://127.0.0.1:{p}" for p in ports]
+            for url, proc in zip(urls, procs):
+                await wait_healthy(session, url, proc, timeout=30)
+            builder = PushBuilder(token=TEST_TOKEN, appid=TEST_APPID, encoding_aes_key=TEST_AES_KEY)
+            users = [f"oTwo{i}" for i in range(8)]
+            per_user = 12
+            for n in range(per_user):
+                pushes = [builder.build(builder.text(u, str(n))) for u in users]
+                # every push reaches both processes, as WeChat's retries may after a timeout
+                results = await asyncio.gather(*(p.post(session, url) for p in pushes for url in urls))
+                assert all(status == 200 for status, _ in results)
+            deadline = time.monotonic() + 30
+            while len(fake.sent) < len(users) * per_user and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=20)
+        for u in users:
+            contents = [m["body"]["text"]["content"].split(":", 1) for m in fake.sent_to(u)]
+            assert [c for _, c in contents] == [str(n) for n in range(per_user)], u  # once each, in order
+        pids = {m["body"]["text"]["content"].split(":")[0] for m in fake.sent}
+        assert len(pids) == 2, "both processes took part"
+    from csbot.store import make_engine
+
+    engine = make_engine(pg_url)
+    async with engine.connect() as conn:
+        n_in = (await conn.execute(select(func.count()).select_from(Message).where(Message.direction == "in"))).scalar_one()
+    await engine.dispose()
+    assert n_in == len(users) * per_user
