@@ -236,6 +236,10 @@ def csbot_round(i: int, args: argparse.Namespace, pushes_file: Path, n_pushes: i
     )
     csbot = shutil.which("csbot")
     cmd = [csbot] if csbot else [sys.executable, "-m", "csbot"]
+    probe_out = OUT / f"probe-round{i}.json"
+    if args.probe:  # the same serve, with group-commit statistics (bench/probe_serve.py)
+        cmd = [sys.executable, str(HERE / "probe_serve.py")]
+        env["BENCH_PROBE_OUT"] = str(probe_out)
     cmd += ["serve", "--log-level", args.csbot_log_level]
     log_path = OUT / f"csbot-round{i}.log"
     log = open(log_path, "wb")
@@ -268,6 +272,8 @@ def csbot_round(i: int, args: argparse.Namespace, pushes_file: Path, n_pushes: i
     finally:
         stop(proc)
         log.close()
+    if args.probe and probe_out.exists():
+        w["probe"] = json.loads(probe_out.read_text())
     distinct_sent = min(w["sent"], n_pushes)
     w.update(
         committed_at_end=at_end["total"],
@@ -371,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-timeout", type=float, default=60)
     p.add_argument("--profile", action="store_true", help="py-spy record csbot during each round (raw "
                    "collapsed stacks in bench/out/profile-roundN.txt; needs py-spy)")
+    p.add_argument("--probe", action="store_true", help="run csbot through bench/probe_serve.py: group-commit "
+                   "sizes and timings in bench/out/probe-roundN.json (diagnosis; adds a little overhead)")
     p.add_argument("--keep", action="store_true", help="keep each round's SQLite directory")
     p.add_argument("--csbot-log-level", default="WARNING")
     args = p.parse_args(argv)

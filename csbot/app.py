@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from csbot.config import Settings
 from csbot.inbox import Inbox
+from csbot.media import LocalMediaStore
 from csbot.outbox import Outbox
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
@@ -39,6 +40,7 @@ class Services:
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.openapi: Any = None
+        self.media: Any = None
 
 
 def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
@@ -61,11 +63,12 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.writer = BatchWriter(services.sessionmaker)
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
+        services.media = LocalMediaStore(settings.data_dir / "media")
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               instance_id=instance_id)
+                               media_store=services.media, instance_id=instance_id)
         app[INBOX]["inbox"] = services.inbox
         if run_workers:
             await services.inbox.recover()

@@ -22,6 +22,8 @@ class MessageInfo:
     dedup_key: str | None
     status: str
     attempts: int = 0
+    #: key of the kept media (images) in the media store
+    media_path: str | None = None
 
 
 @dataclass

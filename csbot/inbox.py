@@ -95,6 +95,7 @@ class OutcomeOp:
     action_at: float
     action_kind: str | None
     passive_reply: str | None = None
+    media_path: str | None = None
     expect: tuple[str, ...] = (PENDING,)
     batch_kind: str = "outcome"
 
@@ -106,7 +107,8 @@ class OutcomeOp:
                 update(Message)
                 .where(Message.id == op.message_id, Message.status.in_(op.expect))
                 .values(status=op.status, handler=op.handler, error=op.error, handled_at=now,
-                        passive_reply=op.passive_reply)
+                        passive_reply=op.passive_reply,
+                        **({"media_path": op.media_path} if op.media_path else {}))
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 results.append(False)  # someone else finished it: its replies are not ours to send
@@ -232,6 +234,7 @@ class Inbox:
         *,
         openapi_for: Callable[[str], Any] | None = None,
         on_replies: Callable[[], None] | None = None,
+        media_store: Any = None,
         instance_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -240,6 +243,7 @@ class Inbox:
         self.router = router
         self.openapi_for = openapi_for or (lambda _app: None)
         self.on_replies = on_replies or (lambda: None)
+        self.media_store = media_store
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -487,16 +491,33 @@ class Inbox:
         event = json.loads(row.raw)
         app_cfg = self.settings.apps.get(row.app)
         appid = app_cfg.appid if app_cfg else ""
+        media_path = row.media_path
+        if row.msg_type == "image" and not media_path and self.media_store is not None:
+            media_path = await self._keep_image(row, event)
         info = MessageInfo(id=row.id, app=row.app, openid=row.openid, msg_type=row.msg_type,
                            event=row.event, text=row.text, dedup_key=row.dedup_key, status=row.status,
-                           attempts=row.attempts)
+                           attempts=row.attempts, media_path=media_path)
         routes = [r for r in self.router.candidates(event, human=conv.status == "human") if not r.inline]
         result = await self._run_routes(row.app, appid, info, event, conv, routes, source="push")
         applied = await self.writer.run(OutcomeOp(
             message_id=row.id, app=row.app, openid=row.openid, status=result.status,
             handler=result.handler, error=result.error, replies=result.replies,
             conversation_id=conv.id, action_at=row.received_at, action_kind=user_action_kind(event),
+            media_path=media_path,
         ))
         self.handled += 1
         if applied and result.replies:
             self.on_replies()
+
+    async def _keep_image(self, row: Message, event: dict[str, Any]) -> str | None:
+        """Fetch an image the user sent and keep it in the media store (WeChat's copy expires)."""
+        from csbot.media import fetch_user_image, media_key
+
+        data = await fetch_user_image(self.openapi_for(row.app), event)
+        if not data:
+            return None
+        try:
+            return await self.media_store.put(media_key(row.app, row.openid, row.id, data), data)
+        except OSError as exc:
+            log.warning("could not keep the image of push %s: %s", row.id, exc)
+            return None

@@ -167,3 +167,20 @@ async def test_users_and_conversations_are_recorded():
         assert users[0].first_seen <= users[0].last_seen
         assert [(c.openid, c.status, c.lease_owner) for c in convs] == [("oA", "bot", None), ("oB", "bot", None)]
         assert convs[0].last_user_action_kind == "message"
+
+
+async def test_an_image_the_user_sends_is_kept_in_the_media_store():
+    seen = {}
+
+    async def look(event, context):
+        seen["media_path"] = context.message.media_path
+
+    async with Harness.start(router=Router([Route("look", look, fallback=True)])) as bot:
+        png = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
+        media_id = bot.fake.add_media(png, "image/png", appid=bot.settings.apps["default"].appid)
+        await bot.send(bot.builder.image("oImg", media_id))
+        await bot.wait_idle()
+        [row] = await bot.messages(direction="in")
+        assert row.media_path and row.media_path.endswith(".png") and seen["media_path"] == row.media_path
+        assert await bot.services.media.get(row.media_path) == png
+        assert (bot.settings.data_dir / "media" / row.media_path).read_bytes() == png

@@ -141,21 +141,26 @@ class TokenManager:
         Compare-and-set both in memory and in the shared row: when 200 sends fail with the
         same expired token, the first one expires it and the other 199 find a fresh token.
         """
-        state = self._state
-        if state is not None and state.token != failed_token:
+        if self._state is not None and self._state.token != failed_token:
             return  # this process already moved on to another token
-        if self._failed == failed_token:
-            return  # another coroutine is already dealing with it
-        self._failed = failed_token
-        self._state = None
-        log.info("app %s: access token %s refused by WeChat; expiring it",
-                 self.app.name, token_fingerprint(failed_token))
-        async with self._sm() as session, session.begin():
-            await session.execute(
-                update(AccessToken)
-                .where(AccessToken.app == self.app.name, AccessToken.token == failed_token)
-                .values(expires_at=0.0)
-            )
+        # Under the lock: until the shared row is marked, a concurrent get() could read the
+        # row, still valid-looking, and adopt the refused token again.
+        async with self._lock:
+            state = self._state
+            if state is not None and state.token != failed_token:
+                return
+            if state is None and self._failed == failed_token:
+                return  # another coroutine already expired it; its get() refreshes
+            self._failed = failed_token
+            self._state = None
+            log.info("app %s: access token %s refused by WeChat; expiring it",
+                     self.app.name, token_fingerprint(failed_token))
+            async with self._sm() as session, session.begin():
+                await session.execute(
+                    update(AccessToken)
+                    .where(AccessToken.app == self.app.name, AccessToken.token == failed_token)
+                    .values(expires_at=0.0)
+                )
 
     @property
     def cached_token(self) -> str | None:

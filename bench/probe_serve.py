@@ -1,0 +1,88 @@
+"""``csbot serve`` with group-commit instrumentation, for diagnosis only (``run.py --probe``).
+
+Wraps ``BatchWriter._apply`` to record each group commit: how many operations of each kind it
+held and how long it took (wall). Also times the webhook's ``inbox.accept`` (wall, from submit
+to commit). Writes a summary to ``$BENCH_PROBE_OUT`` when the process exits. Nothing in csbot
+is changed; this only wraps methods before ``csbot.cli.main`` runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import sys
+import time
+
+from csbot.inbox import Inbox
+from csbot.store.batch import BatchWriter
+
+_commits: list[tuple[float, dict[str, int], float]] = []
+_accept_wall: list[float] = []
+
+_orig_apply = BatchWriter._apply
+_orig_accept = Inbox.accept
+
+
+async def _apply(self, batch):  # type: ignore[no-untyped-def]
+    kinds = collections.Counter(op.batch_kind for op, _ in batch)
+    t0 = time.perf_counter()
+    try:
+        return await _orig_apply(self, batch)
+    finally:
+        _commits.append((time.time(), dict(kinds), time.perf_counter() - t0))
+
+
+async def _accept(self, app, push, *, status="pending"):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    try:
+        return await _orig_accept(self, app, push, status=status)
+    finally:
+        _accept_wall.append(time.perf_counter() - t0)
+
+
+BatchWriter._apply = _apply  # type: ignore[method-assign]
+Inbox.accept = _accept  # type: ignore[method-assign]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+@atexit.register
+def _dump() -> None:
+    out = os.environ.get("BENCH_PROBE_OUT")
+    if not out:
+        return
+    by_kind: collections.Counter[str] = collections.Counter()
+    batches_with: collections.Counter[str] = collections.Counter()
+    for _, kinds, _ in _commits:
+        by_kind.update(kinds)
+        batches_with.update(kinds.keys())
+    durs = [d for _, _, d in _commits]
+    sizes = [sum(k.values()) for _, k, _ in _commits]
+    intake_sizes = [k.get("intake", 0) for _, k, _ in _commits if k.get("intake")]
+    data = {
+        "commits": len(_commits),
+        "ops_by_kind": dict(by_kind),
+        "commits_containing_kind": dict(batches_with),
+        "ops_per_commit_mean": sum(sizes) / len(sizes) if sizes else 0,
+        "intake_ops_per_intake_commit_mean": sum(intake_sizes) / len(intake_sizes) if intake_sizes else 0,
+        "commit_wall_ms": {"mean": 1e3 * sum(durs) / len(durs) if durs else 0, "p50": 1e3 * _pct(durs, .5),
+                           "p99": 1e3 * _pct(durs, .99), "max": 1e3 * max(durs, default=0)},
+        "accept_wall_ms": {"n": len(_accept_wall), "p50": 1e3 * _pct(_accept_wall, .5),
+                           "p99": 1e3 * _pct(_accept_wall, .99)},
+        "commit_log_tail": [{"t": t, "ops": k, "ms": round(d * 1e3, 2)} for t, k, d in _commits[-40:]],
+    }
+    with open(out, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+if __name__ == "__main__":
+    from csbot.cli import main
+
+    sys.exit(main(sys.argv[1:]))

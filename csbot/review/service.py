@@ -1,0 +1,579 @@
+"""Conversation review and human takeover: the queries and actions behind the CLI, API and console.
+
+Status of a conversation (one per app and openid):
+
+    bot ──takeover──▶ human ──handback──▶ bot
+     │                  │  └─(no agent reply for CSBOT_HUMAN_TIMEOUT s)─▶ bot
+     └──────close───────┴──────close──────▶ closed ──(the customer writes again)──▶ bot
+
+- ``human``: a person has the conversation (``assigned_agent``); handlers do not answer
+  (except routes declared ``while_human=True``), pushes are shown to agents. An agent's reply
+  takes the conversation over if it was not already.
+- ``closed``: done. The bot still answers a customer who writes again, and that message
+  reopens the conversation as ``bot`` (done by the inbox when it records the push's outcome).
+
+Every change made here is recorded as a ``conversation_events`` row and shows on the thread.
+Everything here is async; nothing blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from sqlalchemy import and_, func, insert, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from csbot.config import Settings
+from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
+from csbot.review.models import ConversationEvent
+from csbot.review.search import matching_ids
+from csbot.store import Conversation, Message, Note
+
+STATUSES = ("bot", "human", "closed")
+EVENT_FOR_STATUS = {"human": "takeover", "bot": "handback", "closed": "close"}
+MAX_TEXT = 4000
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 32
+MAX_NAME = 64
+MAX_LIMIT = 500
+#: fields of an inbound push that are about the envelope, not what the customer sent
+_ENVELOPE = {"ToUserName", "FromUserName", "CreateTime", "MsgType", "Encrypt", "MsgId"}
+
+Enqueue = Callable[..., Awaitable[int]]
+
+
+class ReviewError(Exception):
+    """Something the caller asked for cannot be done; the message says why (safe to show)."""
+
+    status = 400
+
+
+class NotFound(ReviewError):
+    status = 404
+
+
+class Invalid(ReviewError):
+    status = 400
+
+
+# --------------------------------------------------------------------------- input parsing
+
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(value: str | None, *, now: float | None = None) -> float | None:
+    """``2h``, ``30m``, ``3d``, ``1w`` (that long ago), an ISO date ``2026-11-20`` or date-time
+    ``2026-11-20T10:00[:00][+08:00]`` (local time when no offset), or Unix seconds."""
+    if value is None or str(value).strip() == "":
+        return None
+    value = str(value).strip()
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(value)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", value):
+        return float(value)
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"not a time: {value[:40]!r} (use e.g. 2h, 3d, 2026-11-20 or 2026-11-20T10:00)") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time
+    return dt.timestamp()
+
+
+def check_name(value: Any, what: str = "agent") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"{what} must be a non-empty string")
+    value = value.strip()
+    if len(value) > MAX_NAME or any(ord(c) < 32 for c in value):
+        raise Invalid(f"{what} must be at most {MAX_NAME} printable characters")
+    return value
+
+
+def check_text(value: Any, what: str = "text") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"{what} must be a non-empty string")
+    if len(value) > MAX_TEXT:
+        raise Invalid(f"{what} must be at most {MAX_TEXT} characters")
+    return value
+
+
+def check_key(app: Any, openid: Any) -> tuple[str, str]:
+    if not isinstance(app, str) or not 0 < len(app) <= 64:
+        raise NotFound("no such conversation")
+    if not isinstance(openid, str) or not 0 < len(openid) <= 128:
+        raise NotFound("no such conversation")
+    return app, openid
+
+
+def encode_cursor(at: float, conv_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{at!r}:{conv_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, conv_id = raw.partition(":")
+        return float(at), int(conv_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise Invalid("bad cursor") from None
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _loads(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def tags_of(conv: Conversation) -> list[str]:
+    try:
+        tags = json.loads(conv.tags or "[]")
+    except ValueError:
+        return []
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+
+def message_item(m: Message) -> dict[str, Any]:
+    """One message of a thread, as the CLI (--json), the API and the console's live view show it."""
+    raw = _loads(m.raw)
+    if m.direction == "in":
+        content = {k: v for k, v in raw.items() if k not in _ENVELOPE}
+    else:
+        part = raw.get(m.msg_type)
+        content = {k: v for k, v in part.items() if k != "data_hex"} if isinstance(part, dict) else {}
+    item: dict[str, Any] = {
+        "kind": "message", "id": m.id, "app": m.app, "openid": m.openid, "direction": m.direction,
+        "type": m.msg_type, "event": m.event, "text": m.text, "content": content,
+        "at": m.created_at, "received_at": m.received_at, "status": m.status,
+    }
+    if m.direction == "in":
+        item.update(handler=m.handler, error=m.error,
+                    transferred=bool(m.passive_reply and "transfer_customer_service" in m.passive_reply),
+                    media_stored=bool(m.media_path))
+    else:
+        item.update(author=m.author, in_reply_to=m.in_reply_to, attempts=m.attempts, errcode=m.errcode,
+                    errmsg=m.errmsg, error=m.error, sent_at=m.sent_at)
+    return item
+
+
+def note_item(n: Note) -> dict[str, Any]:
+    return {"kind": "note", "id": n.id, "author": n.author, "text": n.text, "at": n.created_at}
+
+
+def event_item(e: ConversationEvent) -> dict[str, Any]:
+    return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": e.at}
+
+
+def conversation_item(c: Conversation, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    stats = stats or {}
+    return {
+        "kind": "conversation", "id": c.id, "app": c.app, "openid": c.openid, "status": c.status,
+        "assigned_agent": c.assigned_agent, "tags": tags_of(c), "created_at": c.created_at,
+        "last_message_at": c.last_message_at, "human_since": c.human_since,
+        "last_agent_reply_at": c.last_agent_reply_at, "transferred_at": c.transferred_at,
+        "closed_at": c.closed_at, "unanswered": bool(stats.get("unanswered", False)),
+        "last_message": stats.get("last_message"),
+    }
+
+
+def summary(m: Message) -> str:
+    """One line saying what a message was (for lists and the CLI)."""
+    if m.text:
+        return m.text
+    return f"[{m.event or m.msg_type}]"
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass
+class Page:
+    conversations: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Review:
+    """Queries and actions on conversations, over one store."""
+
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
+                 enqueue: Enqueue | None = None) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self._enqueue = enqueue
+
+    # ---- reading
+
+    async def list_conversations(self, *, app: str | None = None, status: str | None = None,
+                                 since: float | None = None, search: str | None = None,
+                                 limit: int = 50, cursor: str | None = None) -> Page:
+        """Newest activity first; ``cursor`` continues after the last page."""
+        if status is not None and status not in STATUSES:
+            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        limit = max(1, min(int(limit), MAX_LIMIT))
+        async with self.sessionmaker() as s:
+            q = select(Conversation)
+            if app:
+                q = q.where(Conversation.app == app)
+            if status:
+                q = q.where(Conversation.status == status)
+            if since is not None:
+                q = q.where(Conversation.last_message_at >= since)
+            if search and search.strip():
+                hits = select(Message.app, Message.openid).where(Message.id.in_(await matching_ids(s, search)))
+                q = q.where(tuple_(Conversation.app, Conversation.openid).in_(hits))
+            if cursor:
+                at, conv_id = decode_cursor(cursor)
+                q = q.where(or_(Conversation.last_message_at < at,
+                                and_(Conversation.last_message_at == at, Conversation.id < conv_id)))
+            q = q.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(limit + 1)
+            convs = list((await s.execute(q)).scalars().all())
+            more = len(convs) > limit
+            convs = convs[:limit]
+            stats = await self._stats(s, convs)
+        items = [conversation_item(c, stats.get((c.app, c.openid))) for c in convs]
+        next_cursor = encode_cursor(convs[-1].last_message_at, convs[-1].id) if more and convs else None
+        return Page(items, next_cursor)
+
+    async def _stats(self, s: AsyncSession, convs: list[Conversation]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per conversation: the last message, and whether the customer's last message is unanswered."""
+        if not convs:
+            return {}
+        keys = [(c.app, c.openid) for c in convs]
+        user_msg = and_(Message.direction == "in", Message.msg_type != "event")
+        rows = (await s.execute(
+            select(Message.app, Message.openid, func.max(Message.id).label("last_id"),
+                   func.max(func.coalesce(Message.id * user_msg.cast(Message.id.type), 0)).label("last_in"),
+                   func.max(func.coalesce(Message.id * (Message.direction == "out").cast(Message.id.type), 0))
+                   .label("last_out"))
+            .where(tuple_(Message.app, Message.openid).in_(keys))
+            .group_by(Message.app, Message.openid))).all()
+        last_ids = [r.last_id for r in rows]
+        lasts = {m.id: m for m in (await s.execute(select(Message).where(Message.id.in_(last_ids)))).scalars()}
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in rows:
+            m = lasts.get(r.last_id)
+            out[(r.app, r.openid)] = {
+                "unanswered": bool(r.last_in) and r.last_in > (r.last_out or 0),
+                "last_message": None if m is None else {
+                    "id": m.id, "direction": m.direction, "type": m.msg_type, "summary": summary(m)[:200],
+                    "at": m.created_at},
+            }
+        return out
+
+    async def _conversation(self, s: AsyncSession, app: str, openid: str, *, lock: bool = False) -> Conversation:
+        check_key(app, openid)
+        q = select(Conversation).where(Conversation.app == app, Conversation.openid == openid)
+        if lock:
+            q = q.with_for_update()
+        conv = (await s.execute(q)).scalars().first()
+        if conv is None:
+            raise NotFound(f"no conversation with {openid} in app {app}")
+        return conv
+
+    async def conversation(self, app: str, openid: str) -> dict[str, Any]:
+        async with self.sessionmaker() as s:
+            conv = await self._conversation(s, app, openid)
+            stats = await self._stats(s, [conv])
+        return conversation_item(conv, stats.get((app, openid)))
+
+    async def find_apps(self, openid: str) -> list[str]:
+        """The apps in which ``openid`` has a conversation (for a CLI given no --app)."""
+        async with self.sessionmaker() as s:
+            return list((await s.execute(select(Conversation.app).where(Conversation.openid == openid)
+                                         .order_by(Conversation.app))).scalars())
+
+    async def thread(self, app: str, openid: str, *, limit: int | None = None,
+                     before: int | None = None, after: int | None = None) -> dict[str, Any]:
+        """The conversation and its items (messages, notes, status events) in order.
+
+        ``limit`` keeps the latest ones (``before``: older than that message id); ``after``
+        gives only messages newer than that id (live updates)."""
+        async with self.sessionmaker() as s:
+            conv = await self._conversation(s, app, openid)
+            stats = await self._stats(s, [conv])
+            q = select(Message).where(Message.app == app, Message.openid == openid)
+            if before is not None:
+                q = q.where(Message.id < before)
+            if after is not None:
+                q = q.where(Message.id > after)
+            if limit is not None:
+                q = q.order_by(Message.id.desc()).limit(limit)
+                messages = list(reversed((await s.execute(q)).scalars().all()))
+            else:
+                messages = list((await s.execute(q.order_by(Message.id))).scalars().all())
+            notes = list((await s.execute(select(Note).where(Note.conversation_id == conv.id)
+                                          .order_by(Note.id))).scalars().all())
+            events = list((await s.execute(select(ConversationEvent).where(
+                ConversationEvent.conversation_id == conv.id).order_by(ConversationEvent.id))).scalars().all())
+        truncated = limit is not None and len(messages) == limit
+        start = messages[0].received_at if truncated and messages else float("-inf")
+        side = [note_item(n) for n in notes] + [event_item(e) for e in events]
+        side = sorted((i for i in side if i["at"] >= start), key=lambda i: i["at"])
+        items: list[dict[str, Any]] = []
+        for m in messages:
+            while side and side[0]["at"] < m.received_at:
+                items.append(side.pop(0))
+            items.append(message_item(m))
+        if after is None:
+            items.extend(side)
+        return {"conversation": conversation_item(conv, stats.get((app, openid))), "items": items,
+                "truncated": truncated, "first_id": messages[0].id if messages else None}
+
+    async def export(self, *, since: float | None = None, until: float | None = None,
+                     app: str | None = None, batch: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every message in the range (by its time), in id order, in batches."""
+        last = 0
+        while True:
+            async with self.sessionmaker() as s:
+                q = select(Message).where(Message.id > last)
+                q = self._range(q, since, until, app)
+                rows = list((await s.execute(q.order_by(Message.id).limit(batch))).scalars().all())
+            if not rows:
+                return
+            last = rows[-1].id
+            yield [export_row(m) for m in rows]
+
+    async def count(self, *, since: float | None = None, until: float | None = None,
+                    app: str | None = None) -> int:
+        async with self.sessionmaker() as s:
+            q = self._range(select(func.count()).select_from(Message), since, until, app)
+            return int((await s.execute(q)).scalar_one())
+
+    @staticmethod
+    def _range(q: Any, since: float | None, until: float | None, app: str | None) -> Any:
+        if since is not None:
+            q = q.where(Message.created_at >= since)
+        if until is not None:
+            q = q.where(Message.created_at < until)
+        if app:
+            q = q.where(Message.app == app)
+        return q
+
+    async def new_messages(self, after: int, *, app: str | None = None, openid: str | None = None,
+                           limit: int = 200) -> list[Message]:
+        """Messages with an id above ``after`` (the console's live updates)."""
+        async with self.sessionmaker() as s:
+            q = select(Message).where(Message.id > after)
+            if app:
+                q = q.where(Message.app == app)
+            if openid:
+                q = q.where(Message.openid == openid)
+            return list((await s.execute(q.order_by(Message.id).limit(limit))).scalars().all())
+
+    async def messages_by_id(self, ids: list[int]) -> list[Message]:
+        if not ids:
+            return []
+        async with self.sessionmaker() as s:
+            return list((await s.execute(select(Message).where(Message.id.in_(ids)))).scalars().all())
+
+    async def max_message_id(self) -> int:
+        async with self.sessionmaker() as s:
+            return int((await s.execute(select(func.max(Message.id)))).scalar() or 0)
+
+    async def media(self, message_id: int) -> Message | None:
+        async with self.sessionmaker() as s:
+            return (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
+
+    # ---- acting
+
+    async def set_status(self, app: str, openid: str, status: str, *, agent: str | None = None,
+                         actor: str | None = None) -> dict[str, Any]:
+        """takeover (``human``, with the agent), handback (``bot``) or close (``closed``)."""
+        if status not in STATUSES:
+            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        if agent is not None:
+            agent = check_name(agent)
+        now = time.time()
+        async with self.sessionmaker() as s, s.begin():
+            conv = await self._conversation(s, app, openid, lock=True)
+            await self._change(s, conv, status, agent=agent or actor, actor=actor or agent, now=now)
+        return await self.conversation(app, openid)
+
+    async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
+                      actor: str | None, now: float, detail: str | None = None) -> None:
+        if status == "human":
+            agent = agent or conv.assigned_agent or "agent"
+            if conv.status == "human" and conv.assigned_agent == agent:
+                return
+            values: dict[str, Any] = dict(status="human", assigned_agent=agent, human_since=now, closed_at=None)
+        elif status == "bot":
+            if conv.status == "bot":
+                return
+            values = dict(status="bot", assigned_agent=None, human_since=None)
+        else:
+            if conv.status == "closed":
+                return
+            values = dict(status="closed", assigned_agent=None, human_since=None, closed_at=now)
+        await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
+        await s.execute(insert(ConversationEvent).values(
+            conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
+            detail=detail or (f"assigned to {agent}" if status == "human" else None)))
+
+    async def reply(self, app: str, openid: str, text: str, *, agent: str) -> int:
+        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
+        text = check_text(text)
+        agent = check_name(agent)
+        if app not in self.settings.apps:
+            raise NotFound(f"unknown app {app!r}")
+        if self._enqueue is None:
+            raise RuntimeError("this Review has no outbox")
+        now = time.time()
+        async with self.sessionmaker() as s, s.begin():
+            conv = await self._conversation(s, app, openid, lock=True)
+            if conv.status != "human":
+                await self._change(s, conv, "human", agent=agent, actor=agent, now=now)
+        message_id = await self._enqueue(app, openid, Text(text), author=f"agent:{agent}")
+        async with self.sessionmaker() as s, s.begin():
+            await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
+                            .values(last_agent_reply_at=time.time(), last_message_at=time.time()))
+        return message_id
+
+    async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator") -> int:
+        """Any customer-service message (text, image, link, miniprogrampage) to a user, via the outbox."""
+        if app not in self.settings.apps:
+            raise NotFound(f"unknown app {app!r}")
+        if not isinstance(touser, str) or not 0 < len(touser) <= 128:
+            raise Invalid("touser must be an openid")
+        reply = build_reply(message)
+        if self._enqueue is None:
+            raise RuntimeError("this Review has no outbox")
+        return await self._enqueue(app, touser, reply, author=author)
+
+    async def set_tags(self, app: str, openid: str, *, tags: list[str] | None = None,
+                       add: list[str] | None = None, remove: list[str] | None = None,
+                       actor: str | None = None) -> list[str]:
+        for value in (tags, add, remove):
+            if value is not None and (not isinstance(value, list) or
+                                      not all(isinstance(t, str) for t in value)):
+                raise Invalid("tags, add and remove must be lists of strings")
+        async with self.sessionmaker() as s, s.begin():
+            conv = await self._conversation(s, app, openid, lock=True)
+            current = tags_of(conv) if tags is None else []
+            for t in (tags or []) + (add or []):
+                t = t.strip()
+                if not t or len(t) > MAX_TAG_LENGTH or any(ord(c) < 32 for c in t):
+                    raise Invalid(f"a tag must be 1 to {MAX_TAG_LENGTH} printable characters")
+                if t not in current:
+                    current.append(t)
+            drop = {t.strip() for t in (remove or [])}
+            current = [t for t in current if t not in drop]
+            if len(current) > MAX_TAGS:
+                raise Invalid(f"at most {MAX_TAGS} tags")
+            await s.execute(update(Conversation).where(Conversation.id == conv.id)
+                            .values(tags=json.dumps(current, ensure_ascii=False)))
+        return current
+
+    async def add_note(self, app: str, openid: str, text: str, *, author: str) -> dict[str, Any]:
+        text = check_text(text)
+        author = check_name(author, "author")
+        async with self.sessionmaker() as s, s.begin():
+            conv = await self._conversation(s, app, openid)
+            note = Note(conversation_id=conv.id, author=author, text=text, created_at=time.time())
+            s.add(note)
+            await s.flush()
+            item = note_item(note)
+        return item
+
+    async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
+        """``human`` conversations with no agent reply for ``timeout`` seconds go back to the bot."""
+        now = time.time() if now is None else now
+        cutoff = now - timeout
+        async with self.sessionmaker() as s, s.begin():
+            rows = (await s.execute(
+                update(Conversation)
+                .where(Conversation.status == "human",
+                       func.coalesce(Conversation.human_since, 0) < cutoff,
+                       or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
+                .values(status="bot", assigned_agent=None, human_since=None)
+                .returning(Conversation.id, Conversation.app, Conversation.openid))).all()
+            if rows:
+                await s.execute(insert(ConversationEvent), [
+                    dict(conversation_id=r.id, at=now, kind="timeout", actor=None,
+                         detail=f"no agent reply for {int(timeout)} s: back to the bot") for r in rows])
+        return [(r.app, r.openid) for r in rows]
+
+
+def build_reply(message: dict[str, Any]) -> Reply:
+    """A message object from an openapi send body's ``msgtype`` and typed part."""
+    if not isinstance(message, dict):
+        raise Invalid("the message must be a JSON object")
+    msgtype = message.get("msgtype")
+    part = message.get(msgtype) if isinstance(msgtype, str) else None
+    if msgtype not in ("text", "image", "link", "miniprogrampage"):
+        raise Invalid("msgtype must be one of text, image, link, miniprogrampage")
+    if not isinstance(part, dict):
+        raise Invalid(f"a {msgtype} message needs a {msgtype!r} object")
+
+    def field(name: str, *, optional: bool = False, limit: int = 2048) -> Any:
+        value = part.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or (not value and not optional) or len(value) > limit:
+            raise Invalid(f"{msgtype}.{name} must be a non-empty string of at most {limit} characters")
+        return value
+
+    if msgtype == "text":
+        return Text(check_text(part.get("content"), "text.content"))
+    if msgtype == "image":
+        return Image(media_id=field("media_id"))
+    if msgtype == "link":
+        return Link(title=field("title"), description=field("description"), url=field("url"),
+                    thumb_url=field("thumb_url"))
+    return MiniProgramPage(title=field("title"), pagepath=field("pagepath"),
+                           thumb_media_id=field("thumb_media_id"), appid=field("appid", optional=True))
+
+
+EXPORT_FIELDS = ["id", "app", "openid", "direction", "type", "event", "text", "status", "handler", "author",
+                 "error", "errcode", "errmsg", "created_at", "received_at", "sent_at", "in_reply_to",
+                 "transferred"]
+
+
+def export_row(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id, "app": m.app, "openid": m.openid, "direction": m.direction, "type": m.msg_type,
+        "event": m.event, "text": m.text, "status": m.status, "handler": m.handler, "author": m.author,
+        "error": m.error, "errcode": m.errcode, "errmsg": m.errmsg, "created_at": iso(m.created_at),
+        "received_at": iso(m.received_at), "sent_at": iso(m.sent_at), "in_reply_to": m.in_reply_to,
+        "transferred": bool(m.passive_reply and "transfer_customer_service" in m.passive_reply),
+    }
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def ago(ts: float | None, *, now: float | None = None) -> str:
+    """``3 min ago``-style text for lists."""
+    if ts is None:
+        return ""
+    delta = max(0.0, (time.time() if now is None else now) - ts)
+    if delta < 60:
+        return "just now"
+    if delta < 3600:
+        return f"{int(delta // 60)} min ago"
+    if delta < 86400:
+        return f"{int(delta // 3600)} h ago"
+    if delta < 7 * 86400:
+        return f"{int(delta // 86400)} d ago"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
+
+
+__all__ = ["Review", "ReviewError", "NotFound", "Invalid", "Page", "parse_time", "STATUSES",
+           "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago", "timedelta"]
