@@ -247,6 +247,81 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# --------------------------------------------------------------------------- dev
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    """Chat with your handlers as a customer, against a FakeWeChat on loopback."""
+    import tempfile
+    from dataclasses import replace
+
+    from csbot.testing.fake_wechat import FakeWeChat
+    from csbot.testing.harness import Harness, test_app, test_settings
+
+    try:
+        settings = _settings(args)
+        app = settings.apps.get(args.app) or next(iter(settings.apps.values()))
+    except ConfigError:
+        settings, app = None, test_app()  # no app configured: a throw-away one will do
+    dev_app = replace(app, name="default", secret=app.secret or "dev-secret")
+    tmp = tempfile.TemporaryDirectory(prefix="csbot-dev-")
+    async with FakeWeChat(apps={dev_app.appid: dev_app.secret}) as fake:
+        base = test_settings(Path(tmp.name) / "dev.db", fake.base_url,
+                             handlers_dir=Path(args.handlers) if args.handlers else
+                             (settings.handlers_dir if settings else Path("handlers")))
+        if settings is not None:
+            base = replace(settings, apps={"default": dev_app}, wechat_api_base=fake.base_url,
+                           database_url=base.database_url, data_dir=base.data_dir, host="127.0.0.1")
+        else:
+            base = replace(base, apps={"default": dev_app})
+        async with Harness.start(settings=base, fake=fake, fmt=args.format) as bot:
+            print(f"csbot dev: handlers from {base.handlers_dir}, WeChat faked at {fake.base_url}")
+            print("type a message as the customer; /enter opens the chat, /quit leaves\n")
+            seen = 0
+            while True:
+                try:
+                    line = await asyncio.to_thread(input, f"{args.openid}> ")
+                except EOFError:
+                    break
+                line = line.strip()
+                if not line:
+                    continue
+                if line in ("/quit", "/exit"):
+                    break
+                if line == "/enter":
+                    status, body = await bot.enter(args.openid)
+                else:
+                    status, body = await bot.send_text(args.openid, line)
+                if status != 200:
+                    print(f"  ! webhook answered {status}: {body.decode('utf-8', 'replace')}")
+                    continue
+                if body not in (b"success", b""):
+                    reply = bot.builder.decrypt_reply(body).decode("utf-8", "replace")
+                    if "transfer_customer_service" in reply:
+                        print("bot> [handed over to WeChat's customer-service tool]")
+                    else:
+                        print(f"bot> [passive reply] {reply}")
+                try:
+                    await bot.wait_idle(timeout=args.timeout)
+                except TimeoutError as exc:
+                    print(f"  ! {exc}")
+                replies = bot.replies_to(args.openid)
+                for text in replies[seen:]:
+                    print(f"bot> {text}")
+                seen = len(replies)
+                for row in await bot.messages(openid=args.openid):
+                    if row.status in ("failed", "quota_exceeded", "dead") and row.id > getattr(bot, "_shown", 0):
+                        print(f"  ! message {row.id} {row.status}: {row.error or row.errmsg}")
+                        bot._shown = row.id  # type: ignore[attr-defined]
+    tmp.cleanup()
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    return asyncio.run(_dev(args))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -289,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", help="the push's query string")
     p.add_argument("--body", help="file with the push's body, or - for stdin")
     p.set_defaults(func=cmd_decrypt)
+    p = sub.add_parser("dev", parents=[common],
+                       help="chat with your handlers in the terminal, against a fake WeChat")
+    p.add_argument("--app", default="default")
+    p.add_argument("--openid", default="oDevCustomer")
+    p.add_argument("--handlers", help="handlers directory (default: $CSBOT_HANDLERS or ./handlers)")
+    p.add_argument("--format", choices=("xml", "json"), default="xml")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bot's replies")
+    p.add_argument("--log-level", default="WARNING")
+    p.set_defaults(func=cmd_dev)
     return parser
 
 

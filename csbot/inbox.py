@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.config import Settings
@@ -124,6 +124,8 @@ class OutcomeOp:
             values: dict[str, Any] = {"last_message_at": now}
             if op.action_kind is not None:
                 values.update(last_user_action_at=op.action_at, last_user_action_kind=op.action_kind)
+            if op.action_kind == "message":  # csbot.review: writing again reopens a closed conversation
+                values["status"] = case((Conversation.status == "closed", "bot"), else_=Conversation.status)
             if op.passive_reply is not None:
                 # the hand-off to WeChat's customer-service tool shows on the thread
                 values["transferred_at"] = now

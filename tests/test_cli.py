@@ -112,3 +112,11 @@ async def test_simulate_sends_a_signed_encrypted_push_to_a_running_instance(tmp_
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()
         assert "transfer_customer_service" in out.decode()
+
+
+def test_dev_lets_a_person_chat_with_the_handlers_in_the_terminal():
+    res = run("dev", cwd=Path(__file__).parents[1], stdin="/enter\n怎么退货\n转人工\n/quit\n")
+    assert res.returncode == 0, res.stderr
+    lines = [l for l in res.stdout.splitlines() if "bot> " in l]
+    assert "欢迎" in lines[0] and "退货" in lines[1]
+    assert "customer-service tool" in lines[2]

@@ -24,10 +24,10 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from sqlalchemy import and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.config import Settings
@@ -257,9 +257,8 @@ class Review:
         user_msg = and_(Message.direction == "in", Message.msg_type != "event")
         rows = (await s.execute(
             select(Message.app, Message.openid, func.max(Message.id).label("last_id"),
-                   func.max(func.coalesce(Message.id * user_msg.cast(Message.id.type), 0)).label("last_in"),
-                   func.max(func.coalesce(Message.id * (Message.direction == "out").cast(Message.id.type), 0))
-                   .label("last_out"))
+                   func.max(case((user_msg, Message.id), else_=None)).label("last_in"),
+                   func.max(case((Message.direction == "out", Message.id), else_=None)).label("last_out"))
             .where(tuple_(Message.app, Message.openid).in_(keys))
             .group_by(Message.app, Message.openid))).all()
         last_ids = [r.last_id for r in rows]
@@ -576,4 +575,4 @@ def ago(ts: float | None, *, now: float | None = None) -> str:
 
 
 __all__ = ["Review", "ReviewError", "NotFound", "Invalid", "Page", "parse_time", "STATUSES",
-           "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago", "timedelta"]
+           "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago"]
