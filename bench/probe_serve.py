@@ -45,6 +45,33 @@ async def _accept(self, app, push, *, status="pending"):  # type: ignore[no-unty
 BatchWriter._apply = _apply  # type: ignore[method-assign]
 Inbox.accept = _accept  # type: ignore[method-assign]
 
+# ---- experiment knobs (environment), each off by default
+#: BENCH_PROBE_NO_WORKERS=1: the inbox workers do not start (intake only; pushes stay pending)
+#: BENCH_PROBE_POOL=N: the SQLite engine's pool holds N connections (csbot: SQLAlchemy's default 5+10 overflow)
+_connects = [0]
+
+import csbot.app as _app_mod  # noqa: E402
+from sqlalchemy import event as _event  # noqa: E402
+
+_orig_make_engine = _app_mod.make_engine
+
+
+def _make_engine(url, **kw):  # type: ignore[no-untyped-def]
+    if os.environ.get("BENCH_PROBE_POOL"):
+        kw.update(pool_size=int(os.environ["BENCH_PROBE_POOL"]), max_overflow=0)
+    engine = _orig_make_engine(url, **kw)
+
+    @_event.listens_for(engine.sync_engine, "connect")
+    def _count(*_a):  # type: ignore[no-untyped-def]
+        _connects[0] += 1
+
+    return engine
+
+
+_app_mod.make_engine = _make_engine
+if os.environ.get("BENCH_PROBE_NO_WORKERS") == "1":
+    Inbox.start = lambda self: None  # type: ignore[method-assign]
+
 
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
@@ -67,6 +94,8 @@ def _dump() -> None:
     sizes = [sum(k.values()) for _, k, _ in _commits]
     intake_sizes = [k.get("intake", 0) for _, k, _ in _commits if k.get("intake")]
     data = {
+        "db_connections_opened": _connects[0],
+        "knobs": {k: v for k, v in os.environ.items() if k.startswith("BENCH_PROBE_")},
         "commits": len(_commits),
         "ops_by_kind": dict(by_kind),
         "commits_containing_kind": dict(batches_with),

@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bot's replies")
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=cmd_dev)
+
+    from csbot.review.cli import add_commands  # csbot.review: conversations, reply, takeover, handback, close
+    add_commands(sub, common)
     return parser
 
 

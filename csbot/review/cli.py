@@ -1,0 +1,318 @@
+"""``csbot conversations list|show|export``, ``csbot reply`` and ``csbot takeover|handback|close``.
+
+They work on the store directly (``CSBOT_DATABASE_URL``), so they need no running service; a
+reply is queued in the store's outbox and the running service's sender delivers it (its outbox
+looks for due rows every second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import io
+import json
+import sys
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, AsyncIterator, TextIO
+
+from csbot.config import Settings, load_settings
+from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, parse_time
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the review subcommands to ``csbot``'s subparsers."""
+    conv = sub.add_parser("conversations", parents=[common], help="list, show and export conversations")
+    csub = conv.add_subparsers(dest="conversations_command", required=True)
+
+    p = csub.add_parser("list", parents=[common], help="conversations, newest activity first")
+    p.add_argument("--app")
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--since", help="activity since: 2h, 3d, 2026-11-20, 2026-11-20T10:00")
+    p.add_argument("--search", metavar="TEXT", help="only conversations with a message containing TEXT")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_run(cmd_list))
+
+    p = csub.add_parser("show", parents=[common], help="the whole thread of one customer, in order")
+    p.add_argument("openid")
+    p.add_argument("--app", help="needed only when the openid has conversations in several apps")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_run(cmd_show))
+
+    p = csub.add_parser("export", parents=[common], help="export messages as JSON lines or CSV")
+    p.add_argument("--since", help="2h, 3d, 2026-11-20, 2026-11-20T10:00")
+    p.add_argument("--until", help="same forms as --since")
+    p.add_argument("--app")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=_run(cmd_export))
+
+    p = sub.add_parser("reply", parents=[common],
+                       help="an agent's reply to a customer, through the outbox (takes the conversation over)")
+    p.add_argument("openid")
+    p.add_argument("text")
+    p.add_argument("--app")
+    p.add_argument("--agent", help="your name as the customer's agent (default: your login name)")
+    p.set_defaults(func=_run(cmd_reply))
+
+    for name, status, what in (("takeover", "human", "a person takes the conversation over from the bot"),
+                               ("handback", "bot", "hand the conversation back to the bot"),
+                               ("close", "closed", "close the conversation")):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("openid")
+        p.add_argument("--app")
+        p.add_argument("--agent", help="your name (default: your login name)")
+        p.set_defaults(func=_run(cmd_status), status=status)
+
+
+def _run(coro_func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        settings = load_settings(config_file=getattr(args, "config", None))
+        try:
+            return asyncio.run(coro_func(args, settings))
+        except ReviewError as exc:
+            print(f"csbot: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+@asynccontextmanager
+async def open_review(settings: Settings, *, with_outbox: bool = False) -> AsyncIterator[Review]:
+    from csbot.outbox import Outbox
+    from csbot.store import make_engine, make_sessionmaker
+    from csbot.store.migrate import ensure_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
+        sm = make_sessionmaker(engine)
+        enqueue = None
+        if with_outbox:  # only its enqueue: the running service's sender delivers
+            enqueue = Outbox(settings, sm, None, lambda _app: None).enqueue  # type: ignore[arg-type]
+        yield Review(settings, sm, enqueue)
+    finally:
+        await engine.dispose()
+
+
+def default_agent() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "operator"
+
+
+async def _pick_app(review: Review, openid: str, app: str | None) -> str:
+    if app:
+        return app
+    apps = await review.find_apps(openid)
+    if not apps:
+        raise ReviewError(f"no conversation with {openid}")
+    if len(apps) > 1:
+        raise ReviewError(f"{openid} has conversations in several apps ({', '.join(apps)}): give --app")
+    return apps[0]
+
+
+def _line(obj: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _short(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- list
+
+
+async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_review(settings) as review:
+        page = await review.list_conversations(app=args.app, status=args.status, since=parse_time(args.since),
+                                               search=args.search, limit=args.limit)
+    if args.json:
+        for c in page.conversations:
+            _line(c)
+        return 0
+    if not page.conversations:
+        print("no conversations")
+        return 0
+    print(f"{'STATUS':<7} {'APP':<10} {'OPENID':<30} {'AGENT':<12} {'ACTIVITY':<12} LAST MESSAGE")
+    for c in page.conversations:
+        last = c["last_message"] or {}
+        badge = "!" if c["unanswered"] else " "
+        arrow = "<" if last.get("direction") == "in" else ">"
+        print(f"{c['status']:<7} {_short(c['app'], 10):<10} {_short(c['openid'], 30):<30} "
+              f"{_short(c['assigned_agent'] or '-', 12):<12} {ago(c['last_message_at']):<12} "
+              f"{badge}{arrow} {_short(last.get('summary'), 60)}")
+    if page.next_cursor:
+        print(f"(more: raise --limit above {args.limit})")
+    return 0
+
+
+# --------------------------------------------------------------------------- show
+
+
+def describe_item(item: dict[str, Any]) -> str:
+    """One thread item as a line of text."""
+    when = _when(item["at"])
+    if item["kind"] == "note":
+        return f"{when}  # note by {item['author']}: {item['text']}"
+    if item["kind"] == "event":
+        who = f" by {item['actor']}" if item.get("actor") else ""
+        detail = f" ({item['detail']})" if item.get("detail") else ""
+        return f"{when}  * {item['event']}{who}{detail}"
+    if item["direction"] == "in":
+        kind = item["type"] if item["type"] != "event" else f"event {item.get('event') or ''}".strip()
+        line = f"{when}  < customer [{kind}] {describe_inbound(item)}"
+        if item.get("transferred"):
+            line += "\n" + " " * 21 + "~ transferred to WeChat's customer-service tool"
+        if item.get("status") == "failed" and item.get("error"):
+            line += "\n" + " " * 21 + f"! handler {item.get('handler') or '?'} failed: {item['error']}"
+        elif item.get("status") in ("pending", "inline", "handling"):
+            line += f"   ({item['status']})"
+        return line
+    who = item.get("author") or "bot"
+    who = who if who.startswith("agent:") else f"bot:{who}"
+    return f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"
+
+
+def describe_inbound(item: dict[str, Any]) -> str:
+    c = item.get("content") or {}
+    t = item["type"]
+    if t == "text":
+        return str(c.get("Content", item.get("text") or ""))
+    if t == "image":
+        stored = "kept in the media store" if item.get("media_stored") else "not stored"
+        return f"image MediaId={c.get('MediaId', '?')} ({stored})"
+    if t == "miniprogrampage":
+        return f"mini program card {c.get('Title', '')!r} → {c.get('PagePath', '')} (appid {c.get('AppId', '')})"
+    return item.get("text") or f"[{t}]"
+
+
+def delivery(item: dict[str, Any]) -> str:
+    status = item.get("status") or "?"
+    if status in ("failed", "dead"):
+        code = f" errcode {item['errcode']}" if item.get("errcode") not in (None, 0) else ""
+        msg = f": {item['errmsg']}" if item.get("errmsg") else ""
+        extra = f" ({item['error']})" if item.get("error") else ""
+        return f"{status}{code}{msg}{extra}"
+    if status in ("quota_exceeded", "in_doubt") and item.get("error"):
+        return f"{status}: {item['error']}"
+    if status == "queued" and item.get("attempts"):
+        return f"queued, retrying (attempt {item['attempts']}, last errcode {item.get('errcode')})"
+    return status
+
+
+async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_review(settings) as review:
+        app = await _pick_app(review, args.openid, args.app)
+        thread = await review.thread(app, args.openid)
+    conv = thread["conversation"]
+    if args.json:
+        _line(conv)
+        for item in thread["items"]:
+            _line(item)
+        return 0
+    agent = f", agent {conv['assigned_agent']}" if conv["assigned_agent"] else ""
+    tags = f", tags: {', '.join(conv['tags'])}" if conv["tags"] else ""
+    print(f"{conv['openid']} in app {conv['app']}: {conv['status']}{agent}{tags}")
+    if conv["transferred_at"]:
+        print(f"last handed to WeChat's customer-service tool at {_when(conv['transferred_at'])}")
+    for item in thread["items"]:
+        print(describe_item(item))
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+class Progress:
+    """A progress bar on standard error, drawn only when it is a terminal."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            width = 30
+            filled = int(width * min(self.done, self.total) / self.total)
+            self.stream.write(f"\rexporting [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def format_batch(rows: list[dict[str, Any]], fmt: str, *, header: bool) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    since, until = parse_time(args.since), parse_time(args.until)
+    async with open_review(settings) as review:
+        total = await review.count(since=since, until=until, app=args.app)
+        progress = Progress(total)
+        out: TextIO = (await asyncio.to_thread(open, args.output, "w", encoding="utf-8", newline="")
+                       if args.output else sys.stdout)
+        try:
+            if args.format == "csv" and total == 0:
+                await asyncio.to_thread(out.write, format_batch([], "csv", header=True))
+            first = True
+            async for rows in review.export(since=since, until=until, app=args.app):
+                await asyncio.to_thread(out.write, format_batch(rows, args.format, header=first))
+                first = False
+                progress.advance(len(rows))
+        finally:
+            if args.output:
+                await asyncio.to_thread(out.close)
+            else:
+                out.flush()
+        progress.finish()
+    if args.output:
+        print(f"exported {progress.done} message(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- acting
+
+
+async def cmd_reply(args: argparse.Namespace, settings: Settings) -> int:
+    agent = args.agent or default_agent()
+    async with open_review(settings, with_outbox=True) as review:
+        app = await _pick_app(review, args.openid, args.app)
+        message_id = await review.reply(app, args.openid, args.text, agent=agent)
+    print(f"reply {message_id} queued for {args.openid} (agent {agent}); the running csbot sends it "
+          f"and the conversation is now yours (`csbot handback {args.openid}` to return it to the bot)")
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    agent = args.agent or default_agent()
+    async with open_review(settings) as review:
+        app = await _pick_app(review, args.openid, args.app)
+        conv = await review.set_status(app, args.openid, args.status, agent=agent)
+    who = f" (agent {conv['assigned_agent']})" if conv["assigned_agent"] else ""
+    print(f"{args.openid} in app {app}: {conv['status']}{who}")
+    return 0
+
+
+__all__ = ["add_commands", "describe_item", "Progress", "open_review"]
