@@ -69,6 +69,28 @@ def _make_engine(url, **kw):  # type: ignore[no-untyped-def]
 
 
 _app_mod.make_engine = _make_engine
+if os.environ.get("BENCH_PROBE_LEAN_INTAKE") == "1":
+    # what-if for proposal 1 in RESULTS.md: the same rows, one cached Core statement run as an
+    # executemany (SQLAlchemy's insertmanyvalues), instead of a fresh multi-VALUES ORM insert
+    from csbot.inbox import IntakeOp
+    from csbot.store import Message
+    from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
+
+    _t = Message.__table__
+    _lean_stmt = (_sqlite_insert(_t).on_conflict_do_nothing(index_elements=["app", "dedup_key"])
+                  .returning(_t.c.id, _t.c.app, _t.c.dedup_key))
+
+    async def _lean_apply_many(self, session, ops):  # type: ignore[no-untyped-def]
+        conn = await session.connection()
+        inserted = {(r.app, r.dedup_key): r.id
+                    for r in (await conn.execute(_lean_stmt, [op.row for op in ops])).all()}
+        out = []
+        for op in ops:
+            key = (op.row["app"], op.row["dedup_key"])
+            out.append((inserted.pop(key), True) if key in inserted else (None, False))
+        return out
+
+    IntakeOp.apply_many = _lean_apply_many  # type: ignore[method-assign]
 if os.environ.get("BENCH_PROBE_NO_WORKERS") == "1":
     Inbox.start = lambda self: None  # type: ignore[method-assign]
 

@@ -100,6 +100,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
 
     app.router.add_get("/healthz", healthz)
     add_routes(app)
+    from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
+    setup_review(app, settings, services, run_workers=run_workers)
     return app
 
 

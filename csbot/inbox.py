@@ -19,6 +19,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -53,6 +54,25 @@ def user_action_kind(event: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- write operations
 
 
+_MSG = Message.__table__
+_CONV = Conversation.__table__
+_USER = User.__table__
+_statements: dict[tuple[str, str], Any] = {}
+
+
+def _cached(dialect: str, name: str, build: Callable[[Any], Any]) -> Any:
+    """Build a statement once per dialect, so SQLAlchemy's compiled cache always hits."""
+    key = (dialect, name)
+    stmt = _statements.get(key)
+    if stmt is None:
+        stmt = _statements[key] = build(dialect_insert(dialect))
+    return stmt
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name  # type: ignore[union-attr]
+
+
 @dataclass
 class IntakeOp:
     """Insert one verified push; ON CONFLICT DO NOTHING makes retries free."""
@@ -61,14 +81,12 @@ class IntakeOp:
     batch_kind: str = "intake"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["IntakeOp"]) -> list[tuple[int | None, bool]]:
-        insert = dialect_insert(session.bind.dialect.name)  # type: ignore[union-attr]
-        stmt = (
-            insert(Message)
-            .values([op.row for op in ops])
-            .on_conflict_do_nothing(index_elements=["app", "dedup_key"])
-            .returning(Message.id, Message.app, Message.dedup_key)
-        )
-        inserted = {(r.app, r.dedup_key): r.id for r in (await session.execute(stmt)).all()}
+        stmt = _cached(_dialect(session), "intake", lambda insert: (
+            insert(_MSG).on_conflict_do_nothing(index_elements=["app", "dedup_key"])
+            .returning(_MSG.c.id, _MSG.c.app, _MSG.c.dedup_key)))
+        conn = await session.connection()
+        result = await conn.execute(stmt, [op.row for op in ops])
+        inserted = {(r.app, r.dedup_key): r.id for r in result.all()}
         results: list[tuple[int | None, bool]] = []
         for op in ops:
             key = (op.row["app"], op.row["dedup_key"])
@@ -96,117 +114,157 @@ class OutcomeOp:
     action_kind: str | None
     passive_reply: str | None = None
     media_path: str | None = None
-    expect: tuple[str, ...] = (PENDING,)
+    expect: str = PENDING
     batch_kind: str = "outcome"
 
+    def _params(self, now: float) -> dict[str, Any]:
+        return {"mid": self.message_id, "expect": self.expect, "status": self.status,
+                "handler": self.handler, "error": self.error, "handled_at": now,
+                "passive_reply": self.passive_reply, "media_path": self.media_path}
+
     async def apply_many(self, session: AsyncSession, ops: Sequence["OutcomeOp"]) -> list[bool]:
+        from sqlalchemy import bindparam, func
+
+        dialect = _dialect(session)
+        conn = await session.connection()
         now = time.time()
-        results = []
+        set_outcome = _cached(dialect, "outcome", lambda _: (
+            update(_MSG).where(_MSG.c.id == bindparam("mid"), _MSG.c.status == bindparam("expect"))
+            .values(status=bindparam("status"), handler=bindparam("handler"), error=bindparam("error"),
+                    handled_at=bindparam("handled_at"), passive_reply=bindparam("passive_reply"),
+                    media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path))))
+        results: list[bool] = []
+        # outcomes without replies: one executemany (nothing else depends on their row count)
+        plain = [op for op in ops if not op.replies and op.conversation_id is not None]
+        if plain:
+            await conn.execute(set_outcome, [op._params(now) for op in plain])
+        applied: dict[int, bool] = {id(op): True for op in plain}
+        replies: list[dict[str, Any]] = []
         for op in ops:
-            res = await session.execute(
-                update(Message)
-                .where(Message.id == op.message_id, Message.status.in_(op.expect))
-                .values(status=op.status, handler=op.handler, error=op.error, handled_at=now,
-                        passive_reply=op.passive_reply,
-                        **({"media_path": op.media_path} if op.media_path else {}))
-            )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                results.append(False)  # someone else finished it: its replies are not ours to send
+            if id(op) in applied:
                 continue
-            for reply, author in op.replies:
-                body = send_body(reply, op.openid)
-                session.add(Message(
-                    app=op.app, openid=op.openid, direction="out", msg_type=reply.msgtype,
-                    text=reply.describe(), raw=json.dumps(body, ensure_ascii=False),
-                    created_at=now, received_at=now, status="queued", author=author,
-                    in_reply_to=op.message_id, attempts=0, next_attempt_at=now,
-                ))
-            values: dict[str, Any] = {"last_message_at": now}
+            res = await conn.execute(set_outcome, op._params(now))
+            ok = res.rowcount == 1
+            applied[id(op)] = ok  # not 1: someone else finished it, its replies are not ours to send
+            if ok:
+                for reply, author in op.replies:
+                    body = send_body(reply, op.openid)
+                    replies.append(dict(
+                        app=op.app, openid=op.openid, direction="out", msg_type=reply.msgtype, event=None,
+                        text=reply.describe(), raw=json.dumps(body, ensure_ascii=False), dedup_key=None,
+                        created_at=now, received_at=now, status="queued", author=author,
+                        in_reply_to=op.message_id, attempts=0, next_attempt_at=now))
+        if replies:
+            await conn.execute(_MSG.insert(), replies)
+        await self._touch_conversations(conn, dialect, [op for op in ops if applied[id(op)]], now)
+        return [applied[id(op)] for op in ops]
+
+    @staticmethod
+    async def _touch_conversations(conn: Any, dialect: str, ops: Sequence["OutcomeOp"], now: float) -> None:
+        """One UPDATE per conversation: activity, the user's last action, reopening, transfers."""
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for op in ops:
+            values = latest.setdefault((op.app, op.openid), {"last_message_at": now, "cid": op.conversation_id})
             if op.action_kind is not None:
                 values.update(last_user_action_at=op.action_at, last_user_action_kind=op.action_kind)
             if op.action_kind == "message":  # csbot.review: writing again reopens a closed conversation
-                values["status"] = case((Conversation.status == "closed", "bot"), else_=Conversation.status)
+                values["reopen"] = True
             if op.passive_reply is not None:
                 # the hand-off to WeChat's customer-service tool shows on the thread
                 values["transferred_at"] = now
             if op.conversation_id is not None:
-                await session.execute(update(Conversation).where(Conversation.id == op.conversation_id)
-                                      .values(**values))
-            else:  # inline: the lane (and so the conversation row) may not exist yet
-                insert = dialect_insert(session.bind.dialect.name)  # type: ignore[union-attr]
-                await session.execute(insert(Conversation).values(
-                    app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now,
+                values["cid"] = op.conversation_id
+        for (app, openid), values in latest.items():
+            cid = values.pop("cid")
+            if values.pop("reopen", False):
+                values["status"] = case((_CONV.c.status == "closed", "bot"), else_=_CONV.c.status)
+            if cid is None:  # inline: the lane (and so the conversation row) may not exist yet
+                insert = dialect_insert(dialect)
+                await conn.execute(insert(_CONV).values(
+                    app=app, openid=openid, status="bot", created_at=now, last_message_at=now,
                 ).on_conflict_do_nothing(index_elements=["app", "openid"]))
-                await session.execute(update(Conversation).where(
-                    Conversation.app == op.app, Conversation.openid == op.openid).values(**values))
-            results.append(True)
-        await session.flush()
-        return results
+                await conn.execute(update(_CONV).where(_CONV.c.app == app, _CONV.c.openid == openid)
+                                   .values(**values))
+            else:
+                await conn.execute(update(_CONV).where(_CONV.c.id == cid).values(**values))
 
 
 @dataclass
-class LeaseOp:
-    """Take (or renew) the handling lease of one user's lane; upserts the user and conversation."""
+class LaneOp:
+    """Acquire, renew or release the handling lease of one user's lane.
 
-    app: str
-    openid: str
+    One kind for all three, applied in submission order: a release queued before a new
+    acquire of the same lane must not run after it.
+    """
+
+    action: str  # "acquire" | "renew" | "release"
     owner: str
-    until: float
-    seen_at: float
-    batch_kind: str = "lease"
+    until: float | None = None
+    app: str = ""
+    openid: str = ""
+    seen_at: float = 0.0
+    conversation_ids: tuple[int, ...] = ()
+    batch_kind: str = "lane"
 
-    async def apply_many(self, session: AsyncSession, ops: Sequence["LeaseOp"]) -> list[ConversationInfo | None]:
-        insert = dialect_insert(session.bind.dialect.name)  # type: ignore[union-attr]
+    async def apply_many(self, session: AsyncSession, ops: Sequence["LaneOp"]) -> list[ConversationInfo | None]:
+        dialect = _dialect(session)
+        conn = await session.connection()
         now = time.time()
-        await session.execute(
-            insert(Conversation).values([
-                dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now)
-                for op in ops
-            ]).on_conflict_do_nothing(index_elements=["app", "openid"])
-        )
-        user_rows = {}
-        for op in ops:
-            user_rows[(op.app, op.openid)] = dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
-                                                  last_seen=op.seen_at)
-        ins = insert(User).values(list(user_rows.values()))
-        await session.execute(ins.on_conflict_do_update(
-            index_elements=["app", "openid"], set_={"last_seen": ins.excluded.last_seen}))
+        acquiring = [op for op in ops if op.action == "acquire"]
+        if acquiring:
+            insert = dialect_insert(dialect)
+            await conn.execute(
+                _cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
+                    index_elements=["app", "openid"])),
+                [dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now,
+                      tags="[]") for op in acquiring])
+            ins = insert(_USER)
+            await conn.execute(
+                _cached(dialect, "user_upsert", lambda _: ins.on_conflict_do_update(
+                    index_elements=["app", "openid"], set_={"last_seen": ins.excluded.last_seen})),
+                list({(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
+                                                last_seen=op.seen_at) for op in acquiring}.values()))
         results: list[ConversationInfo | None] = []
         for op in ops:
-            row = (await session.execute(
-                update(Conversation)
-                .where(Conversation.app == op.app, Conversation.openid == op.openid,
-                       or_(Conversation.lease_owner.is_(None), Conversation.lease_owner == op.owner,
-                           Conversation.lease_until < now))
-                .values(lease_owner=op.owner, lease_until=op.until)
-                .returning(Conversation.id, Conversation.status)
-            )).first()
-            results.append(ConversationInfo(id=row.id, status=row.status) if row else None)
+            if op.action == "acquire":
+                row = (await conn.execute(
+                    update(_CONV)
+                    .where(_CONV.c.app == op.app, _CONV.c.openid == op.openid,
+                           or_(_CONV.c.lease_owner.is_(None), _CONV.c.lease_owner == op.owner,
+                               _CONV.c.lease_until < now))
+                    .values(lease_owner=op.owner, lease_until=op.until)
+                    .returning(_CONV.c.id, _CONV.c.status))).first()
+                results.append(ConversationInfo(id=row.id, status=row.status) if row else None)
+                continue
+            if op.conversation_ids:
+                values = ({"lease_owner": None, "lease_until": None} if op.action == "release"
+                          else {"lease_until": op.until})
+                await conn.execute(update(_CONV).where(_CONV.c.id.in_(op.conversation_ids),
+                                                       _CONV.c.lease_owner == op.owner).values(**values))
+            results.append(None)
         return results
 
 
-@dataclass
-class ReleaseOp:
-    conversation_ids: list[int]
-    owner: str
-    until: float | None = None  # set: renew instead of release
-    batch_kind: str = "release"
-
-    async def apply_many(self, session: AsyncSession, ops: Sequence["ReleaseOp"]) -> list[None]:
-        for op in ops:
-            if not op.conversation_ids:
-                continue
-            values = ({"lease_owner": None, "lease_until": None} if op.until is None
-                      else {"lease_until": op.until})
-            await session.execute(
-                update(Conversation)
-                .where(Conversation.id.in_(op.conversation_ids), Conversation.lease_owner == op.owner)
-                .values(**values)
-            )
-        return [None] * len(ops)
+#: seconds an idle lane keeps its lease, waiting for the user's next push
+LANE_LINGER = 1.0
 
 
-# --------------------------------------------------------------------------- the inbox
+class _Lane:
+    """One user's pushes, queued for the task that handles them in order."""
+
+    def __init__(self, key: tuple[str, str], conversation_id: int) -> None:
+        self.key = key
+        self.conversation_id = conversation_id
+        self.queue: deque[Any] = deque()
+        self.last_id = 0
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, row: Any) -> None:
+        if row.id > self.last_id:  # rescans offer rows again: take each once, in id order
+            self.last_id = row.id
+            self.queue.append(row)
+            self.ready.set()
 
 
 @dataclass
@@ -248,8 +306,8 @@ class Inbox:
         self.media_store = media_store
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
-        self._lanes: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._lane_conv: dict[tuple[str, str], int] = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._cursor = 0
         self._sem = asyncio.Semaphore(settings.worker_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -312,7 +370,7 @@ class Inbox:
             handler=result.handler, error=result.error, replies=result.replies, conversation_id=None,
             action_at=time.time(), action_kind=user_action_kind(push.event),
             passive_reply=json.dumps(passive, ensure_ascii=False) if passive is not None else None,
-            expect=(INLINE,),
+            expect=INLINE,
         ))
         if result.replies:
             self.on_replies()
@@ -378,17 +436,16 @@ class Inbox:
 
     async def close(self) -> None:
         self._closing = True
-        for t in self._tasks:
-            t.cancel()
         lanes = list(self._lanes.values())
-        for t in lanes:
+        for t in [*self._tasks, *(lane.task for lane in lanes if lane.task)]:
             t.cancel()
-        await asyncio.gather(*self._tasks, *lanes, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *(lane.task for lane in lanes if lane.task), return_exceptions=True)
         self._tasks.clear()
-        if self._lane_conv:
+        held = tuple(lane.conversation_id for lane in lanes)
+        if held:
             try:
-                await asyncio.wait_for(self.writer.run(ReleaseOp(list(self._lane_conv.values()),
-                                                                 self.instance_id)), 5)
+                await asyncio.wait_for(self.writer.run(LaneOp("release", self.instance_id,
+                                                              conversation_ids=held)), 5)
             except Exception:
                 pass
 
@@ -409,87 +466,113 @@ class Inbox:
         self._wake.set()
 
     async def _dispatch_loop(self) -> None:
-        idle = 1.0
+        """Find pending pushes and hand them to lanes.
+
+        A wake-up (a commit of new pushes) scans only rows after the last one seen; once a second
+        everything pending is scanned again, for pushes whose lane another process held, or
+        that a lane gave back. A short pause after each scan lets one scan serve many commits.
+        """
+        last_full = 0.0
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=idle)
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            full = time.monotonic() - last_full >= 1.0
+            if full:
+                last_full = time.monotonic()
             try:
-                await self._dispatch_once()
+                await self._dispatch_once(0 if full else self._cursor)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("inbox dispatch failed; retrying")
                 await asyncio.sleep(1.0)
+            await asyncio.sleep(0.005)
 
-    async def _dispatch_once(self) -> None:
-        now = time.time()
+    async def _dispatch_once(self, after_id: int) -> None:
         async with self.sessionmaker() as s:
             rows = (await s.execute(
-                select(Message.app, Message.openid, Message.created_at)
-                .where(Message.direction == "in", Message.status == PENDING)
-                .order_by(Message.id).limit(2000)
+                select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
+                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path,
+                       _MSG.c.received_at, _CONV.c.status.label("conversation_status"))
+                .select_from(_MSG.outerjoin(_CONV, (_CONV.c.app == _MSG.c.app) & (_CONV.c.openid == _MSG.c.openid)))
+                .where(_MSG.c.direction == "in", _MSG.c.status == PENDING, _MSG.c.id > after_id)
+                .order_by(_MSG.c.id).limit(2000)
             )).all()
-        lanes: dict[tuple[str, str], float] = {}
+        if not rows:
+            return
+        self._cursor = max(self._cursor, rows[-1].id)
+        waiting: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
             key = (r.app, r.openid)
-            if key not in self._lanes:
-                lanes[key] = max(lanes.get(key, 0.0), r.created_at)
-        if not lanes:
+            lane = self._lanes.get(key)
+            if lane is not None:
+                lane.offer(r)
+            else:
+                waiting.setdefault(key, []).append(r)
+        if not waiting:
             return
-        until = now + self.settings.lease_seconds
-        ops = [LeaseOp(app, openid, self.instance_id, until, seen) for (app, openid), seen in lanes.items()]
+        until = time.time() + self.settings.lease_seconds
+        ops = [LaneOp("acquire", self.instance_id, until, app=app, openid=openid,
+                      seen_at=max(r.received_at for r in lane_rows))
+               for (app, openid), lane_rows in waiting.items()]
         results = await asyncio.gather(*(self.writer.run(op) for op in ops))
-        for op, conv in zip(ops, results):
-            if conv is None:
+        for (key, lane_rows), conv in zip(waiting.items(), results):
+            if conv is None or key in self._lanes:
                 continue  # another process holds this user's lane
-            key = (op.app, op.openid)
-            self._lane_conv[key] = conv.id  # type: ignore[assignment]
-            self._lanes[key] = asyncio.create_task(self._run_lane(key, conv), name=f"csbot-lane-{op.openid}")
+            lane = _Lane(key, conv.id)  # type: ignore[arg-type]
+            for r in lane_rows:
+                lane.offer(r)
+            self._lanes[key] = lane
+            lane.task = asyncio.create_task(self._run_lane(lane), name=f"csbot-lane-{key[1]}")
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(max(self.settings.lease_seconds / 3, 0.2))
-            if self._lane_conv:
+            held = tuple(lane.conversation_id for lane in self._lanes.values())
+            if held:
                 try:
-                    await self.writer.run(ReleaseOp(list(self._lane_conv.values()), self.instance_id,
-                                                    until=time.time() + self.settings.lease_seconds))
+                    await self.writer.run(LaneOp("renew", self.instance_id,
+                                                 time.time() + self.settings.lease_seconds,
+                                                 conversation_ids=held))
                 except Exception:
                     log.warning("could not renew handling leases", exc_info=True)
 
-    async def _run_lane(self, key: tuple[str, str], conv: ConversationInfo) -> None:
-        app, openid = key
+    async def _run_lane(self, lane: "_Lane") -> None:
+        """Handle one user's pushes in order, one at a time; linger a moment before letting go."""
         try:
-            async with self._sem:
-                while True:
-                    async with self.sessionmaker() as s:
-                        rows = (await s.execute(
-                            select(Message).where(Message.app == app, Message.openid == openid,
-                                                  Message.direction == "in", Message.status == PENDING)
-                            .order_by(Message.id).limit(50)
-                        )).scalars().all()
-                    if not rows:
+            while True:
+                if not lane.queue:
+                    lane.ready.clear()
+                    try:
+                        await asyncio.wait_for(lane.ready.wait(), timeout=LANE_LINGER)
+                    except asyncio.TimeoutError:
                         break
-                    for row in rows:
-                        await self._handle_row(row, conv)
+                    continue
+                row = lane.queue.popleft()
+                async with self._sem:
+                    await self._handle_row(row, lane)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("lane %s/%s stopped on a store error; it will be retried", app, openid)
+            log.exception("lane %s/%s stopped on a store error; its pushes will be retried", *lane.key)
             await asyncio.sleep(1.0)
         finally:
-            conv_id = self._lane_conv.pop(key, None)
-            self._lanes.pop(key, None)
-            if conv_id is not None and not self._closing:
+            # leave the map first: the dispatcher then starts a new lane instead of feeding this one,
+            # and the release is queued before that lane's acquire
+            if self._lanes.get(lane.key) is lane:
+                del self._lanes[lane.key]
+            if not self._closing:
                 try:
-                    await self.writer.run(ReleaseOp([conv_id], self.instance_id))
+                    await self.writer.run(LaneOp("release", self.instance_id,
+                                                 conversation_ids=(lane.conversation_id,)))
                 except Exception:
-                    log.warning("could not release lane %s/%s; its lease will expire", app, openid)
+                    log.warning("could not release lane %s/%s; its lease will expire", *lane.key)
                 self._wake.set()
 
-    async def _handle_row(self, row: Message, conv: ConversationInfo) -> None:
+    async def _handle_row(self, row: Any, lane: "_Lane") -> None:
         event = json.loads(row.raw)
         app_cfg = self.settings.apps.get(row.app)
         appid = app_cfg.appid if app_cfg else ""
@@ -497,15 +580,17 @@ class Inbox:
         if row.msg_type == "image" and not media_path and self.media_store is not None:
             media_path = await self._keep_image(row, event)
         info = MessageInfo(id=row.id, app=row.app, openid=row.openid, msg_type=row.msg_type,
-                           event=row.event, text=row.text, dedup_key=row.dedup_key, status=row.status,
+                           event=row.event, text=row.text, dedup_key=row.dedup_key, status=PENDING,
                            attempts=row.attempts, media_path=media_path)
-        routes = [r for r in self.router.candidates(event, human=conv.status == "human") if not r.inline]
+        status = row.conversation_status or "bot"
+        conv = ConversationInfo(id=lane.conversation_id, status=status)
+        routes = [r for r in self.router.candidates(event, human=status == "human") if not r.inline]
         result = await self._run_routes(row.app, appid, info, event, conv, routes, source="push")
         applied = await self.writer.run(OutcomeOp(
             message_id=row.id, app=row.app, openid=row.openid, status=result.status,
             handler=result.handler, error=result.error, replies=result.replies,
-            conversation_id=conv.id, action_at=row.received_at, action_kind=user_action_kind(event),
-            media_path=media_path,
+            conversation_id=lane.conversation_id, action_at=row.received_at,
+            action_kind=user_action_kind(event), media_path=media_path,
         ))
         self.handled += 1
         if applied and result.replies:

@@ -104,7 +104,9 @@ class TokenManager:
         self._dialect = _dialect_name(sessionmaker, settings)
         self._insert = dialect_insert(self._dialect)
         #: how processes are kept from fetching at the same time (for diagnostics)
-        self.lock_kind = "row lock (SELECT … FOR UPDATE)" if self._dialect == "postgresql" else "lease (fetch_owner/fetch_until)"
+        self.lock_kind = (
+            "row lock (SELECT … FOR UPDATE)" if self._dialect == "postgresql" else "lease (fetch_owner/fetch_until)"
+        )
         #: the SQLite lease outlives one fetch with its retries (and a forced refetch)
         self.lease_seconds = 3 * (settings.api_timeout + 1.0) * 2
         self._lock = asyncio.Lock()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, select, text
+from sqlalchemy import ColumnElement, Select, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from csbot.store import Message
@@ -62,16 +62,3 @@ async def matching_ids(session: AsyncSession, query: str) -> Select[Any]:
 def _like(query: str) -> ColumnElement[bool]:
     # SQLite's LIKE is case-insensitive for ASCII, like the trigram tokenizer's default
     return Message.text.like(f"%{escape_like(query)}%", escape="\\")
-
-
-async def search_conversations(session: AsyncSession, query: str, *, app: str | None = None,
-                               limit: int = 50) -> list[tuple[str, str, int]]:
-    """Conversations with a message matching ``query``: (app, openid, id of the latest match),
-    latest match first."""
-    last = func.max(Message.id).label("last_match")
-    q = (select(Message.app, Message.openid, last)
-         .where(Message.id.in_(await matching_ids(session, query)))
-         .group_by(Message.app, Message.openid).order_by(last.desc()).limit(limit))
-    if app:
-        q = q.where(Message.app == app)
-    return [(r.app, r.openid, r.last_match) for r in (await session.execute(q)).all()]

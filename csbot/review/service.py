@@ -226,21 +226,8 @@ class Review:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         limit = max(1, min(int(limit), MAX_LIMIT))
         async with self.sessionmaker() as s:
-            q = select(Conversation)
-            if app:
-                q = q.where(Conversation.app == app)
-            if status:
-                q = q.where(Conversation.status == status)
-            if since is not None:
-                q = q.where(Conversation.last_message_at >= since)
-            if search and search.strip():
-                hits = select(Message.app, Message.openid).where(Message.id.in_(await matching_ids(s, search)))
-                q = q.where(tuple_(Conversation.app, Conversation.openid).in_(hits))
-            if cursor:
-                at, conv_id = decode_cursor(cursor)
-                q = q.where(or_(Conversation.last_message_at < at,
-                                and_(Conversation.last_message_at == at, Conversation.id < conv_id)))
-            q = q.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(limit + 1)
+            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor)
+            q = q.limit(limit + 1)
             convs = list((await s.execute(q)).scalars().all())
             more = len(convs) > limit
             convs = convs[:limit]
@@ -248,6 +235,27 @@ class Review:
         items = [conversation_item(c, stats.get((c.app, c.openid))) for c in convs]
         next_cursor = encode_cursor(convs[-1].last_message_at, convs[-1].id) if more and convs else None
         return Page(items, next_cursor)
+
+    @staticmethod
+    async def list_query(s: AsyncSession, *, app: str | None = None, status: str | None = None,
+                         since: float | None = None, search: str | None = None,
+                         cursor: str | None = None) -> Any:
+        """The SELECT of conversations behind :meth:`list_conversations` (without the limit)."""
+        q = select(Conversation)
+        if app:
+            q = q.where(Conversation.app == app)
+        if status:
+            q = q.where(Conversation.status == status)
+        if since is not None:
+            q = q.where(Conversation.last_message_at >= since)
+        if search and search.strip():
+            hits = select(Message.app, Message.openid).where(Message.id.in_(await matching_ids(s, search)))
+            q = q.where(tuple_(Conversation.app, Conversation.openid).in_(hits))
+        if cursor:
+            at, conv_id = decode_cursor(cursor)
+            q = q.where(or_(Conversation.last_message_at < at,
+                            and_(Conversation.last_message_at == at, Conversation.id < conv_id)))
+        return q.order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
 
     async def _stats(self, s: AsyncSession, convs: list[Conversation]) -> dict[tuple[str, str], dict[str, Any]]:
         """Per conversation: the last message, and whether the customer's last message is unanswered."""
@@ -283,6 +291,16 @@ class Review:
         if conv is None:
             raise NotFound(f"no conversation with {openid} in app {app}")
         return conv
+
+    async def conversations_for(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The conversations of these (app, openid) pairs that exist."""
+        if not keys:
+            return []
+        async with self.sessionmaker() as s:
+            convs = list((await s.execute(select(Conversation).where(
+                tuple_(Conversation.app, Conversation.openid).in_(keys)))).scalars().all())
+            stats = await self._stats(s, convs)
+        return [conversation_item(c, stats.get((c.app, c.openid))) for c in convs]
 
     async def conversation(self, app: str, openid: str) -> dict[str, Any]:
         async with self.sessionmaker() as s:
@@ -421,7 +439,7 @@ class Review:
         await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
         await s.execute(insert(ConversationEvent).values(
             conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
-            detail=detail or (f"assigned to {agent}" if status == "human" else None)))
+            detail=detail or (f"assigned to {agent}" if status == "human" and agent != actor else None)))
 
     async def reply(self, app: str, openid: str, text: str, *, agent: str) -> int:
         """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""

@@ -29,7 +29,9 @@ class WriteOp(Protocol):
 
 
 class BatchWriter:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_batch: int = 500) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_batch: int = 500,
+                 urgent_kinds: frozenset[str] = frozenset({"intake"})) -> None:
+        self.urgent_kinds = urgent_kinds
         self._sessionmaker = sessionmaker
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[WriteOp, asyncio.Future[Any]]] = asyncio.Queue()
@@ -67,30 +69,41 @@ class BatchWriter:
             batch = [item]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                results = await self._apply(batch)
-            except asyncio.CancelledError:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("store is shutting down"))
-                raise
-            except Exception:
-                log.warning("group commit of %d writes failed; retrying them one by one", len(batch),
-                            exc_info=True)
-                for single in batch:
-                    try:
-                        res = await self._apply([single])
-                        if not single[1].done():
-                            single[1].set_result(res[0])
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # the write itself is bad, or the store is down
-                        if not single[1].done():
-                            single[1].set_exception(exc)
-                continue
-            for (_, fut), res in zip(batch, results):
+            # pushes waiting for their ack go first, in a commit of their own: an ack never waits
+            # behind the workers' bookkeeping
+            urgent = [b for b in batch if b[0].batch_kind in self.urgent_kinds]
+            if urgent and len(urgent) < len(batch):
+                rest = [b for b in batch if b[0].batch_kind not in self.urgent_kinds]
+                await self._commit(urgent)
+                await self._commit(rest)
+            else:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._apply(batch)
+        except asyncio.CancelledError:
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(res)
+                    fut.set_exception(RuntimeError("store is shutting down"))
+            raise
+        except Exception:
+            log.warning("group commit of %d writes failed; retrying them one by one", len(batch),
+                        exc_info=True)
+            for single in batch:
+                try:
+                    res = await self._apply([single])
+                    if not single[1].done():
+                        single[1].set_result(res[0])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the write itself is bad, or the store is down
+                    if not single[1].done():
+                        single[1].set_exception(exc)
+            return
+        for (_, fut), res in zip(batch, results):
+            if not fut.done():
+                fut.set_result(res)
 
     async def _apply(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> list[Any]:
         groups: dict[str, list[int]] = {}

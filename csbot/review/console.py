@@ -1,0 +1,392 @@
+"""The web console at ``/admin``: sign in with the admin token, read conversations, step in, hand back.
+
+Server-rendered with Jinja2 (autoescaped) and a little plain JavaScript (``static/console.js``,
+no build step). Security:
+
+- sign-in with ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a display name, then a
+  signed session cookie (HMAC with a key derived from the token: changing the token signs
+  everyone out), ``HttpOnly``, ``SameSite=Strict``, ``Secure`` when served over HTTPS;
+- a CSRF token (bound to the session) on every form and POST; the sign-in form itself uses a
+  double-submit cookie;
+- customer text is only ever rendered as text: Jinja2 autoescape on the server, ``textContent``
+  in the live updates, and a Content-Security-Policy without inline scripts.
+
+New messages reach open pages as server-sent events: each connected page polls the store for
+messages newer than the last one it has, every half second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+import secrets
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote, urlencode
+
+import jinja2
+from aiohttp import web
+
+from csbot.review.service import STATUSES, ReviewError, ago, check_name, message_item
+
+log = logging.getLogger("csbot.review.console")
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "csbot_session"
+LOGIN_COOKIE = "csbot_login"
+SESSION_TTL = 12 * 3600
+POLL_SECONDS = 0.5
+THREAD_LIMIT = 300
+UNSETTLED = ("pending", "inline", "handling", "queued", "sending", "in_doubt")
+CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Sessions:
+    """Stateless signed sessions: ``payload.signature``, payload = {agent, expiry, nonce}."""
+
+    def __init__(self, token: str) -> None:
+        self.key = hmac.new(token.encode("utf-8"), b"csbot-console-session-v1", hashlib.sha256).digest()
+
+    def _sign(self, data: bytes) -> str:
+        return _b64(hmac.new(self.key, data, hashlib.sha256).digest())
+
+    def issue(self, agent: str) -> str:
+        payload = _b64(json.dumps({"a": agent, "e": int(time.time() + SESSION_TTL),
+                                   "n": secrets.token_hex(16)}).encode())
+        return f"{payload}.{self._sign(payload.encode())}"
+
+    def read(self, cookie: str | None) -> dict[str, Any] | None:
+        if not cookie or "." not in cookie or len(cookie) > 1024:
+            return None
+        payload, _, sig = cookie.partition(".")
+        if not hmac.compare_digest(sig.encode(), self._sign(payload.encode()).encode()):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("e"), int) or data["e"] < time.time():
+            return None
+        return data
+
+    def csrf(self, session: dict[str, Any]) -> str:
+        return self._sign(b"csrf:" + str(session.get("n", "")).encode())
+
+
+def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return datetime.fromtimestamp(ts).strftime(fmt) if ts else ""
+
+
+def make_env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("csbot.review", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False)
+    env.filters["when"] = _when
+    env.filters["ago"] = ago
+    env.filters["q"] = lambda s: quote(str(s), safe="")
+    for name in env.list_templates():  # loaded once, at start-up: no file reads while serving
+        env.get_template(name)
+    return env
+
+
+def is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("https://", "http://"))
+
+
+def build_console(hub: Any) -> web.Application:
+    """The ``/admin`` sub-application."""
+    settings = hub.settings
+    sessions = Sessions(settings.admin_token)
+    env = make_env()
+    env.globals["is_http_url"] = is_http_url
+
+    def render(name: str, http_status: int = 200, **ctx: Any) -> web.Response:
+        return web.Response(text=env.get_template(name).render(**ctx), status=http_status,
+                            content_type="text/html", charset="utf-8")
+
+    def error_page(status: int, message: str) -> web.Response:
+        return render("error.html", http_status=status, status_code=status, message=message)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                resp = exc  # redirects
+            else:
+                resp = error_page(exc.status, exc.reason)
+        except ReviewError as exc:
+            resp = error_page(exc.status, str(exc))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("console: unexpected error on %s %s", request.method, request.path)
+            resp = error_page(500, "internal error")
+        if not resp.prepared:
+            resp.headers.setdefault("Content-Security-Policy", CSP)
+            resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+            resp.headers.setdefault("Referrer-Policy", "same-origin")
+            resp.headers.setdefault("X-Frame-Options", "DENY")
+            if not request.path.startswith("/admin/static/"):
+                resp.headers.setdefault("Cache-Control", "no-store")
+        if isinstance(resp, web.HTTPException):
+            raise resp
+        return resp
+
+    console = web.Application(middlewares=[middleware])
+
+    def session_of(request: web.Request) -> dict[str, Any] | None:
+        return sessions.read(request.cookies.get(SESSION_COOKIE))
+
+    def require(request: web.Request, *, page: bool = False) -> dict[str, Any]:
+        session = session_of(request)
+        if session is None:
+            if page:
+                raise web.HTTPSeeOther("/admin/login?" + urlencode({"next": request.path_qs}))
+            raise web.HTTPUnauthorized(reason="sign in first")
+        return session
+
+    async def require_post(request: web.Request) -> tuple[dict[str, Any], Any]:
+        session = require(request)
+        form = await request.post()
+        given = str(form.get("csrf") or request.headers.get("X-CSRF-Token") or "")
+        if not given or not hmac.compare_digest(given.encode(), sessions.csrf(session).encode()):
+            log.warning("console: refused %s %s: missing or wrong CSRF token", request.method, request.path)
+            raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
+        return session, form
+
+    def secure(request: web.Request) -> bool:
+        return request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+
+    def base_ctx(session: dict[str, Any]) -> dict[str, Any]:
+        return {"agent": session["a"], "csrf": sessions.csrf(session), "apps": list(settings.apps),
+                "statuses": STATUSES}
+
+    # ---- sign in / out
+
+    async def login_form(request: web.Request, *, status: int = 200, message: str = "") -> web.Response:
+        nonce = secrets.token_urlsafe(24)
+        nxt = request.query.get("next", "/admin/")
+        resp = render("login.html", http_status=status, csrf=nonce, message=message,
+                      next=nxt if nxt.startswith("/admin/") else "/admin/")
+        resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/admin",
+                        secure=secure(request), max_age=3600)
+        return resp
+
+    async def login_page(request: web.Request) -> web.Response:
+        if session_of(request) is not None:
+            raise web.HTTPSeeOther("/admin/")
+        return await login_form(request)
+
+    async def login(request: web.Request) -> web.Response:
+        form = await request.post()
+        given_csrf = str(form.get("csrf") or "")
+        cookie_csrf = request.cookies.get(LOGIN_COOKIE, "")
+        if not given_csrf or not cookie_csrf or not hmac.compare_digest(given_csrf.encode(), cookie_csrf.encode()):
+            log.warning("console: refused sign-in from %s: missing or wrong CSRF token", request.remote)
+            raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
+        token = str(form.get("token") or "")
+        if not hmac.compare_digest(token.encode("utf-8"), settings.admin_token.encode("utf-8")):
+            log.warning("console: failed sign-in from %s", request.remote)
+            await asyncio.sleep(0.5)  # slows guessing
+            return await login_form(request, status=401, message="That is not the admin token.")
+        try:
+            agent = check_name(str(form.get("name") or ""), "your name")
+        except ReviewError as exc:
+            return await login_form(request, status=400, message=str(exc))
+        nxt = str(form.get("next") or "/admin/")
+        resp = web.HTTPSeeOther(nxt if nxt.startswith("/admin/") else "/admin/")
+        resp.set_cookie(SESSION_COOKIE, sessions.issue(agent), httponly=True, samesite="Strict", path="/",
+                        secure=secure(request), max_age=SESSION_TTL)
+        resp.del_cookie(LOGIN_COOKIE, path="/admin")
+        log.info("console: %s signed in from %s", agent, request.remote)
+        raise resp
+
+    async def logout(request: web.Request) -> web.Response:
+        await require_post(request)
+        resp = web.HTTPSeeOther("/admin/login")
+        resp.del_cookie(SESSION_COOKIE, path="/")
+        raise resp
+
+    # ---- pages
+
+    async def list_page(request: web.Request) -> web.Response:
+        session = require(request, page=True)
+        q = request.query
+        status = q.get("status") if q.get("status") in STATUSES else None
+        search = (q.get("q") or "").strip()[:200]
+        app = q.get("app") if q.get("app") in settings.apps else None
+        page = await hub.review.list_conversations(app=app, status=status, search=search or None, limit=50,
+                                                   cursor=q.get("cursor") or None)
+        after = await hub.review.max_message_id()
+        return render("list.html", **base_ctx(session), conversations=page.conversations,
+                      next_cursor=page.next_cursor, status=status, search=search, app=app, after=after,
+                      filtered=bool(search or app or q.get("cursor")), now=time.time())
+
+    async def thread_page(request: web.Request) -> web.Response:
+        session = require(request, page=True)
+        app, openid = request.match_info["app"], request.match_info["openid"]
+        thread = await hub.review.thread(app, openid, limit=THREAD_LIMIT)
+        last_id = max((i["id"] for i in thread["items"] if i["kind"] == "message"), default=0)
+        return render("thread.html", **base_ctx(session), c=thread["conversation"], items=thread["items"],
+                      truncated=thread["truncated"], after=last_id, now=time.time())
+
+    def back_to_thread(app: str, openid: str) -> web.HTTPSeeOther:
+        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}")
+
+    async def reply(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = request.match_info["app"], request.match_info["openid"]
+        await hub.review.reply(app, openid, str(form.get("text") or ""), agent=session["a"])
+        raise back_to_thread(app, openid)
+
+    async def set_status(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = request.match_info["app"], request.match_info["openid"]
+        await hub.review.set_status(app, openid, str(form.get("status") or ""), agent=session["a"])
+        raise back_to_thread(app, openid)
+
+    async def tags(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = request.match_info["app"], request.match_info["openid"]
+        add = [t for t in str(form.get("add") or "").split(",") if t.strip()]
+        remove = [str(form["remove"])] if form.get("remove") else []
+        await hub.review.set_tags(app, openid, add=add, remove=remove)
+        raise back_to_thread(app, openid)
+
+    async def notes(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = request.match_info["app"], request.match_info["openid"]
+        await hub.review.add_note(app, openid, str(form.get("text") or ""), author=session["a"])
+        raise back_to_thread(app, openid)
+
+    async def media(request: web.Request) -> web.Response:
+        require(request)
+        try:
+            message_id = int(request.match_info["id"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        row = await hub.review.media(message_id)
+        if row is None or row.direction != "in" or not row.media_path:
+            raise web.HTTPNotFound(reason="no stored media for this message")
+        try:
+            data = await hub.media_store().get(row.media_path)
+        except (OSError, ValueError):
+            raise web.HTTPNotFound(reason="the stored media file is missing") from None
+        ctype = mimetypes.guess_type(row.media_path)[0] or "application/octet-stream"
+        if not ctype.startswith("image/"):
+            ctype = "application/octet-stream"
+        return web.Response(body=data, content_type=ctype,
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    # ---- live updates
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        require(request)
+        app = request.query.get("app") or None
+        openid = request.query.get("openid") or None
+        try:
+            after = int(request.query.get("after") or 0)
+        except ValueError:
+            raise web.HTTPBadRequest(reason="after must be an integer") from None
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+
+        async def send(event: str, data: dict[str, Any]) -> None:
+            await resp.write(f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+
+        unsettled: dict[int, str] = {}
+        for part in (request.query.get("watch") or "").split(",")[:200]:
+            if part.strip().isdigit():
+                unsettled[int(part)] = "?"  # shown unsettled on the page: send its state once
+        waiting: set[tuple[str, str]] = set()
+        conv_state: tuple[Any, ...] | None = None
+        last_ping = time.monotonic()
+        try:
+            await resp.write(b"retry: 2000\n\n")
+            while not hub.closing.is_set():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                if openid and app:
+                    new = await hub.review.new_messages(after, app=app, openid=openid)
+                    for m in new:
+                        after = max(after, m.id)
+                        await send("message", message_item(m))
+                        if m.status in UNSETTLED:
+                            unsettled[m.id] = m.status
+                    for m in await hub.review.messages_by_id(list(unsettled)):
+                        if m.status != unsettled[m.id] or m.media_path:
+                            await send("update", message_item(m))
+                        if m.status in UNSETTLED:
+                            unsettled[m.id] = m.status
+                        else:
+                            unsettled.pop(m.id, None)
+                    try:
+                        conv = await hub.review.conversation(app, openid)
+                    except ReviewError:
+                        conv = None
+                    if conv is not None:
+                        state = (conv["status"], conv["assigned_agent"], tuple(conv["tags"]))
+                        if conv_state is not None and state != conv_state:
+                            await send("conversation", conv)
+                        conv_state = state
+                else:
+                    new = await hub.review.new_messages(after)
+                    for m in new:
+                        after = max(after, m.id)
+                        waiting.add((m.app, m.openid))
+                    if waiting:
+                        for conv in await hub.review.conversations_for(list(waiting)):
+                            waiting.discard((conv["app"], conv["openid"]))
+                            await send("conversation", conv)
+                if time.monotonic() - last_ping > 15:
+                    await resp.write(b": ping\n\n")
+                    last_ping = time.monotonic()
+                try:
+                    await asyncio.wait_for(hub.closing.wait(), POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return resp
+
+    async def to_list(request: web.Request) -> web.Response:
+        raise web.HTTPSeeOther("/admin/")
+
+    console.router.add_get("", to_list)
+    console.router.add_get("/", list_page)
+    console.router.add_get("/login", login_page)
+    console.router.add_post("/login", login)
+    console.router.add_post("/logout", logout)
+    console.router.add_get("/c/{app}/{openid}", thread_page)
+    console.router.add_post("/c/{app}/{openid}/reply", reply)
+    console.router.add_post("/c/{app}/{openid}/status", set_status)
+    console.router.add_post("/c/{app}/{openid}/tags", tags)
+    console.router.add_post("/c/{app}/{openid}/notes", notes)
+    console.router.add_get("/media/{id}", media)
+    console.router.add_get("/events", events)
+    console.router.add_static("/static", HERE / "static", append_version=True)
+    return console
+
+
+__all__ = ["build_console", "Sessions"]
