@@ -161,32 +161,39 @@ class OutcomeOp:
 
     @staticmethod
     async def _touch_conversations(conn: Any, dialect: str, ops: Sequence["OutcomeOp"], now: float) -> None:
-        """One UPDATE per conversation: activity, the user's last action, reopening, transfers."""
+        """One cached UPDATE per batch: activity, the user's last action, reopening, transfers."""
+        from sqlalchemy import and_, bindparam, func
+
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for op in ops:
-            values = latest.setdefault((op.app, op.openid), {"last_message_at": now, "cid": op.conversation_id})
+            values = latest.setdefault((op.app, op.openid), {
+                "c_app": op.app, "c_openid": op.openid, "lma": now, "action_at": None, "action_kind": None,
+                "reopen": False, "transferred_at": None, "cid": op.conversation_id})
             if op.action_kind is not None:
-                values.update(last_user_action_at=op.action_at, last_user_action_kind=op.action_kind)
+                values.update(action_at=op.action_at, action_kind=op.action_kind)
             if op.action_kind == "message":  # csbot.review: writing again reopens a closed conversation
                 values["reopen"] = True
             if op.passive_reply is not None:
                 # the hand-off to WeChat's customer-service tool shows on the thread
                 values["transferred_at"] = now
-            if op.conversation_id is not None:
-                values["cid"] = op.conversation_id
-        for (app, openid), values in latest.items():
-            cid = values.pop("cid")
-            if values.pop("reopen", False):
-                values["status"] = case((_CONV.c.status == "closed", "bot"), else_=_CONV.c.status)
-            if cid is None:  # inline: the lane (and so the conversation row) may not exist yet
-                insert = dialect_insert(dialect)
-                await conn.execute(insert(_CONV).values(
-                    app=app, openid=openid, status="bot", created_at=now, last_message_at=now,
-                ).on_conflict_do_nothing(index_elements=["app", "openid"]))
-                await conn.execute(update(_CONV).where(_CONV.c.app == app, _CONV.c.openid == openid)
-                                   .values(**values))
-            else:
-                await conn.execute(update(_CONV).where(_CONV.c.id == cid).values(**values))
+        touch = _cached(dialect, "touch_conversation", lambda _: (
+            update(_CONV).where(_CONV.c.app == bindparam("c_app"), _CONV.c.openid == bindparam("c_openid"))
+            .values(last_message_at=bindparam("lma"),
+                    last_user_action_at=func.coalesce(bindparam("action_at"), _CONV.c.last_user_action_at),
+                    last_user_action_kind=func.coalesce(bindparam("action_kind"), _CONV.c.last_user_action_kind),
+                    transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
+                    status=case((and_(_CONV.c.status == "closed", bindparam("reopen") == True), "bot"),  # noqa: E712
+                                else_=_CONV.c.status))))
+        missing = [v for v in latest.values() if v["cid"] is None]
+        if missing:  # inline: the lane (and so the conversation row) may not exist yet
+            await conn.execute(
+                _cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
+                    index_elements=["app", "openid"])),
+                [dict(app=v["c_app"], openid=v["c_openid"], status="bot", created_at=now, last_message_at=now,
+                      tags="[]") for v in missing])
+        params = [{k: v for k, v in values.items() if k != "cid"} for values in latest.values()]
+        if params:
+            await conn.execute(touch, params)
 
 
 @dataclass

@@ -92,7 +92,7 @@ class PushBuilder:
         return {**self._base(openid, "text", create_time), "Content": content,
                 "MsgId": msg_id if msg_id is not None else next(_msg_ids)}
 
-    def image(self, openid: str, media_id: str, *, pic_url: str = "http://mmbiz.qpic.cn/x.jpg",
+    def image(self, openid: str, media_id: str, *, pic_url: str = "",
               msg_id: int | None = None, create_time: int | None = None) -> dict[str, Any]:
         return {**self._base(openid, "image", create_time), "PicUrl": pic_url, "MediaId": media_id,
                 "MsgId": msg_id if msg_id is not None else next(_msg_ids)}
