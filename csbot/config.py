@@ -75,6 +75,8 @@ class Settings:
     quota_window_seconds: int = 48 * 3600
     quota_replies_on_enter: int = 2
     quota_enter_window_seconds: int = 60
+    #: send a reply's subscribe fallback when the quota refuses the reply
+    quota_subscribe_fallback: bool = True
     #: API calls per second per app (aiolimiter)
     api_rate_per_second: float = 50.0
     #: seconds an HTTP request to WeChat's API may take
@@ -242,6 +244,7 @@ _GENERAL = {
     "quota_replies_on_enter": "CSBOT_QUOTA_REPLIES_ON_ENTER",
     "quota_enter_window_seconds": "CSBOT_QUOTA_ENTER_WINDOW_SECONDS",
     "api_rate_per_second": "CSBOT_API_RATE",
+    "quota_subscribe_fallback": "CSBOT_QUOTA_SUBSCRIBE_FALLBACK",
     "api_timeout": "CSBOT_API_TIMEOUT",
     "admin_token": "CSBOT_ADMIN_TOKEN",
     "human_timeout": "CSBOT_HUMAN_TIMEOUT",  # csbot.review
@@ -295,6 +298,8 @@ def load_settings(
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:
             value = _float(name, value)
+        elif key == "quota_subscribe_fallback":
+            value = _bool(name, value)
         elif key in ("handlers_dir", "data_dir"):
             value = Path(str(value))
         else:

@@ -60,6 +60,19 @@ class Context:
         if reply is not None:
             self.replies.append(reply)
 
+    async def typing(self, on: bool = True) -> None:
+        """Show (or stop) "typing…" to the user. Failures are ignored: it is only a courtesy.
+
+        Sending a message cancels typing by itself.
+        """
+        if self.openapi is None:
+            return
+        try:
+            await self.openapi.customer_service_message.set_typing(
+                touser=self.OPENID, command="Typing" if on else "CancelTyping")
+        except Exception as exc:
+            self.logger.debug("set_typing ignored: %s", exc)
+
     def getWXContext(self) -> dict[str, Any]:  # noqa: N802 - the cloud SDK's name
         return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
                 "SOURCE": self.SOURCE, "ENV": self.app}

@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot.context import ConversationInfo, Context, MessageInfo
 from csbot.messages import Reply, Text, as_reply, send_body
@@ -481,10 +482,7 @@ class Inbox:
         """
         last_full = 0.0
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, 1.0)
             self._wake.clear()
             full = time.monotonic() - last_full >= 1.0
             if full:
@@ -553,9 +551,7 @@ class Inbox:
             while True:
                 if not lane.queue:
                     lane.ready.clear()
-                    try:
-                        await asyncio.wait_for(lane.ready.wait(), timeout=LANE_LINGER)
-                    except asyncio.TimeoutError:
+                    if not await wait_event(lane.ready, LANE_LINGER):
                         break
                     continue
                 row = lane.queue.popleft()

@@ -11,10 +11,35 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 
+@dataclass(frozen=True)
+class SubscribeFallback:
+    """A subscribe message to send instead when WeChat's reply quota refuses the reply.
+
+    Takes ``subscribe_message.send`` fields: it needs the user's consent
+    (``wx.requestSubscribeMessage``), and WeChat answers 43101 without it.
+    """
+
+    template_id: str
+    data: dict[str, Any]
+    page: str | None = None
+    miniprogram_state: str | None = None
+    lang: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {k: v for k, v in {"template_id": self.template_id, "data": self.data, "page": self.page,
+                                  "miniprogram_state": self.miniprogram_state, "lang": self.lang}.items()
+                if v is not None}
+
+
 class Reply:
-    """Base class: a message csbot can send to a user through the customer-service API."""
+    """Base class: a message csbot can send to a user through the customer-service API.
+
+    Every reply may carry ``subscribe_fallback`` (a :class:`SubscribeFallback`), used when the
+    reply window is closed or its quota used up.
+    """
 
     msgtype: ClassVar[str] = ""
+    subscribe_fallback: SubscribeFallback | None
 
     def body(self) -> dict[str, Any]:
         """The typed part of the send body, e.g. ``{"content": "hi"}`` for text."""
@@ -27,6 +52,7 @@ class Reply:
 @dataclass(frozen=True)
 class Text(Reply):
     content: str
+    subscribe_fallback: SubscribeFallback | None = None
     msgtype: ClassVar[str] = "text"
 
     def body(self) -> dict[str, Any]:
@@ -43,6 +69,7 @@ class Image(Reply):
     media_id: str | None = None
     data: bytes | None = None
     path: str | Path | None = None
+    subscribe_fallback: SubscribeFallback | None = None
     msgtype: ClassVar[str] = "image"
 
     def __post_init__(self) -> None:
@@ -62,6 +89,7 @@ class Link(Reply):
     description: str
     url: str
     thumb_url: str
+    subscribe_fallback: SubscribeFallback | None = None
     msgtype: ClassVar[str] = "link"
 
     def body(self) -> dict[str, Any]:
@@ -78,6 +106,7 @@ class MiniProgramPage(Reply):
     pagepath: str
     thumb_media_id: str
     appid: str | None = None
+    subscribe_fallback: SubscribeFallback | None = None
     msgtype: ClassVar[str] = "miniprogrampage"
 
     def body(self) -> dict[str, Any]:
@@ -125,4 +154,12 @@ def as_reply(value: Any) -> Reply | None:
 
 def send_body(reply: Reply, touser: str) -> dict[str, Any]:
     """The full JSON body of ``cgi-bin/message/custom/send``."""
-    return {"touser": touser, "msgtype": reply.msgtype, reply.msgtype: reply.body()}
+    body = {"touser": touser, "msgtype": reply.msgtype, reply.msgtype: reply.body()}
+    if reply.subscribe_fallback is not None:
+        # kept with the stored reply; the outbox takes it off before sending
+        body[FALLBACK_KEY] = reply.subscribe_fallback.body()
+    return body
+
+
+#: key of the subscribe fallback inside a stored send body (never sent to custom/send)
+FALLBACK_KEY = "_subscribe_fallback"

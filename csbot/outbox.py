@@ -31,7 +31,9 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from csbot.aio import wait_event
 from csbot.config import Settings
+from csbot.messages import FALLBACK_KEY
 from csbot.store import Conversation, Message, dialect_insert
 from csbot.store.batch import BatchWriter
 
@@ -192,10 +194,7 @@ class Outbox:
 
     async def _dispatch_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, 1.0)
             self._wake.clear()
             try:
                 await self._dispatch_once()
@@ -299,6 +298,7 @@ class Outbox:
     async def _deliver(self, row: Message) -> None:
         refusal = await self._quota_refusal(row)
         if refusal is not None:
+            refusal += await self._subscribe_fallback(row)
             await self.writer.run(MarkOp(row.id, DUE_STATUSES, {"status": QUOTA, "error": refusal}))
             log.info("reply %s to %s not sent: %s", row.id, row.openid, refusal)
             return
@@ -308,6 +308,7 @@ class Outbox:
         if not marked:
             return
         body = json.loads(row.raw)
+        body.pop(FALLBACK_KEY, None)
         openapi = self.openapi_for(row.app)
         from csbot.openapi import is_transient, WeChatAPIError  # local: openapi imports the store
         try:
@@ -330,6 +331,11 @@ class Outbox:
                               "next_attempt_at": time.time() + delay}
                     log.info("reply %s to %s: transient failure (%s), retry in %.1fs", row.id, row.openid,
                              errmsg, delay)
+            elif isinstance(exc, WeChatAPIError) and exc.errcode in (45015, 45047):
+                # WeChat's window or quota refused it after all: same as our own quota check
+                values = {"status": QUOTA, "errcode": errcode, "errmsg": errmsg,
+                          "error": "refused by WeChat's reply quota" + await self._subscribe_fallback(row)}
+                log.info("reply %s to %s refused by WeChat's quota: %s", row.id, row.openid, errmsg)
             elif isinstance(exc, WeChatAPIError):
                 values = {"status": FAILED, "errcode": errcode, "errmsg": errmsg}
                 log.warning("reply %s to %s failed permanently: %s %s", row.id, row.openid, errcode, errmsg)
@@ -340,6 +346,19 @@ class Outbox:
             return
         await self.writer.run(MarkOp(row.id, (SENDING,), {
             "status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None}))
+
+    async def _subscribe_fallback(self, row: Message) -> str:
+        """Send the reply's subscribe fallback, if it has one; returns a note for the row."""
+        fallback = json.loads(row.raw).get(FALLBACK_KEY)
+        if not fallback or not self.settings.quota_subscribe_fallback:
+            return ""
+        try:
+            await self.openapi_for(row.app).subscribe_message.send(touser=row.openid, **fallback)
+        except Exception as exc:
+            code = getattr(exc, "errcode", None)
+            log.info("subscribe fallback for reply %s failed: %s", row.id, exc)
+            return f"; subscribe fallback {fallback.get('template_id')} failed ({code}: {getattr(exc, 'errmsg', exc)})"
+        return f"; sent subscribe message {fallback.get('template_id')} instead"
 
     async def _resolve_media(self, openapi: Any, body: dict[str, Any]) -> dict[str, Any]:
         """An image reply given as bytes or a path is uploaded (media_id cached 3 days)."""

@@ -192,3 +192,48 @@ async def test_kill_9_during_a_send_loses_nothing_and_only_the_send_in_flight_ma
     rows = db.execute("select text, status, attempts, error from messages where direction='out' order by id").fetchall()
     assert [(t, s) for t, s, _, _ in rows] == [("reply to 1", "sent"), ("reply to 2", "sent"), ("reply to 3", "sent")]
     assert rows[1][2] == 2 and "in doubt" in rows[1][3]  # the thread shows the in-doubt resend
+
+
+async def test_a_reply_over_quota_falls_back_to_the_subscribe_message_it_carries():
+    from csbot import Text
+    from csbot.messages import SubscribeFallback
+
+    async def chatty(event, context):
+        for i in range(6):
+            await context.reply(Text(f"part {i}", subscribe_fallback=SubscribeFallback(
+                template_id="TPL1", data={"thing1": {"value": "您的订单有更新"}}, page="pages/order/index")))
+
+    async with Harness.start(router=Router([Route("chatty", chatty, fallback=True)])) as bot:
+        bot.fake.grant_subscription(TEST_APPID, "oU", "TPL1")
+        await bot.send_text("oU", "status?")
+        await bot.wait_idle()
+        assert bot.replies_to("oU")[:5] == [f"part {i}" for i in range(5)]
+        subscribe = [m for m in bot.fake.sent_to("oU") if m["kind"] == "subscribe"]
+        assert len(subscribe) == 1 and subscribe[0]["body"]["template_id"] == "TPL1"
+        last = (await outbound(bot))[-1]
+        assert last.status == "quota_exceeded" and "sent subscribe message TPL1 instead" in last.error
+        # the fallback never leaks into the customer-service send
+        assert all("_subscribe_fallback" not in (c.json or {}) for c in bot.fake.calls_to(SEND))
+
+
+async def test_wechat_refusing_with_45015_is_recorded_as_quota_not_retried():
+    async with Harness.start(router=echo_router()) as bot:
+        bot.fake.inject(SEND, errcode=45015, times=1)
+        await bot.send_text("oU", "x")
+        await bot.wait_idle()
+        [row] = await outbound(bot)
+        assert (row.status, row.errcode, row.attempts) == ("quota_exceeded", 45015, 1)
+
+
+async def test_typing_is_shown_and_its_failures_ignored():
+    async def slow(event, context):
+        await context.typing()
+        bot.fake.inject("/cgi-bin/message/custom/typing", errcode=45081, times=1)
+        await context.typing()  # "already typing": ignored
+        return "done"
+
+    async with Harness.start(router=Router([Route("slow", slow, fallback=True)])) as bot:
+        await bot.send_text("oU", "x")
+        await bot.wait_idle()
+        assert bot.replies_to("oU") == ["done"]
+        assert [c.json["command"] for c in bot.fake.calls_to("/cgi-bin/message/custom/typing")] == ["Typing", "Typing"]
