@@ -113,6 +113,8 @@ async def test_two_serving_processes_never_handle_one_push_twice(pg_url, tmp_pat
         for u in users:
             contents = [m["body"]["text"]["content"].split(":", 1) for m in fake.sent_to(u)]
             assert [c for _, c in contents] == [str(n) for n in range(per_user)], u  # once each, in order
+        # one access token served both processes: no refetch, no ping-pong between them
+        assert fake.token_fetches(TEST_APPID) == 1
         # which process handles a lane is a race (the first to lease it keeps it while the user
         # is active), so only the outcome is asserted: each push handled once, in order
     from csbot.store import make_engine
