@@ -198,6 +198,25 @@ class OutcomeOp:
 
 
 @dataclass
+class StatusOp:
+    """Move an inbound push from one status to another (e.g. inline → pending)."""
+
+    message_id: int
+    expect: str
+    status: str
+    batch_kind: str = "status"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["StatusOp"]) -> list[None]:
+        from sqlalchemy import bindparam
+
+        stmt = _cached(_dialect(session), "status", lambda _: update(_MSG).where(
+            _MSG.c.id == bindparam("mid"), _MSG.c.status == bindparam("expect")).values(status=bindparam("new")))
+        conn = await session.connection()
+        await conn.execute(stmt, [{"mid": op.message_id, "expect": op.expect, "new": op.status} for op in ops])
+        return [None] * len(ops)
+
+
+@dataclass
 class LaneOp:
     """Acquire, renew or release the handling lease of one user's lane.
 
@@ -356,14 +375,21 @@ class Inbox:
         """
         info = MessageInfo(id=message_id, app=app, openid=push.openid, msg_type=push.msg_type,
                            event=push.event_name, text=push.text, dedup_key=push.dedup_key, status=INLINE)
+        async with self.sessionmaker() as s:
+            conv_status = (await s.execute(select(_CONV.c.status).where(
+                _CONV.c.app == app, _CONV.c.openid == push.openid))).scalar_one_or_none() or "bot"
+        if conv_status == "human":  # a person has this customer: only routes that asked to run
+            routes = [r for r in routes if r.while_human]
+        if not routes:
+            await self._to_normal_path(message_id)
+            return None
         budget = min(r.budget for r in routes)
         try:
-            result = await asyncio.wait_for(
-                self._run_routes(app, appid, info, dict(push.event), ConversationInfo(id=None),
-                                 routes, source="inline"),
-                timeout=budget,
-            )
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(budget):
+                result = await self._run_routes(app, appid, info, dict(push.event),
+                                                ConversationInfo(id=None, status=conv_status),
+                                                routes, source="inline")
+        except TimeoutError:
             log.warning("inline handler for push %s exceeded its %.1fs budget; continuing after the ack",
                         message_id, budget)
             result = None
@@ -385,9 +411,7 @@ class Inbox:
         return passive
 
     async def _to_normal_path(self, message_id: int) -> None:
-        async with self.sessionmaker() as s, s.begin():
-            await s.execute(update(Message).where(Message.id == message_id, Message.status == INLINE)
-                            .values(status=PENDING))
+        await self.writer.run(StatusOp(message_id, INLINE, PENDING))
         self._wake.set()
 
     # ---- routing and running handlers

@@ -139,6 +139,14 @@ class HandlerLoadError(RuntimeError):
 
 
 def _routes_of_module(module: ModuleType, prefix: str, options: Mapping[str, Any]) -> list[Route]:
+    """The routes a handler module declares; its ``setup(options)``, if any, runs first.
+
+    ``setup`` lets a module shape its routes from configuration (e.g. the phrases that make the
+    shipped ``human`` handler match), so a push that is not for it is never offered to it.
+    """
+    setup = getattr(module, "setup", None)
+    if callable(setup):
+        setup(dict(options))
     routes: list[Route] = []
     for attr, obj in sorted(vars(module).items()):
         spec = getattr(obj, "__csbot_route__", None)

@@ -59,6 +59,14 @@ async def test_human_transfers_when_the_customer_asks_for_a_person():
     human = routes()["human"]
     assert human.inline and human.priority > routes()["faq"].priority
     for ask in ("人工", "转人工", "我要人工客服", "Human please", "can I talk to an agent"):
+        assert human.matches(text(ask)), ask
         assert isinstance(await human.func(text(ask), ctx()), TransferCustomerService), ask
-    assert await human.func(text("退货"), ctx()) is NEXT
-    assert await human.func(text("operator"), ctx({"phrases": ["operator"]})) is not NEXT
+    # anything else never reaches it, so ordinary pushes do not wait for an inline handler
+    assert not human.matches(text("退货")) and not human.matches({"MsgType": "image"})
+
+
+def test_human_phrases_come_from_configuration():
+    custom = {r.name: r for r in Router.load(HANDLERS, {"human": {"phrases": ["operator"]}},
+                                             use_entry_points=False).routes}["human"]
+    assert custom.matches(text("operator please")) and not custom.matches(text("人工"))
+    assert routes()["human"].matches(text("人工"))  # loading again with defaults restores them
