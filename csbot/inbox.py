@@ -33,6 +33,7 @@ from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
 from csbot.store import Conversation, Message, User, dialect_insert
 from csbot.store.batch import BatchWriter
+from csbot.store.leases import take_lease
 from csbot.wire import Push
 
 log = logging.getLogger("csbot.inbox")
@@ -254,13 +255,8 @@ class LaneOp:
         results: list[ConversationInfo | None] = []
         for op in ops:
             if op.action == "acquire":
-                row = (await conn.execute(
-                    update(_CONV)
-                    .where(_CONV.c.app == op.app, _CONV.c.openid == op.openid,
-                           or_(_CONV.c.lease_owner.is_(None), _CONV.c.lease_owner == op.owner,
-                               _CONV.c.lease_until < now))
-                    .values(lease_owner=op.owner, lease_until=op.until)
-                    .returning(_CONV.c.id, _CONV.c.status))).first()
+                row = await take_lease(conn, kind="lease", app=op.app, openid=op.openid, owner=op.owner,
+                                       until=op.until, now=now)  # type: ignore[arg-type]
                 results.append(ConversationInfo(id=row.id, status=row.status) if row else None)
                 continue
             if op.conversation_ids:

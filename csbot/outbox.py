@@ -36,6 +36,7 @@ from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY
 from csbot.store import Conversation, Message, dialect_insert
 from csbot.store.batch import BatchWriter
+from csbot.store.leases import take_lease
 
 log = logging.getLogger("csbot.outbox")
 
@@ -58,15 +59,11 @@ class SendLeaseOp:
         await session.execute(insert(Conversation).values([
             dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now)
             for op in ops]).on_conflict_do_nothing(index_elements=["app", "openid"]))
+        conn = await session.connection()
         out: list[int | None] = []
         for op in ops:
-            row = (await session.execute(
-                update(Conversation)
-                .where(Conversation.app == op.app, Conversation.openid == op.openid,
-                       or_(Conversation.send_lease_owner.is_(None), Conversation.send_lease_owner == op.owner,
-                           Conversation.send_lease_until < now))
-                .values(send_lease_owner=op.owner, send_lease_until=op.until)
-                .returning(Conversation.id))).first()
+            row = await take_lease(conn, kind="send_lease", app=op.app, openid=op.openid, owner=op.owner,
+                                   until=op.until, now=now)
             out.append(row.id if row else None)
         return out
 
