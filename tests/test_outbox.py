@@ -237,3 +237,31 @@ async def test_typing_is_shown_and_its_failures_ignored():
         await bot.wait_idle()
         assert bot.replies_to("oU") == ["done"]
         assert [c.json["command"] for c in bot.fake.calls_to("/cgi-bin/message/custom/typing")] == ["Typing", "Typing"]
+
+
+async def test_faults_on_the_token_endpoint_delay_but_never_lose_or_double_a_reply():
+    async with Harness.start(router=echo_router()) as bot:
+        bot.fake.inject("/cgi-bin/stable_token", status=500, times=3)
+        bot.fake.inject("/cgi-bin/stable_token", drop=True, times=1)
+        await bot.send_text("oU", "hello")
+        await bot.wait_idle(timeout=30)
+        assert bot.replies_to("oU") == ["re: hello"]
+
+
+async def test_an_image_reply_given_as_bytes_is_uploaded_once_and_its_media_id_reused():
+    from csbot import Image
+
+    png = b"\x89PNG\r\n\x1a\n" + b"chart" * 50
+
+    async def chart(event, context):
+        return Image(data=png)
+
+    async with Harness.start(router=Router([Route("chart", chart, fallback=True)])) as bot:
+        for n in range(2):
+            await bot.send_text("oU", f"chart {n}")
+            await bot.wait_idle()
+        sent = bot.fake.sent_to("oU")
+        assert [m["msgtype"] for m in sent] == ["image", "image"]
+        media_ids = {m["body"]["image"]["media_id"] for m in sent}
+        assert len(media_ids) == 1 and bot.fake.media(media_ids.pop()) == png
+        assert len(bot.fake.calls_to("/cgi-bin/media/upload")) == 1
