@@ -202,7 +202,8 @@ def delivery(item: dict[str, Any]) -> str:
         msg = f": {item['errmsg']}" if item.get("errmsg") else ""
         extra = f" ({item['error']})" if item.get("error") else ""
         return f"{status}{code}{msg}{extra}"
-    if status in ("quota_exceeded", "in_doubt") and item.get("error"):
+    if status in ("quota_exceeded", "in_doubt", "sent") and item.get("error"):
+        # a sent reply with a note was resent after a crash (it may have arrived twice)
         return f"{status}: {item['error']}"
     if status == "queued" and item.get("attempts"):
         return f"queued, retrying (attempt {item['attempts']}, last errcode {item.get('errcode')})"
