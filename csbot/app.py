@@ -22,7 +22,8 @@ from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
 from csbot.store.migrate import ensure_schema
-from csbot.webhook import INBOX, ROUTER, SETTINGS, add_routes
+from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
+from csbot.webhook import INBOX, METRICS, ROUTER, SETTINGS, add_routes
 
 log = logging.getLogger("csbot.app")
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app[SETTINGS] = settings
     app[READY] = {"ready": False}
     app[INBOX] = {}
+    metrics = app[METRICS] = Metrics()
     services = Services()
     app[SERVICES] = {"services": services}
     app[ROUTER] = router if router is not None else Router.load(settings.handlers_dir, settings.handler_options)
@@ -65,10 +67,10 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
-                                 instance_id=instance_id)
+                                 instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               media_store=services.media, instance_id=instance_id)
+                               media_store=services.media, instance_id=instance_id, metrics=metrics)
         app[INBOX]["inbox"] = services.inbox
         if run_workers:
             await services.inbox.recover()
@@ -98,7 +100,11 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
             return web.Response(status=503, text="store unavailable")
         return web.Response(text="ok")
 
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
     add_routes(app)
     from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
     setup_review(app, settings, services, run_workers=run_workers)

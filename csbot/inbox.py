@@ -319,6 +319,7 @@ class Inbox:
         on_replies: Callable[[], None] | None = None,
         media_store: Any = None,
         instance_id: str | None = None,
+        metrics: Any = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -327,6 +328,7 @@ class Inbox:
         self.openapi_for = openapi_for or (lambda _app: None)
         self.on_replies = on_replies or (lambda: None)
         self.media_store = media_store
+        self.metrics = metrics
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], _Lane] = {}
@@ -616,6 +618,8 @@ class Inbox:
             action_kind=user_action_kind(event), media_path=media_path,
         ))
         self.handled += 1
+        if self.metrics is not None:
+            self.metrics.handled.labels(row.app, result.status).inc()
         if applied and result.replies:
             self.on_replies()
 

@@ -119,7 +119,9 @@ class Outbox:
         openapi_for: Callable[[str], Any],
         *,
         instance_id: str | None = None,
+        metrics: Any = None,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.writer = writer
@@ -292,11 +294,16 @@ class Outbox:
                 return f"reply quota used: {used} of {limit} replies since the user's last action"
         return None
 
+    def _count(self, row: Message, state: str) -> None:
+        if self.metrics is not None:
+            self.metrics.sends.labels(row.app, state).inc()
+
     async def _deliver(self, row: Message) -> None:
         refusal = await self._quota_refusal(row)
         if refusal is not None:
             refusal += await self._subscribe_fallback(row)
             await self.writer.run(MarkOp(row.id, DUE_STATUSES, {"status": QUOTA, "error": refusal}))
+            self._count(row, QUOTA)
             log.info("reply %s to %s not sent: %s", row.id, row.openid, refusal)
             return
         attempt = row.attempts + 1
@@ -340,9 +347,11 @@ class Outbox:
                 values = {"status": FAILED, "errmsg": errmsg, "error": repr(exc)[:2000]}
                 log.warning("reply %s to %s failed: %r", row.id, row.openid, exc)
             await self.writer.run(MarkOp(row.id, (SENDING,), values))
+            self._count(row, "retry" if values["status"] == QUEUED else values["status"])
             return
         await self.writer.run(MarkOp(row.id, (SENDING,), {
             "status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None}))
+        self._count(row, SENT)
 
     async def _subscribe_fallback(self, row: Message) -> str:
         """Send the reply's subscribe fallback, if it has one; returns a note for the row."""

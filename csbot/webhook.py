@@ -18,12 +18,14 @@ from aiohttp import web
 
 from csbot.config import AppConfig, Settings
 from csbot.inbox import INLINE, PENDING, Inbox
+from csbot.metrics import Metrics
 from csbot.routing import Router
 from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_envelope, render_fields, verify_handshake
 
 log = logging.getLogger("csbot.webhook")
 
 SETTINGS = web.AppKey("csbot_settings", Settings)
+METRICS = web.AppKey("csbot_metrics", Metrics)
 #: holder filled at start-up: {"inbox": Inbox}
 INBOX = web.AppKey("csbot_inbox", dict)
 ROUTER = web.AppKey("csbot_router", Router)
@@ -32,6 +34,8 @@ _TEXT = "text/plain; charset=utf-8"
 
 
 def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> web.Response:
+    if request.method == "POST":
+        request.app[METRICS].pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
     log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
                 request.remote, status, reason)
     return web.Response(status=status, text=reason, content_type="text/plain")
@@ -54,10 +58,12 @@ async def handshake(request: web.Request) -> web.Response:
 
 
 async def receive(request: web.Request) -> web.Response:
+    started = time.monotonic()
     name, app = _app_config(request)
     if app is None:
         return _refuse(request, name, 404, "unknown app")
     settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
     if request.content_length is not None and request.content_length > settings.max_body_size:
         return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
     try:
@@ -77,7 +83,10 @@ async def receive(request: web.Request) -> web.Response:
         accepted = await inbox.accept(name, push, status=INLINE if inline_routes else PENDING)
     except Exception as exc:  # the store could not commit: WeChat must retry
         log.error("could not store push %s for app %s: %r", push.dedup_key, name, exc)
+        metrics.pushes.labels(name, "store_unavailable").inc()
         return web.Response(status=503, text="store unavailable, retry later", content_type="text/plain")
+    metrics.pushes.labels(name, "stored" if accepted.new else "duplicate").inc()
+    metrics.ack_seconds.labels(name).observe(time.monotonic() - started)
 
     if not accepted.new:
         if inline_routes:

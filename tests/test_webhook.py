@@ -282,3 +282,20 @@ async def test_healthz_answers_once_the_service_takes_pushes():
     async with Harness.start(handlers_dir=None) as bot:
         async with bot.session.get(bot.url + "/healthz") as resp:
             assert resp.status == 200 and await resp.text() == "ok"
+
+
+async def test_metrics_count_pushes_by_outcome_and_time_the_ack():
+    async with Harness.start(handlers_dir=None) as bot:
+        push = bot.builder.build(bot.builder.text("oU", "hi"))
+        await bot.post(push)
+        await bot.post(push)
+        await _post_raw(bot, {}, b"<xml/>")
+        await bot.wait_idle()
+        async with bot.session.get(bot.url + "/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    assert 'csbot_pushes_total{app="default",outcome="stored"} 1.0' in text
+    assert 'csbot_pushes_total{app="default",outcome="duplicate"} 1.0' in text
+    assert 'csbot_pushes_total{app="default",outcome="refused_403"} 1.0' in text
+    assert 'csbot_ack_seconds_count{app="default"} 2.0' in text
+    assert 'csbot_handled_total{app="default",status="done"} 1.0' in text
