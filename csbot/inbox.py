@@ -270,6 +270,10 @@ class LaneOp:
 
 #: seconds an idle lane keeps its lease, waiting for the user's next push
 LANE_LINGER = 1.0
+#: an ``inline`` push older than this was abandoned by a process that died (budgets are < 5 s)
+INLINE_ABANDONED_AFTER = 10.0
+#: how often a running process looks for work abandoned by a process that died
+SWEEP_SECONDS = 5.0
 
 
 class _Lane:
@@ -485,12 +489,26 @@ class Inbox:
         SQLite serves one process, so any lease found at start belongs to a dead process.
         On PostgreSQL other processes may be alive: their leases are left to expire.
         """
-        async with self.sessionmaker() as s, s.begin():
-            cutoff = time.time() - 10
-            await s.execute(update(Message).where(Message.direction == "in", Message.status == INLINE,
-                                                  Message.received_at < cutoff).values(status=PENDING))
-            if self.settings.is_sqlite:
+        await self._release_stale_inline(at_start=True)
+        if self.settings.is_sqlite:
+            async with self.sessionmaker() as s, s.begin():
                 await s.execute(update(Conversation).values(lease_owner=None, lease_until=None))
+
+    async def _release_stale_inline(self, *, at_start: bool = False) -> None:
+        """Pushes left ``inline`` by a process that died before answering go to the normal path.
+
+        An inline run lasts at most its budget (< 5 s), so an older ``inline`` row is abandoned.
+        At start on SQLite (one process) every ``inline`` row is.
+        """
+        cutoff = (time.time() + 1 if (at_start and self.settings.is_sqlite)
+                  else time.time() - INLINE_ABANDONED_AFTER)
+        async with self.sessionmaker() as s, s.begin():
+            res = await s.execute(update(Message).where(
+                Message.direction == "in", Message.status == INLINE, Message.received_at < cutoff)
+                .values(status=PENDING))
+        if res.rowcount:  # type: ignore[attr-defined]
+            log.warning("%d push(es) abandoned during an inline handler go on through the normal path",
+                        res.rowcount)  # type: ignore[attr-defined]
 
     def wake(self) -> None:
         self._wake.set()
@@ -503,6 +521,7 @@ class Inbox:
         that a lane gave back. A short pause after each scan lets one scan serve many commits.
         """
         last_full = 0.0
+        last_sweep = time.monotonic()
         while True:
             await wait_event(self._wake, 1.0)
             self._wake.clear()
@@ -510,6 +529,9 @@ class Inbox:
             if full:
                 last_full = time.monotonic()
             try:
+                if full and time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self._release_stale_inline()
                 await self._dispatch_once(0 if full else self._cursor)
             except asyncio.CancelledError:
                 raise

@@ -43,6 +43,8 @@ log = logging.getLogger("csbot.outbox")
 QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
     "queued", "sending", "sent", "failed", "dead", "quota_exceeded", "in_doubt")
 DUE_STATUSES = (QUEUED, IN_DOUBT)
+#: how often a running process looks for sends abandoned by a process that died
+SWEEP_SECONDS = 5.0
 
 
 @dataclass
@@ -173,15 +175,19 @@ class Outbox:
             except Exception:
                 pass
 
-    async def recover(self) -> None:
-        """Sends caught mid-flight by a crash become ``in_doubt`` and are sent again."""
+    async def recover(self, *, at_start: bool = True) -> None:
+        """Sends caught mid-flight by a crash become ``in_doubt`` and are sent again.
+
+        At start on SQLite (one process) every ``sending`` row is such a send. Otherwise only
+        those of lanes whose sender is gone (lease expired or released): run periodically, this
+        is how a surviving process on PostgreSQL picks up the sends of one that died.
+        """
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
-            if self.settings.is_sqlite:
+            if self.settings.is_sqlite and at_start:
                 await s.execute(update(Conversation).values(send_lease_owner=None, send_lease_until=None))
                 stale = select(Message.id).where(Message.direction == "out", Message.status == SENDING)
             else:
-                # on PostgreSQL only lanes whose sender is gone (lease expired or released)
                 dead_lanes = select(Conversation.app, Conversation.openid).where(
                     or_(Conversation.send_lease_owner.is_(None), Conversation.send_lease_until < now))
                 stale = select(Message.id).where(
@@ -192,10 +198,14 @@ class Outbox:
                                     error="in doubt: the process stopped during this send; sent again"))
 
     async def _dispatch_loop(self) -> None:
+        last_sweep = time.monotonic()
         while True:
             await wait_event(self._wake, 1.0)
             self._wake.clear()
             try:
+                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self.recover(at_start=False)
                 await self._dispatch_once()
             except asyncio.CancelledError:
                 raise

@@ -1,6 +1,7 @@
 """Handling after the ack: per-user order, parallel users, errors, replies, passive replies."""
 
 import asyncio
+import time
 import json
 import random
 from dataclasses import replace
@@ -184,3 +185,24 @@ async def test_an_image_the_user_sends_is_kept_in_the_media_store():
         assert row.media_path and row.media_path.endswith(".png") and seen["media_path"] == row.media_path
         assert await bot.services.media.get(row.media_path) == png
         assert (bot.settings.data_dir / "media" / row.media_path).read_bytes() == png
+
+
+async def test_a_push_abandoned_inline_by_a_dead_process_is_handled_by_a_live_one(monkeypatch):
+    from csbot import inbox
+
+    monkeypatch.setattr(inbox, "SWEEP_SECONDS", 0.1)
+    monkeypatch.setattr(inbox, "INLINE_ABANDONED_AFTER", 0.5)
+
+    async def echo(event, context):
+        return "answered " + event["Content"]
+
+    async with Harness.start(router=Router([Route("echo", echo, fallback=True)])) as bot:
+        # as a process that died between storing the push and running its inline handler left it
+        bot.fake.user_message(bot.settings.apps["default"].appid, "oLost")
+        push = bot.builder.build(bot.builder.text("oLost", "hello?"))
+        from csbot.wire import decode_push
+        decoded = decode_push(bot.settings.apps["default"], push.query, push.body, now=time.time(), max_clock_skew=0)
+        await bot.services.inbox.accept("default", decoded, status="inline")
+        await asyncio.sleep(1.5)
+        await bot.wait_idle()
+        assert bot.replies_to("oLost") == ["answered hello?"]

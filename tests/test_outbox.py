@@ -265,3 +265,27 @@ async def test_an_image_reply_given_as_bytes_is_uploaded_once_and_its_media_id_r
         media_ids = {m["body"]["image"]["media_id"] for m in sent}
         assert len(media_ids) == 1 and bot.fake.media(media_ids.pop()) == png
         assert len(bot.fake.calls_to("/cgi-bin/media/upload")) == 1
+
+
+async def test_a_send_abandoned_by_a_dead_process_becomes_in_doubt_and_is_sent(monkeypatch):
+    import json as _json
+
+    from csbot import outbox
+    from csbot.store import Conversation, Message
+
+    monkeypatch.setattr(outbox, "SWEEP_SECONDS", 0.1)
+    async with Harness.start(router=echo_router()) as bot:
+        bot.fake.user_message(TEST_APPID, "oGone")
+        now = time.time()
+        async with bot.services.sessionmaker() as s, s.begin():
+            # another process took the lane, marked the reply `sending`, and died
+            s.add(Conversation(app="default", openid="oGone", status="bot", created_at=now, last_message_at=now,
+                               send_lease_owner="dead-process", send_lease_until=now - 1))
+            s.add(Message(app="default", openid="oGone", direction="out", msg_type="text", text="lost?",
+                          raw=_json.dumps({"touser": "oGone", "msgtype": "text", "text": {"content": "lost?"}}),
+                          created_at=now, received_at=now, status="sending", attempts=1, author="t"))
+        await asyncio.sleep(1.5)
+        await bot.wait_idle()
+        assert bot.replies_to("oGone") == ["lost?"]
+        [row] = await outbound(bot, "oGone")
+        assert row.status == "sent" and row.attempts == 2 and "in doubt" in row.error
