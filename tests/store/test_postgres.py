@@ -48,11 +48,11 @@ async def test_inline_transfer_on_postgresql(pg_url):
         assert status == 200 and b"transfer_customer_service" in bot.builder.decrypt_reply(body)
 
 
-def _serve(port: int, db_url: str, api_base: str, handlers: str, log) -> subprocess.Popen:
+def _serve(port: int, db_url: str, api_base: str, handlers: str, log, **extra: str) -> subprocess.Popen:
     env = {**os.environ, "CSBOT_APPID": TEST_APPID, "CSBOT_APP_SECRET": TEST_SECRET, "CSBOT_TOKEN": TEST_TOKEN,
            "CSBOT_ENCODING_AES_KEY": TEST_AES_KEY, "CSBOT_DATABASE_URL": db_url,
            "CSBOT_WECHAT_API_BASE": api_base, "CSBOT_HANDLERS": handlers, "CSBOT_RETRY_BASE_DELAY": "0.05",
-           "CSBOT_LEASE_SECONDS": "5", "CSBOT_QUOTA_REPLIES_PER_MESSAGE": "1000"}
+           "CSBOT_LEASE_SECONDS": "5", "CSBOT_QUOTA_REPLIES_PER_MESSAGE": "1000", **extra}
     return subprocess.Popen([sys.executable, "-m", "csbot", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -124,3 +124,52 @@ async def test_two_serving_processes_never_handle_one_push_twice(pg_url, tmp_pat
         n_in = (await conn.execute(select(func.count()).select_from(Message).where(Message.direction == "in"))).scalar_one()
     await engine.dispose()
     assert n_in == len(users) * per_user
+
+
+HANG_HANDLER = '''
+import asyncio, os
+from pathlib import Path
+
+async def main(event, context):
+    Path(os.environ["MARKER_DIR"], f"started-{os.getpid()}").write_text(event["Content"])
+    if os.environ.get("HANG") == "1":
+        await asyncio.sleep(3600)
+    return f"{os.getpid()}:{event['Content']}"
+'''
+
+
+async def test_when_one_process_dies_another_takes_over_its_users_after_the_lease(pg_url, tmp_path):
+    from csbot.store.migrate import upgrade_async
+    from tests.test_recovery import wait_for
+
+    await upgrade_async(pg_url)
+    (tmp_path / "h").mkdir()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "h" / "echo.py").write_text(HANG_HANDLER)
+    async with FakeWeChat(apps={TEST_APPID: TEST_SECRET}, enforce_reply_window=False) as fake, \
+            aiohttp.ClientSession() as session:
+        log = open(tmp_path / "serve.log", "ab")
+        port_a, port_b = free_port(), free_port()
+        markers = str(tmp_path / "m")
+        a = _serve(port_a, pg_url, fake.base_url, str(tmp_path / "h"), log, HANG="1", MARKER_DIR=markers)
+        b = None
+        try:
+            await wait_healthy(session, f"http://127.0.0.1:{port_a}", a, timeout=30)
+            builder = PushBuilder(token=TEST_TOKEN, appid=TEST_APPID, encoding_aes_key=TEST_AES_KEY)
+            push = builder.build(builder.text("oFail", "order 7"))
+            assert (await push.post(session, f"http://127.0.0.1:{port_a}"))[0] == 200
+            await wait_for(lambda: any((tmp_path / "m").iterdir()))  # A is handling it, and hangs
+            b = _serve(port_b, pg_url, fake.base_url, str(tmp_path / "h"), log, MARKER_DIR=markers)
+            await wait_healthy(session, f"http://127.0.0.1:{port_b}", b, timeout=30)
+            a.send_signal(signal.SIGKILL)
+            a.wait()
+            # B takes the user's lane once A's lease (5 s here) has expired, and answers once
+            await wait_for(lambda: len(fake.sent_to("oFail")) >= 1, timeout=30)
+            await asyncio.sleep(1.0)
+            [sent] = fake.sent_to("oFail")
+            assert sent["body"]["text"]["content"] == f"{b.pid}:order 7"
+        finally:
+            for p in (a, b):
+                if p is not None and p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(timeout=20)
