@@ -21,9 +21,9 @@ import traceback
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
@@ -31,9 +31,10 @@ from csbot.config import Settings
 from csbot.context import ConversationInfo, Context, MessageInfo
 from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
-from csbot.store import Conversation, Message, User, dialect_insert
+from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
-from csbot.store.leases import take_lease
+from csbot.store.leases import LaneOp
+from csbot.store.statements import cached as _cached, dialect_of as _dialect
 from csbot.wire import Push
 
 log = logging.getLogger("csbot.inbox")
@@ -58,23 +59,6 @@ def user_action_kind(event: dict[str, Any]) -> str | None:
 
 _MSG = Message.__table__
 _CONV = Conversation.__table__
-_USER = User.__table__
-_statements: dict[tuple[str, str], Any] = {}
-
-
-def _cached(dialect: str, name: str, build: Callable[[Any], Any]) -> Any:
-    """Build a statement once per dialect, so SQLAlchemy's compiled cache always hits."""
-    key = (dialect, name)
-    stmt = _statements.get(key)
-    if stmt is None:
-        stmt = _statements[key] = build(dialect_insert(dialect))
-    return stmt
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name  # type: ignore[union-attr]
-
-
 @dataclass
 class IntakeOp:
     """Insert one verified push; ON CONFLICT DO NOTHING makes retries free."""
@@ -135,7 +119,6 @@ class OutcomeOp:
             .values(status=bindparam("status"), handler=bindparam("handler"), error=bindparam("error"),
                     handled_at=bindparam("handled_at"), passive_reply=bindparam("passive_reply"),
                     media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path))))
-        results: list[bool] = []
         # outcomes without replies: one executemany (nothing else depends on their row count)
         plain = [op for op in ops if not op.replies and op.conversation_id is not None]
         if plain:
@@ -215,57 +198,6 @@ class StatusOp:
         conn = await session.connection()
         await conn.execute(stmt, [{"mid": op.message_id, "expect": op.expect, "new": op.status} for op in ops])
         return [None] * len(ops)
-
-
-@dataclass
-class LaneOp:
-    """Acquire, renew or release the handling lease of one user's lane.
-
-    One kind for all three, applied in submission order: a release queued before a new
-    acquire of the same lane must not run after it.
-    """
-
-    action: str  # "acquire" | "renew" | "release"
-    owner: str
-    until: float | None = None
-    app: str = ""
-    openid: str = ""
-    seen_at: float = 0.0
-    conversation_ids: tuple[int, ...] = ()
-    batch_kind: str = "lane"
-
-    async def apply_many(self, session: AsyncSession, ops: Sequence["LaneOp"]) -> list[ConversationInfo | None]:
-        dialect = _dialect(session)
-        conn = await session.connection()
-        now = time.time()
-        acquiring = [op for op in ops if op.action == "acquire"]
-        if acquiring:
-            insert = dialect_insert(dialect)
-            await conn.execute(
-                _cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
-                    index_elements=["app", "openid"])),
-                [dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now,
-                      tags="[]") for op in acquiring])
-            ins = insert(_USER)
-            await conn.execute(
-                _cached(dialect, "user_upsert", lambda _: ins.on_conflict_do_update(
-                    index_elements=["app", "openid"], set_={"last_seen": ins.excluded.last_seen})),
-                list({(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
-                                                last_seen=op.seen_at) for op in acquiring}.values()))
-        results: list[ConversationInfo | None] = []
-        for op in ops:
-            if op.action == "acquire":
-                row = await take_lease(conn, kind="lease", app=op.app, openid=op.openid, owner=op.owner,
-                                       until=op.until, now=now)  # type: ignore[arg-type]
-                results.append(ConversationInfo(id=row.id, status=row.status) if row else None)
-                continue
-            if op.conversation_ids:
-                values = ({"lease_owner": None, "lease_until": None} if op.action == "release"
-                          else {"lease_until": op.until})
-                await conn.execute(update(_CONV).where(_CONV.c.id.in_(op.conversation_ids),
-                                                       _CONV.c.lease_owner == op.owner).values(**values))
-            results.append(None)
-        return results
 
 
 #: seconds an idle lane keeps its lease, waiting for the user's next push
@@ -571,7 +503,7 @@ class Inbox:
         for (key, lane_rows), conv in zip(waiting.items(), results):
             if conv is None or key in self._lanes:
                 continue  # another process holds this user's lane
-            lane = _Lane(key, conv.id)  # type: ignore[arg-type]
+            lane = _Lane(key, conv.id)
             for r in lane_rows:
                 lane.offer(r)
             self._lanes[key] = lane

@@ -34,9 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY
-from csbot.store import Conversation, Message, dialect_insert
+from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
-from csbot.store.leases import take_lease
+from csbot.store.leases import LaneOp
 
 log = logging.getLogger("csbot.outbox")
 
@@ -45,47 +45,6 @@ QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
 DUE_STATUSES = (QUEUED, IN_DOUBT)
 #: how often a running process looks for sends abandoned by a process that died
 SWEEP_SECONDS = 5.0
-
-
-@dataclass
-class SendLeaseOp:
-    app: str
-    openid: str
-    owner: str
-    until: float
-    batch_kind: str = "send_lease"
-
-    async def apply_many(self, session: AsyncSession, ops: Sequence["SendLeaseOp"]) -> list[int | None]:
-        insert = dialect_insert(session.bind.dialect.name)  # type: ignore[union-attr]
-        now = time.time()
-        await session.execute(insert(Conversation).values([
-            dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now)
-            for op in ops]).on_conflict_do_nothing(index_elements=["app", "openid"]))
-        conn = await session.connection()
-        out: list[int | None] = []
-        for op in ops:
-            row = await take_lease(conn, kind="send_lease", app=op.app, openid=op.openid, owner=op.owner,
-                                   until=op.until, now=now)
-            out.append(row.id if row else None)
-        return out
-
-
-@dataclass
-class SendReleaseOp:
-    conversation_ids: list[int]
-    owner: str
-    until: float | None = None
-    batch_kind: str = "send_release"
-
-    async def apply_many(self, session: AsyncSession, ops: Sequence["SendReleaseOp"]) -> list[None]:
-        for op in ops:
-            if op.conversation_ids:
-                values = ({"send_lease_owner": None, "send_lease_until": None} if op.until is None
-                          else {"send_lease_until": op.until})
-                await session.execute(update(Conversation).where(
-                    Conversation.id.in_(op.conversation_ids), Conversation.send_lease_owner == op.owner)
-                    .values(**values))
-        return [None] * len(ops)
 
 
 @dataclass
@@ -139,6 +98,9 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
+    def _lease_op(self, action: str, until: float | None = None, **kw: Any) -> LaneOp:
+        return LaneOp(action, self.instance_id, until, kind="send_lease", **kw)
+
     async def enqueue(self, app: str, openid: str, reply: Any, *, author: str,
                       in_reply_to: int | None = None) -> int:
         """Queue a reply that no handler produced (an agent's, an operator's); returns its id."""
@@ -170,8 +132,8 @@ class Outbox:
         await asyncio.gather(*self._tasks, *self._lanes.values(), return_exceptions=True)
         if self._lane_conv:
             try:
-                await asyncio.wait_for(self.writer.run(SendReleaseOp(list(self._lane_conv.values()),
-                                                                     self.instance_id)), 5)
+                await asyncio.wait_for(self.writer.run(self._lease_op(
+                    "release", conversation_ids=tuple(self._lane_conv.values()))), 5)
             except Exception:
                 pass
 
@@ -225,12 +187,12 @@ class Outbox:
         if not keys:
             return
         until = now + self.settings.lease_seconds
-        ops = [SendLeaseOp(app, openid, self.instance_id, until) for app, openid in keys]
+        ops = [self._lease_op("acquire", until, app=app, openid=openid) for app, openid in keys]
         results = await asyncio.gather(*(self.writer.run(op) for op in ops))
-        for key, conv_id in zip(keys, results):
-            if conv_id is None:
+        for key, conv in zip(keys, results):
+            if conv is None:
                 continue
-            self._lane_conv[key] = conv_id
+            self._lane_conv[key] = conv.id
             self._lanes[key] = asyncio.create_task(self._run_lane(key), name=f"csbot-send-{key[1]}")
 
     async def _heartbeat_loop(self) -> None:
@@ -238,8 +200,9 @@ class Outbox:
             await asyncio.sleep(max(self.settings.lease_seconds / 3, 0.2))
             if self._lane_conv:
                 try:
-                    await self.writer.run(SendReleaseOp(list(self._lane_conv.values()), self.instance_id,
-                                                        until=time.time() + self.settings.lease_seconds))
+                    await self.writer.run(self._lease_op(
+                        "renew", time.time() + self.settings.lease_seconds,
+                        conversation_ids=tuple(self._lane_conv.values())))
                 except Exception:
                     log.warning("could not renew send leases", exc_info=True)
 
@@ -267,7 +230,7 @@ class Outbox:
             self._lanes.pop(key, None)
             if conv_id is not None and not self._closing:
                 try:
-                    await self.writer.run(SendReleaseOp([conv_id], self.instance_id))
+                    await self.writer.run(self._lease_op("release", conversation_ids=(conv_id,)))
                 except Exception:
                     log.warning("could not release send lane %s/%s; its lease will expire", app, openid)
                 self._wake.set()

@@ -1,6 +1,5 @@
 """The Dockerfile's command, run directly with the Dockerfile's environment (no Docker engine here)."""
 
-import asyncio
 import json
 import os
 import re

@@ -4,12 +4,10 @@ import asyncio
 import time
 import json
 import random
-from dataclasses import replace
 
-from csbot import Image, Link, TransferCustomerService
+from csbot import Link, TransferCustomerService
 from csbot.routing import NEXT, Route, Router
 from csbot.testing.harness import Harness, test_app
-from csbot.testing.pushes import PushBuilder
 
 
 async def test_pushes_of_one_user_are_handled_in_order_one_at_a_time_and_users_in_parallel():

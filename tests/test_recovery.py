@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from csbot.testing.fake_wechat import FakeWeChat
 from csbot.testing.harness import TEST_AES_KEY, TEST_APPID, TEST_SECRET, TEST_TOKEN

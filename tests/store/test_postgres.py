@@ -12,7 +12,6 @@ import sys
 import time
 
 import aiohttp
-import pytest
 from sqlalchemy import func, select
 
 from csbot.routing import Route, Router
