@@ -272,7 +272,6 @@ class Inbox:
         self._sem = asyncio.Semaphore(settings.worker_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self.handled = 0
 
     # ---- intake (the webhook's path: keep it lean)
 
@@ -571,7 +570,6 @@ class Inbox:
             conversation_id=lane.conversation_id, action_at=row.received_at,
             action_kind=user_action_kind(event), media_path=media_path,
         ))
-        self.handled += 1
         if self.metrics is not None:
             self.metrics.handled.labels(row.app, result.status).inc()
         if applied and result.replies:
