@@ -1,14 +1,20 @@
 """The aiohttp application factory and its lifecycle.
 
-Start: engine → schema check (SQLite is migrated automatically; PostgreSQL must be migrated
-with ``csbot migrate``) → group-commit writer → recovery of unfinished work → workers.
-``/healthz`` answers 200 only once all of that is up.
+Start: (SQLite: the file is claimed for this process) → engine → schema check (SQLite is
+migrated automatically; PostgreSQL must be migrated with ``csbot migrate``) → group-commit
+writer → recovery of unfinished work → workers. ``/healthz`` answers 200 only once all of
+that is up.
+
+Stop (SIGTERM, as every deploy stops a process): the listening socket closes, then the
+workers *drain*: no new push or reply is taken, the handlers and sends in flight get up to
+``drain_seconds`` to finish and record their outcome, the rest is cancelled (its push stays
+pending, its send in doubt) and the leases are released so another process takes over at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +27,7 @@ from csbot.outbox import Outbox
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
+from csbot.store.engine import hold_sqlite_file
 from csbot.store.migrate import ensure_schema
 from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
 from csbot.webhook import INBOX, METRICS, ROUTER, SETTINGS, add_routes
@@ -42,6 +49,8 @@ class Services:
         self.outbox: Outbox | None = None
         self.openapi: Any = None
         self.media: Any = None
+        #: SQLite: the lock that makes this process the file's only server
+        self.serve_lock: Any = None
 
 
 def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
@@ -54,17 +63,23 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     services = Services()
     app[SERVICES] = {"services": services}
     app[ROUTER] = router if router is not None else Router.load(settings.handlers_dir, settings.handler_options)
-    instance_id = uuid.uuid4().hex[:16]
+    from csbot.openapi.client import default_instance_id
+
+    #: one identity per process, in every lease it holds (handling, sending, token fetch)
+    instance_id = default_instance_id()
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         from csbot.openapi import OpenAPIRegistry
 
+        if run_workers and settings.is_sqlite:
+            services.serve_lock = hold_sqlite_file(settings.database_url)
         services.engine = make_engine(settings.database_url)
         await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         services.sessionmaker = make_sessionmaker(services.engine)
-        services.writer = BatchWriter(services.sessionmaker)
+        services.writer = BatchWriter(services.sessionmaker,
+                                      on_conflict=metrics.store_lock_conflicts.inc)
         services.writer.start()
-        services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
+        services.openapi = OpenAPIRegistry(settings, services.sessionmaker, instance_id=instance_id)
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
@@ -87,8 +102,20 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         await services.writer.close()
         await services.openapi.close()
         await services.engine.dispose()
+        if services.serve_lock is not None:
+            services.serve_lock.close()
+
+    async def drain(app: web.Application) -> None:
+        """SIGTERM: stop taking work, let handlers and sends in flight finish (bounded)."""
+        app[READY]["ready"] = False
+        if services.inbox is None or services.outbox is None:
+            return
+        log.info("stopping: draining handlers and sends in flight (at most %.0fs)", settings.drain_seconds)
+        await asyncio.gather(services.inbox.drain(settings.drain_seconds),
+                             services.outbox.drain(settings.drain_seconds))
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
 
     async def healthz(request: web.Request) -> web.Response:
         if not app[READY]["ready"]:

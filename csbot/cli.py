@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from csbot.app import create_app
+    from csbot.store.engine import StoreInUse
     from csbot.store.migrate import SchemaNotCurrent
 
     settings = _settings(args)
@@ -44,8 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
         web.run_app(app, host=settings.host, port=settings.port, print=None,
-                    access_log=None, handle_signals=True, shutdown_timeout=10)
-    except SchemaNotCurrent as exc:
+                    access_log=None, handle_signals=True, shutdown_timeout=settings.drain_seconds)
+    except (SchemaNotCurrent, StoreInUse) as exc:
         print(f"csbot: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -70,6 +70,11 @@ class Settings:
     max_send_attempts: int = 8
     #: outbox: first retry delay in seconds (doubles each attempt, with jitter)
     retry_base_delay: float = 1.0
+    #: outbox: a send whose request may have reached WeChat (answer lost) is sent again
+    #: ("at_least_once": the customer may see it twice) or not ("at_most_once": failed, in doubt)
+    ambiguous_sends: str = "at_least_once"
+    #: seconds a stopping process (SIGTERM) lets sends and handlers in flight finish
+    drain_seconds: float = 10.0
     #: Mini Program reply quota (WeChat has changed these numbers before)
     quota_replies_per_message: int = 5
     quota_window_seconds: int = 48 * 3600
@@ -239,6 +244,8 @@ _GENERAL = {
     "lease_seconds": "CSBOT_LEASE_SECONDS",
     "max_send_attempts": "CSBOT_MAX_SEND_ATTEMPTS",
     "retry_base_delay": "CSBOT_RETRY_BASE_DELAY",
+    "ambiguous_sends": "CSBOT_AMBIGUOUS_SENDS",
+    "drain_seconds": "CSBOT_DRAIN_SECONDS",
     "quota_replies_per_message": "CSBOT_QUOTA_REPLIES_PER_MESSAGE",
     "quota_window_seconds": "CSBOT_QUOTA_WINDOW_SECONDS",
     "quota_replies_on_enter": "CSBOT_QUOTA_REPLIES_ON_ENTER",
@@ -253,7 +260,8 @@ _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_s
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
          "quota_enter_window_seconds"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
-           "human_timeout"}
+           "human_timeout", "drain_seconds"}
+AMBIGUOUS_SEND_POLICIES = ("at_least_once", "at_most_once")
 
 
 def load_settings(
@@ -309,6 +317,9 @@ def load_settings(
     kwargs["wechat_api_base"] = kwargs.get("wechat_api_base", DEFAULT_API_BASE).rstrip("/")
     if not kwargs["wechat_api_base"].startswith(("http://", "https://")):
         raise ConfigError("CSBOT_WECHAT_API_BASE must be an http:// or https:// URL")
+    if kwargs.get("ambiguous_sends", "at_least_once") not in AMBIGUOUS_SEND_POLICIES:
+        raise ConfigError("CSBOT_AMBIGUOUS_SENDS must be 'at_least_once' or 'at_most_once', got "
+                          f"{kwargs['ambiguous_sends']!r}")
     ts = kwargs.get("token_source", "stable")
     if ts not in ("stable", "plain") and not ts.startswith(("http://", "https://")):
         raise ConfigError("CSBOT_TOKEN_SOURCE must be 'stable', 'plain' or an http(s) URL")

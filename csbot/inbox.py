@@ -18,7 +18,6 @@ import json
 import logging
 import time
 import traceback
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -33,7 +32,7 @@ from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
-from csbot.store.leases import LaneOp
+from csbot.store.leases import Lease, LeaseKeeper, ensure_conversations
 from csbot.store.statements import cached as _cached, dialect_of as _dialect
 from csbot.wire import Push
 
@@ -103,6 +102,10 @@ class OutcomeOp:
     expect: str = PENDING
     batch_kind: str = "outcome"
 
+    def locks(self) -> tuple[int, ...]:
+        """The conversation row this outcome touches (the writer locks rows in id order)."""
+        return (self.conversation_id,) if self.conversation_id is not None else ()
+
     def _params(self, now: float) -> dict[str, Any]:
         return {"mid": self.message_id, "expect": self.expect, "status": self.status,
                 "handler": self.handler, "error": self.error, "handled_at": now,
@@ -169,14 +172,11 @@ class OutcomeOp:
                     transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
                     status=case((and_(_CONV.c.status == "closed", bindparam("reopen") == True), "bot"),  # noqa: E712
                                 else_=_CONV.c.status))))
-        missing = [v for v in latest.values() if v["cid"] is None]
+        missing = [(v["c_app"], v["c_openid"]) for v in latest.values() if v["cid"] is None]
         if missing:  # inline: the lane (and so the conversation row) may not exist yet
-            await conn.execute(
-                _cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
-                    index_elements=["app", "openid"])),
-                [dict(app=v["c_app"], openid=v["c_openid"], status="bot", created_at=now, last_message_at=now,
-                      tags="[]") for v in missing])
-        params = [{k: v for k, v in values.items() if k != "cid"} for values in latest.values()]
+            await ensure_conversations(conn, missing, now)
+        # rows in key order: two processes' batches never lock conversations in opposite orders
+        params = [{k: v for k, v in latest[key].items() if k != "cid"} for key in sorted(latest)]
         if params:
             await conn.execute(touch, params)
 
@@ -206,24 +206,33 @@ LANE_LINGER = 1.0
 INLINE_ABANDONED_AFTER = 10.0
 #: how often a running process looks for work abandoned by a process that died
 SWEEP_SECONDS = 5.0
+#: pushes read per dispatcher scan
+DISPATCH_BATCH = 2000
 
 
 class _Lane:
     """One user's pushes, queued for the task that handles them in order."""
 
-    def __init__(self, key: tuple[str, str], conversation_id: int) -> None:
-        self.key = key
-        self.conversation_id = conversation_id
+    def __init__(self, lease: Lease) -> None:
+        self.key = lease.key
+        self.lease = lease
+        self.conversation_id = lease.conversation_id
         self.queue: deque[Any] = deque()
-        self.last_id = 0
+        #: every push offered to this lane (rescans offer rows again: each is taken once)
+        self.seen: set[int] = set()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def offer(self, row: Any) -> None:
-        if row.id > self.last_id:  # rescans offer rows again: take each once, in id order
-            self.last_id = row.id
+        if row.id in self.seen:
+            return
+        self.seen.add(row.id)
+        if self.queue and row.id < self.queue[-1].id:
+            # committed late (ids are taken before commit): keep the queue in id order
+            self.queue = deque(sorted([*self.queue, row], key=lambda r: r.id))
+        else:
             self.queue.append(row)
-            self.ready.set()
+        self.ready.set()
 
 
 @dataclass
@@ -265,13 +274,20 @@ class Inbox:
         self.on_replies = on_replies or (lambda: None)
         self.media_store = media_store
         self.metrics = metrics
-        self.instance_id = instance_id or uuid.uuid4().hex[:16]
+        if instance_id is None:
+            from csbot.openapi.client import default_instance_id
+
+            instance_id = default_instance_id()
+        self.instance_id = instance_id
+        self.leases = LeaseKeeper(writer.run, kind="lease", owner=instance_id, seconds=settings.lease_seconds,
+                                  on_lost=self._lease_lost)
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._cursor = 0
         self._sem = asyncio.Semaphore(settings.worker_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._stopping = False
 
     # ---- intake (the webhook's path: keep it lean)
 
@@ -397,33 +413,52 @@ class Inbox:
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="csbot-inbox-dispatch"))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="csbot-inbox-heartbeat"))
+        self.leases.start()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking work; let the handlers running now finish (at most ``seconds``).
+
+        Lanes end after their current push; pushes not started stay ``pending`` for the next
+        process (or this one's successor after a restart).
+        """
+        self._stopping = True
+        self._wake.set()
+        for lane in self._lanes.values():
+            lane.ready.set()
+        tasks = [lane.task for lane in self._lanes.values() if lane.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(seconds, 0.0))
 
     async def close(self) -> None:
-        self._closing = True
+        self._closing = self._stopping = True
         lanes = list(self._lanes.values())
         for t in [*self._tasks, *(lane.task for lane in lanes if lane.task)]:
             t.cancel()
         await asyncio.gather(*self._tasks, *(lane.task for lane in lanes if lane.task), return_exceptions=True)
         self._tasks.clear()
-        held = tuple(lane.conversation_id for lane in lanes)
-        if held:
-            try:
-                await asyncio.wait_for(self.writer.run(LaneOp("release", self.instance_id,
-                                                              conversation_ids=held)), 5)
-            except Exception:
-                pass
+        await self.leases.stop()
+        try:
+            await asyncio.wait_for(self.leases.release_all(), 5)
+        except Exception:
+            pass
+
+    def _lease_lost(self, lease: Lease) -> None:
+        lane = self._lanes.get(lease.key)
+        if lane is not None:
+            lane.ready.set()  # a lane waiting for pushes notices at once
 
     async def recover(self) -> None:
         """At start: pushes caught mid-inline go to the normal path; SQLite leases are cleared.
 
-        SQLite serves one process, so any lease found at start belongs to a dead process.
-        On PostgreSQL other processes may be alive: their leases are left to expire.
+        SQLite serves one process (csbot.store.engine.hold_sqlite_file), so any lease found at
+        start belongs to a dead process. On PostgreSQL other processes may be alive: their
+        leases are left to expire.
         """
         await self._release_stale_inline(at_start=True)
         if self.settings.is_sqlite:
             async with self.sessionmaker() as s, s.begin():
-                await s.execute(update(Conversation).values(lease_owner=None, lease_until=None))
+                await s.execute(update(Conversation).where(Conversation.lease_owner.is_not(None))
+                                .values(lease_owner=None, lease_until=None))
 
     async def _release_stale_inline(self, *, at_start: bool = False) -> None:
         """Pushes left ``inline`` by a process that died before answering go to the normal path.
@@ -453,9 +488,11 @@ class Inbox:
         """
         last_full = 0.0
         last_sweep = time.monotonic()
-        while True:
+        while not self._stopping:
             await wait_event(self._wake, 1.0)
             self._wake.clear()
+            if self._stopping:
+                return
             full = time.monotonic() - last_full >= 1.0
             if full:
                 last_full = time.monotonic()
@@ -472,18 +509,9 @@ class Inbox:
             await asyncio.sleep(0.005)
 
     async def _dispatch_once(self, after_id: int) -> None:
-        async with self.sessionmaker() as s:
-            rows = (await s.execute(
-                select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
-                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path,
-                       _MSG.c.received_at, _CONV.c.status.label("conversation_status"))
-                .select_from(_MSG.outerjoin(_CONV, (_CONV.c.app == _MSG.c.app) & (_CONV.c.openid == _MSG.c.openid)))
-                .where(_MSG.c.direction == "in", _MSG.c.status == PENDING, _MSG.c.id > after_id)
-                .order_by(_MSG.c.id).limit(2000)
-            )).all()
+        rows = await self._pending(_MSG.c.id > after_id)
         if not rows:
             return
-        self._cursor = max(self._cursor, rows[-1].id)
         waiting: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
             key = (r.app, r.openid)
@@ -492,38 +520,50 @@ class Inbox:
                 lane.offer(r)
             else:
                 waiting.setdefault(key, []).append(r)
-        if not waiting:
-            return
-        until = time.time() + self.settings.lease_seconds
-        ops = [LaneOp("acquire", self.instance_id, until, app=app, openid=openid,
-                      seen_at=max(r.received_at for r in lane_rows))
-               for (app, openid), lane_rows in waiting.items()]
-        results = await asyncio.gather(*(self.writer.run(op) for op in ops))
-        for (key, lane_rows), conv in zip(waiting.items(), results):
-            if conv is None or key in self._lanes:
-                continue  # another process holds this user's lane
-            lane = _Lane(key, conv.id)
-            for r in lane_rows:
-                lane.offer(r)
-            self._lanes[key] = lane
-            lane.task = asyncio.create_task(self._run_lane(lane), name=f"csbot-lane-{key[1]}")
+        refused: list[int] = []
+        if waiting:
+            got = await self.leases.acquire([
+                dict(app=app, openid=openid, seen_at=max(r.received_at for r in lane_rows),
+                     first_id=lane_rows[0].id)
+                for (app, openid), lane_rows in waiting.items()])
+            for (key, lane_rows), taken in zip(waiting.items(), got):
+                if taken is None or key in self._lanes:
+                    refused.append(lane_rows[0].id)  # another process holds this user's lane
+                    continue
+                lease, acquired = taken
+                if acquired.first_pending is not None:
+                    # an earlier push of this user is pending but was not in this scan (committed
+                    # late, or skipped while another process held the lane): start from it
+                    lane_rows = list(await self._pending(
+                        _MSG.c.app == key[0], _MSG.c.openid == key[1], _MSG.c.id >= acquired.first_pending))
+                lane = _Lane(lease)
+                for r in lane_rows:
+                    lane.offer(r)
+                self._lanes[key] = lane
+                lane.task = asyncio.create_task(self._run_lane(lane), name=f"csbot-lane-{key[1]}")
+        # the cursor never moves past a push whose lane could not be taken: the next scan from
+        # the cursor sees it again, so its user's later pushes never start a lane before it
+        self._cursor = min(refused) - 1 if refused else max(self._cursor, rows[-1].id)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.lease_seconds / 3, 0.2))
-            held = tuple(lane.conversation_id for lane in self._lanes.values())
-            if held:
-                try:
-                    await self.writer.run(LaneOp("renew", self.instance_id,
-                                                 time.time() + self.settings.lease_seconds,
-                                                 conversation_ids=held))
-                except Exception:
-                    log.warning("could not renew handling leases", exc_info=True)
+    async def _pending(self, *where: Any) -> Sequence[Any]:
+        async with self.sessionmaker() as s:
+            return (await s.execute(
+                select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
+                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path,
+                       _MSG.c.received_at, _CONV.c.status.label("conversation_status"))
+                .select_from(_MSG.outerjoin(_CONV, (_CONV.c.app == _MSG.c.app) & (_CONV.c.openid == _MSG.c.openid)))
+                .where(_MSG.c.direction == "in", _MSG.c.status == PENDING, *where)
+                .order_by(_MSG.c.id).limit(DISPATCH_BATCH)
+            )).all()
 
     async def _run_lane(self, lane: "_Lane") -> None:
-        """Handle one user's pushes in order, one at a time; linger a moment before letting go."""
+        """Handle one user's pushes in order, one at a time; linger a moment before letting go.
+
+        Before each push the lane checks that its lease still holds (fencing): a lane whose
+        lease ran out or was taken over stops before running another handler.
+        """
         try:
-            while True:
+            while not self._stopping and lane.lease.valid():
                 if not lane.queue:
                     lane.ready.clear()
                     if not await wait_event(lane.ready, LANE_LINGER):
@@ -531,6 +571,8 @@ class Inbox:
                     continue
                 row = lane.queue.popleft()
                 async with self._sem:
+                    if self._stopping or not lane.lease.valid():
+                        break
                     await self._handle_row(row, lane)
         except asyncio.CancelledError:
             raise
@@ -544,8 +586,7 @@ class Inbox:
                 del self._lanes[lane.key]
             if not self._closing:
                 try:
-                    await self.writer.run(LaneOp("release", self.instance_id,
-                                                 conversation_ids=(lane.conversation_id,)))
+                    await self.leases.release(lane.lease)
                 except Exception:
                     log.warning("could not release lane %s/%s; its lease will expire", *lane.key)
                 self._wake.set()

@@ -29,5 +29,10 @@ class Metrics:
             "csbot_outbox_total", "Outbox delivery attempts, by resulting state",
             ["app", "state"], registry=self.registry)
 
+        self.store_lock_conflicts = Counter(
+            "csbot_store_lock_conflicts_total",
+            "Group commits retried after a deadlock or serialization failure (PostgreSQL)",
+            registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

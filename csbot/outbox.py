@@ -1,20 +1,27 @@
 """The durable outbox: delivers queued replies through the customer-service send API.
 
 Replies are rows of ``messages`` (direction ``out``), written in the same transaction as the
-handler outcome that produced them. A sender lane per user (a lease on the conversation's
-send columns, so several processes never send one user's replies concurrently) delivers them
-in order:
+handler outcome that produced them. A sender lane per user (the ``send_lease`` of the
+conversation row, csbot.store.leases, so several processes never send one user's replies
+concurrently) delivers them in order:
 
     queued → sending → sent
-                     → queued again (transient: -1, 45011, 5xx, timeout, connection) with
+                     → queued again (WeChat busy, or the request never left: refused, DNS) with
                        exponential backoff and jitter, → dead after ``max_send_attempts``
+                     → in_doubt (the request was written but its answer was lost: read timeout,
+                       dropped connection, 5xx): sent again after a backoff (``at_least_once``)
+                       or ``failed`` as in doubt (``at_most_once``); the transport error is kept
                      → failed (permanent errcode, recorded with errmsg; not retried)
            → quota_exceeded (WeChat's reply quota would refuse it; not sent blindly)
 
-The ``sending`` mark is committed before the HTTP call. WeChat's send API has no idempotency
-key, so a crash between WeChat receiving a send and the ``sent`` commit cannot be made exact:
-at start such rows become ``in_doubt`` and are sent again (the customer may see that one reply
-twice; no reply is ever lost).
+A lane's head is the user's oldest *unfinished* reply in any state (queued, sending,
+in_doubt): nothing later leaves while it is unsettled. A ``sending`` head found by a lane that
+just took the lease was abandoned by a holder that died (or lost its lease): it is settled
+first, under the ambiguous-send policy. ``sending`` is marked only once the rate limiter has
+granted the request and the token and media are ready, so it covers only the moment the
+request is on the wire; the mark is fenced (it applies only while the lease is this
+process's). A user whose head waits out a backoff costs nothing: the dispatcher sleeps until
+the earliest head is due.
 """
 
 from __future__ import annotations
@@ -24,11 +31,10 @@ import json
 import logging
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
@@ -36,33 +42,46 @@ from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
-from csbot.store.leases import LaneOp
+from csbot.store.leases import Lease, LeaseKeeper, db_now
+from csbot.store.statements import dialect_of
 
 log = logging.getLogger("csbot.outbox")
 
 QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
     "queued", "sending", "sent", "failed", "dead", "quota_exceeded", "in_doubt")
 DUE_STATUSES = (QUEUED, IN_DOUBT)
-#: how often a running process looks for sends abandoned by a process that died
-SWEEP_SECONDS = 5.0
+#: a reply in one of these is not finished: the first of a user's is the lane's head
+UNFINISHED = (QUEUED, SENDING, IN_DOUBT)
+#: the dispatcher looks for work at least this often (other processes, CLI replies)
+POLL_SECONDS = 1.0
 
 
 @dataclass
 class MarkOp:
-    """Move one outbound row from one of ``expect`` to a new state."""
+    """Move one outbound row from one of ``expect`` to a new state.
+
+    ``fence``: the owner that must still hold the user's send lease for the mark to apply
+    (the ``sending`` mark: a lane that lost its lease never starts a send).
+    """
 
     message_id: int
     expect: tuple[str, ...]
     values: dict[str, Any]
+    fence: str | None = None
     batch_kind: str = "mark"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["MarkOp"]) -> list[bool]:
-        out = []
-        for op in ops:
-            res = await session.execute(update(Message).where(
-                Message.id == op.message_id, Message.status.in_(op.expect)).values(**op.values))
-            out.append(res.rowcount == 1)  # type: ignore[attr-defined]
-        return out
+        now = db_now(dialect_of(session))
+        out: dict[int, bool] = {}
+        for op in sorted(ops, key=lambda o: o.message_id):  # row locks in id order
+            where = [Message.id == op.message_id, Message.status.in_(op.expect)]
+            if op.fence is not None:
+                where.append(exists().where(
+                    Conversation.app == Message.app, Conversation.openid == Message.openid,
+                    Conversation.send_lease_owner == op.fence, Conversation.send_lease_until > now))
+            res = await session.execute(update(Message).where(*where).values(**op.values))
+            out[id(op)] = res.rowcount == 1  # type: ignore[attr-defined]
+        return [out[id(op)] for op in ops]
 
 
 def backoff_delay(attempt: int, base: float, cap: float = 600.0) -> float:
@@ -82,24 +101,26 @@ class Outbox:
         instance_id: str | None = None,
         metrics: Any = None,
     ) -> None:
+        from csbot.openapi.client import default_instance_id
+
         self.metrics = metrics
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.openapi_for = openapi_for
-        self.instance_id = instance_id or uuid.uuid4().hex[:16]
+        self.instance_id = instance_id or default_instance_id()
+        self.leases = LeaseKeeper(writer.run, kind="send_lease", owner=self.instance_id,
+                                  seconds=settings.lease_seconds)
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._lane_conv: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
+        self._stopping = False
         self._sem = asyncio.Semaphore(settings.worker_concurrency)
+        #: sends whose request is on the wire right now (drain waits for them)
+        self.in_flight = 0
 
     def wake(self) -> None:
         self._wake.set()
-
-    def _lease_op(self, action: str, until: float | None = None, **kw: Any) -> LaneOp:
-        return LaneOp(action, self.instance_id, until, kind="send_lease", **kw)
 
     async def enqueue(self, app: str, openid: str, reply: Any, *, author: str,
                       in_reply_to: int | None = None) -> int:
@@ -123,117 +144,147 @@ class Outbox:
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="csbot-outbox-dispatch"))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="csbot-outbox-heartbeat"))
+        self.leases.start()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking work; let the sends in flight finish (at most ``seconds``)."""
+        self._stopping = True
+        self._wake.set()
+        lanes = list(self._lanes.values())
+        if lanes:
+            await asyncio.wait(lanes, timeout=max(seconds, 0.0))
 
     async def close(self) -> None:
-        self._closing = True
+        """Stop now: what is still running is cancelled (its ``sending`` row stays in doubt)."""
+        self._stopping = True
         for t in [*self._tasks, *self._lanes.values()]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._lanes.values(), return_exceptions=True)
-        if self._lane_conv:
-            try:
-                await asyncio.wait_for(self.writer.run(self._lease_op(
-                    "release", conversation_ids=tuple(self._lane_conv.values()))), 5)
-            except Exception:
-                pass
+        self._tasks.clear()
+        await self.leases.stop()
+        try:
+            await asyncio.wait_for(self.leases.release_all(), 5)
+        except Exception:
+            pass
 
-    async def recover(self, *, at_start: bool = True) -> None:
-        """Sends caught mid-flight by a crash become ``in_doubt`` and are sent again.
-
-        At start on SQLite (one process) every ``sending`` row is such a send. Otherwise only
-        those of lanes whose sender is gone (lease expired or released): run periodically, this
-        is how a surviving process on PostgreSQL picks up the sends of one that died.
-        """
-        now = time.time()
-        async with self.sessionmaker() as s, s.begin():
-            if self.settings.is_sqlite and at_start:
-                await s.execute(update(Conversation).values(send_lease_owner=None, send_lease_until=None))
-                stale = select(Message.id).where(Message.direction == "out", Message.status == SENDING)
-            else:
-                dead_lanes = select(Conversation.app, Conversation.openid).where(
-                    or_(Conversation.send_lease_owner.is_(None), Conversation.send_lease_until < now))
-                stale = select(Message.id).where(
-                    Message.direction == "out", Message.status == SENDING,
-                    dialect_tuple(Message.app, Message.openid).in_(dead_lanes))
-            await s.execute(update(Message).where(Message.id.in_(stale))
-                            .values(status=IN_DOUBT, next_attempt_at=now,
-                                    error="in doubt: the process stopped during this send; sent again"))
+    async def recover(self) -> None:
+        """At start on SQLite (one process, csbot.store.engine.hold_sqlite_file): every send
+        lease belongs to a process that is gone, so lanes with a ``sending`` head are free to be
+        settled at once instead of after the lease runs out."""
+        if self.settings.is_sqlite:
+            async with self.sessionmaker() as s, s.begin():
+                await s.execute(update(Conversation).where(Conversation.send_lease_owner.is_not(None))
+                                .values(send_lease_owner=None, send_lease_until=None))
 
     async def _dispatch_loop(self) -> None:
-        last_sweep = time.monotonic()
-        while True:
-            await wait_event(self._wake, 1.0)
+        next_due: float | None = None
+        while not self._stopping:
+            timeout = POLL_SECONDS if next_due is None else min(POLL_SECONDS, max(next_due, 0.0))
+            await wait_event(self._wake, timeout)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
-                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
-                    last_sweep = time.monotonic()
-                    await self.recover(at_start=False)
-                await self._dispatch_once()
+                next_due = await self._dispatch_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox dispatch failed; retrying")
                 await asyncio.sleep(1.0)
 
-    async def _dispatch_once(self) -> None:
-        now = time.time()
+    async def _dispatch_once(self) -> float | None:
+        """Start a lane for every user whose head reply is due and whose lane is free.
+
+        Returns the seconds until the earliest head still waiting out a backoff is due.
+        """
         async with self.sessionmaker() as s:
+            heads = (select(func.min(Message.id)).where(Message.direction == "out",
+                                                         Message.status.in_(UNFINISHED))
+                     .group_by(Message.app, Message.openid))
             rows = (await s.execute(
-                select(Message.app, Message.openid).where(
-                    Message.direction == "out", Message.status.in_(DUE_STATUSES),
-                    or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now))
-                .group_by(Message.app, Message.openid).limit(2000))).all()
-        keys = [(r.app, r.openid) for r in rows if (r.app, r.openid) not in self._lanes]
-        if not keys:
-            return
-        until = now + self.settings.lease_seconds
-        ops = [self._lease_op("acquire", until, app=app, openid=openid) for app, openid in keys]
-        results = await asyncio.gather(*(self.writer.run(op) for op in ops))
-        for key, conv in zip(keys, results):
-            if conv is None:
+                select(Message.id, Message.app, Message.openid, Message.status, Message.next_attempt_at,
+                       Conversation.send_lease_owner, Conversation.send_lease_until,
+                       db_now(dialect_of(s)).label("now"))
+                .select_from(Message.__table__.outerjoin(
+                    Conversation.__table__,
+                    (Conversation.app == Message.app) & (Conversation.openid == Message.openid)))
+                .where(Message.id.in_(heads)).order_by(Message.id).limit(2000))).all()
+        keys: list[tuple[str, str]] = []
+        next_due: float | None = None
+        for r in rows:
+            key = (r.app, r.openid)
+            if key in self._lanes:
                 continue
-            self._lane_conv[key] = conv.id
-            self._lanes[key] = asyncio.create_task(self._run_lane(key), name=f"csbot-send-{key[1]}")
+            if r.send_lease_owner not in (None, self.instance_id) and (r.send_lease_until or 0) >= r.now:
+                continue  # another live process holds this lane; it is that process's work
+            wait = (r.next_attempt_at or 0) - r.now if r.status != SENDING else 0.0
+            if wait > 0:
+                next_due = wait if next_due is None else min(next_due, wait)
+                continue  # in backoff: costs nothing until due
+            keys.append(key)
+        if keys:
+            got = await self.leases.acquire([dict(app=app, openid=openid) for app, openid in keys])
+            for key, taken in zip(keys, got):
+                if taken is not None:
+                    lease = taken[0]
+                    self._lanes[key] = asyncio.create_task(self._run_lane(lease), name=f"csbot-send-{key[1]}")
+        return next_due
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.lease_seconds / 3, 0.2))
-            if self._lane_conv:
-                try:
-                    await self.writer.run(self._lease_op(
-                        "renew", time.time() + self.settings.lease_seconds,
-                        conversation_ids=tuple(self._lane_conv.values())))
-                except Exception:
-                    log.warning("could not renew send leases", exc_info=True)
-
-    async def _run_lane(self, key: tuple[str, str]) -> None:
-        app, openid = key
+    async def _run_lane(self, lease: Lease) -> None:
+        app, openid = lease.key
         try:
             async with self._sem:
-                while True:
+                while not self._stopping and lease.valid():
                     async with self.sessionmaker() as s:
                         head = (await s.execute(
                             select(Message).where(Message.app == app, Message.openid == openid,
-                                                  Message.direction == "out",
-                                                  Message.status.in_(DUE_STATUSES))
+                                                  Message.direction == "out", Message.status.in_(UNFINISHED))
                             .order_by(Message.id).limit(1))).scalars().first()
-                    if head is None or (head.next_attempt_at or 0) > time.time():
+                    if head is None:
+                        break
+                    if head.status == SENDING:
+                        # we hold the lease, so whoever marked it is gone: settle it before anything later
+                        await self._settle_abandoned(head)
+                        continue
+                    if (head.next_attempt_at or 0) > time.time():
                         break  # in order: a reply in backoff holds back the later ones
-                    await self._deliver(head)
+                    if not await self._deliver(head, lease):
+                        break
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("send lane %s/%s stopped on an error; it will be retried", app, openid)
             await asyncio.sleep(1.0)
         finally:
-            conv_id = self._lane_conv.pop(key, None)
-            self._lanes.pop(key, None)
-            if conv_id is not None and not self._closing:
+            self._lanes.pop(lease.key, None)
+            if not self._stopping:
                 try:
-                    await self.writer.run(self._lease_op("release", conversation_ids=(conv_id,)))
+                    await self.leases.release(lease)
                 except Exception:
                     log.warning("could not release send lane %s/%s; its lease will expire", app, openid)
                 self._wake.set()
+
+    def _ambiguous(self, row: Message, attempt: int, what: str) -> dict[str, Any]:
+        """The row's next state when its request may have reached WeChat."""
+        note = f"in doubt: {what}"[:2000]
+        if self.settings.ambiguous_sends == "at_most_once":
+            log.warning("reply %s to %s is in doubt (%s); not sent again (at_most_once)", row.id, row.openid, what)
+            return {"status": FAILED, "error": note + "; not sent again (at_most_once)"}
+        if attempt >= self.settings.max_send_attempts:
+            return {"status": DEAD, "error": note + f"; dead after {attempt} attempts"}
+        delay = backoff_delay(attempt, self.settings.retry_base_delay)
+        log.warning("reply %s to %s is in doubt (%s); sending it again in %.1fs (at_least_once)",
+                    row.id, row.openid, what, delay)
+        return {"status": IN_DOUBT, "error": note + "; sent again (the customer may see it twice)",
+                "next_attempt_at": time.time() + delay}
+
+    async def _settle_abandoned(self, row: Message) -> None:
+        """A ``sending`` row whose sender died (or lost its lease) mid-send."""
+        values = self._ambiguous(row, row.attempts, "the process sending it stopped during the send")
+        if values["status"] == IN_DOUBT:
+            values["next_attempt_at"] = time.time()  # it waited long enough: the lease ran out
+        await self.writer.run(MarkOp(row.id, (SENDING,), values))
+        self._count(row, values["status"])
 
     async def _quota_refusal(self, row: Message) -> str | None:
         """Why WeChat's reply quota would refuse this reply now, or None if it is within quota.
@@ -271,60 +322,92 @@ class Outbox:
         if self.metrics is not None:
             self.metrics.sends.labels(row.app, state).inc()
 
-    async def _deliver(self, row: Message) -> None:
+    async def _deliver(self, row: Message, lease: Lease) -> bool:
+        """Send one reply; False when the lane must stop (its lease is gone)."""
         refusal = await self._quota_refusal(row)
         if refusal is not None:
             refusal += await self._subscribe_fallback(row)
             await self.writer.run(MarkOp(row.id, DUE_STATUSES, {"status": QUOTA, "error": refusal}))
             self._count(row, QUOTA)
             log.info("reply %s to %s not sent: %s", row.id, row.openid, refusal)
-            return
+            return True
         attempt = row.attempts + 1
-        marked = await self.writer.run(MarkOp(row.id, DUE_STATUSES, {
-            "status": SENDING, "attempts": attempt, "sent_at": time.time()}))
-        if not marked:
-            return
+        openapi = self.openapi_for(row.app)
         body = json.loads(row.raw)
         body.pop(FALLBACK_KEY, None)
-        openapi = self.openapi_for(row.app)
-        from csbot.openapi import is_transient, WeChatAPIError  # local: openapi imports the store
         try:
+            # everything that may wait comes before the `sending` mark: media upload, the
+            # token, the rate limiter's slot
             body = await self._resolve_media(openapi, body)
+            await openapi.tokens.get()
+            await openapi.transport.reserve()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            values = self._failure(row, attempt, exc, sent=False)
+            await self.writer.run(MarkOp(row.id, DUE_STATUSES, {**values, "attempts": attempt}))
+            self._count(row, "retry" if values["status"] == QUEUED else values["status"])
+            return True
+        if not lease.valid():
+            return False
+        marked = await self.writer.run(MarkOp(row.id, DUE_STATUSES, {
+            "status": SENDING, "attempts": attempt, "sent_at": time.time()}, fence=self.instance_id))
+        if not marked:
+            log.warning("send lane %s/%s: lease lost before reply %s; stopping", row.app, row.openid, row.id)
+            lease.lose()
+            return False
+        self.in_flight += 1
+        try:
             await openapi.customer_service_message.send(**body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            errcode = getattr(exc, "errcode", None)
-            errmsg = getattr(exc, "errmsg", None) or str(exc) or type(exc).__name__
-            if is_transient(exc) or (isinstance(exc, WeChatAPIError) and exc.errcode in (40001, 40014, 42001)):
-                if attempt >= self.settings.max_send_attempts:
-                    values = {"status": DEAD, "errcode": errcode, "errmsg": errmsg,
-                              "error": f"dead after {attempt} attempts"}
-                    log.warning("reply %s to %s dead-lettered after %d attempts: %s", row.id, row.openid,
-                                attempt, errmsg)
-                else:
-                    delay = backoff_delay(attempt, self.settings.retry_base_delay)
-                    values = {"status": QUEUED, "errcode": errcode, "errmsg": errmsg,
-                              "next_attempt_at": time.time() + delay}
-                    log.info("reply %s to %s: transient failure (%s), retry in %.1fs", row.id, row.openid,
-                             errmsg, delay)
-            elif isinstance(exc, WeChatAPIError) and exc.errcode in (45015, 45047):
-                # WeChat's window or quota refused it after all: same as our own quota check
-                values = {"status": QUOTA, "errcode": errcode, "errmsg": errmsg,
-                          "error": "refused by WeChat's reply quota" + await self._subscribe_fallback(row)}
-                log.info("reply %s to %s refused by WeChat's quota: %s", row.id, row.openid, errmsg)
-            elif isinstance(exc, WeChatAPIError):
-                values = {"status": FAILED, "errcode": errcode, "errmsg": errmsg}
-                log.warning("reply %s to %s failed permanently: %s %s", row.id, row.openid, errcode, errmsg)
-            else:
-                values = {"status": FAILED, "errmsg": errmsg, "error": repr(exc)[:2000]}
-                log.warning("reply %s to %s failed: %r", row.id, row.openid, exc)
-            await self.writer.run(MarkOp(row.id, (SENDING,), values))
-            self._count(row, "retry" if values["status"] == QUEUED else values["status"])
-            return
-        await self.writer.run(MarkOp(row.id, (SENDING,), {
-            "status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None}))
-        self._count(row, SENT)
+            self.in_flight -= 1
+            values = self._failure(row, attempt, exc, sent=True)
+            if values["status"] == QUOTA:
+                values["error"] += await self._subscribe_fallback(row)
+            await self._mark_after_send(row, values)
+            return True
+        self.in_flight -= 1
+        await self._mark_after_send(row, {"status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None})
+        return True
+
+    async def _mark_after_send(self, row: Message, values: dict[str, Any]) -> None:
+        applied = await self.writer.run(MarkOp(row.id, (SENDING,), values))
+        state = values["status"]
+        if not applied:
+            # another process settled it meanwhile (our lease ran out during the send)
+            log.warning("reply %s to %s: could not record %s (the row was settled by another sender "
+                        "after this lane's lease ran out); it may be sent twice", row.id, row.openid, state)
+        self._count(row, "retry" if state == QUEUED else state)
+
+    def _failure(self, row: Message, attempt: int, exc: Exception, *, sent: bool) -> dict[str, Any]:
+        """The row's next state after ``exc``; ``sent``: the request may have been written."""
+        from csbot.openapi import APITransportError, WeChatAPIError, is_transient  # local: openapi imports the store
+
+        errcode = getattr(exc, "errcode", None)
+        errmsg = getattr(exc, "errmsg", None) or str(exc) or type(exc).__name__
+        if sent and isinstance(exc, APITransportError) and exc.maybe_delivered:
+            return {**self._ambiguous(row, attempt, errmsg), "errcode": None, "errmsg": errmsg}
+        if is_transient(exc) or (isinstance(exc, WeChatAPIError) and exc.errcode in (40001, 40014, 42001)):
+            if attempt >= self.settings.max_send_attempts:
+                log.warning("reply %s to %s dead-lettered after %d attempts: %s", row.id, row.openid,
+                            attempt, errmsg)
+                return {"status": DEAD, "errcode": errcode, "errmsg": errmsg,
+                        "error": f"dead after {attempt} attempts"}
+            delay = backoff_delay(attempt, self.settings.retry_base_delay)
+            log.info("reply %s to %s: transient failure (%s), retry in %.1fs", row.id, row.openid, errmsg, delay)
+            return {"status": QUEUED, "errcode": errcode, "errmsg": errmsg, "next_attempt_at": time.time() + delay}
+        if isinstance(exc, WeChatAPIError) and exc.errcode in (45015, 45047):
+            # WeChat's window or quota refused it after all: same as our own quota check
+            log.info("reply %s to %s refused by WeChat's quota: %s", row.id, row.openid, errmsg)
+            return {"status": QUOTA, "errcode": errcode, "errmsg": errmsg,
+                    "error": "refused by WeChat's reply quota"}
+        if isinstance(exc, WeChatAPIError):
+            log.warning("reply %s to %s failed permanently: %s %s", row.id, row.openid, errcode, errmsg)
+            return {"status": FAILED, "errcode": errcode, "errmsg": errmsg}
+        log.warning("reply %s to %s failed: %r", row.id, row.openid, exc)
+        return {"status": FAILED, "errmsg": errmsg, "error": repr(exc)[:2000]}
 
     async def _subscribe_fallback(self, row: Message) -> str:
         """Send the reply's subscribe fallback, if it has one; returns a note for the row."""
@@ -352,7 +435,3 @@ class Outbox:
         media_id = await upload_image_cached(openapi, self.sessionmaker, data)
         return {**body, "image": {"media_id": media_id}}
 
-
-def dialect_tuple(*cols: Any) -> Any:
-    from sqlalchemy import tuple_
-    return tuple_(*cols)

@@ -267,13 +267,11 @@ async def test_an_image_reply_given_as_bytes_is_uploaded_once_and_its_media_id_r
         assert len(bot.fake.calls_to("/cgi-bin/media/upload")) == 1
 
 
-async def test_a_send_abandoned_by_a_dead_process_becomes_in_doubt_and_is_sent(monkeypatch):
+async def test_a_send_abandoned_by_a_dead_process_becomes_in_doubt_and_is_sent():
     import json as _json
 
-    from csbot import outbox
     from csbot.store import Conversation, Message
 
-    monkeypatch.setattr(outbox, "SWEEP_SECONDS", 0.1)
     async with Harness.start(router=echo_router()) as bot:
         bot.fake.user_message(TEST_APPID, "oGone")
         now = time.time()

@@ -13,7 +13,9 @@ from csbot.openapi.errors import (
     PERMANENT_ERRCODES,
     TOKEN_ERRCODES,
     TRANSIENT_ERRCODES,
+    AnswerLost,
     APITransportError,
+    RequestNotSent,
     WeChatAPIError,
     is_transient,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "TokenManager",
     "WeChatAPIError",
     "APITransportError",
+    "AnswerLost",
+    "RequestNotSent",
     "is_transient",
     "PERMANENT_ERRCODES",
     "TOKEN_ERRCODES",

@@ -22,6 +22,8 @@ import aiohttp
 __all__ = [
     "WeChatAPIError",
     "APITransportError",
+    "RequestNotSent",
+    "AnswerLost",
     "is_transient",
     "parse_rid",
     "PERMANENT_ERRCODES",
@@ -121,6 +123,24 @@ class APITransportError(Exception):
     @property
     def transient(self) -> bool:
         return self._transient
+
+
+class RequestNotSent(APITransportError):
+    """The request never reached the wire: DNS failure, connection refused or timed out while
+    connecting, or a refusal answered before WeChat could act (HTTP 408/429, other 4xx).
+    Nothing was delivered, so a resend cannot duplicate anything."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, maybe_delivered=False, **kw)
+
+
+class AnswerLost(APITransportError):
+    """The request was written but no usable answer came back: a read timeout, the connection
+    dropped after the request was sent, an HTTP 5xx (often from a proxy in front of WeChat),
+    a body that is not JSON. WeChat may have acted on it: a send is *in doubt*."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, maybe_delivered=True, **kw)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -3,19 +3,26 @@
 Everything that can go wrong on the wire becomes ``APITransportError`` or
 ``WeChatAPIError`` here, with the URL redacted, so no caller ever sees (or logs) an
 exception whose text contains the access token or the AppSecret.
+
+Transport failures are split by whether the request was written (an aiohttp trace hook
+marks the moment its headers went out): before that, ``RequestNotSent`` (DNS, connection
+refused, connect timeout: safe to resend); after it, ``AnswerLost`` (read timeout,
+connection dropped, 5xx, garbage: WeChat may have acted, a send is *in doubt*).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import aiohttp
 from aiolimiter import AsyncLimiter
 
-from csbot.openapi.errors import APITransportError, WeChatAPIError
+from csbot.openapi.errors import AnswerLost, APITransportError, RequestNotSent, WeChatAPIError
 from csbot.openapi.util import dumps_json, redact_url
 
 __all__ = ["Transport", "decode_answer", "make_limiter"]
@@ -25,6 +32,21 @@ log = logging.getLogger("csbot.openapi")
 #: a request body, or a zero-argument factory of one (aiohttp.FormData can be sent only once,
 #: and a call retried with a fresh token needs a fresh body)
 BodyData = Any
+
+#: a rate-limit slot taken ahead by ``Transport.reserve`` for the next request of this task
+_reserved: contextvars.ContextVar[bool] = contextvars.ContextVar("csbot_rate_reserved", default=False)
+
+
+async def _on_headers_sent(_session: Any, ctx: SimpleNamespace, _params: Any) -> None:
+    state = ctx.trace_request_ctx
+    if isinstance(state, dict):
+        state["written"] = True
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    return trace
 
 
 def make_limiter(rate_per_second: float) -> AsyncLimiter | None:
@@ -46,20 +68,22 @@ def decode_answer(path: str, status: int, content_type: str, body: bytes) -> Any
     WeChat sometimes labels JSON as text/plain, so the Content-Type is not trusted here.
     """
     if status >= 500:
-        raise APITransportError(f"{path}: HTTP {status} from WeChat", status=status, path=path)
+        raise AnswerLost(f"{path}: HTTP {status} from WeChat", status=status, path=path)
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise APITransportError(
+        if 400 <= status < 500:
+            raise RequestNotSent(f"{path}: HTTP {status} from WeChat", status=status, path=path) from None
+        raise AnswerLost(
             f"{path}: HTTP {status}, answer is not JSON ({content_type or 'no content type'}, {len(body)} bytes)",
             status=status,
             path=path,
         ) from None
     if not isinstance(data, dict):
-        raise APITransportError(f"{path}: HTTP {status}, answer is JSON but not an object", status=status, path=path)
+        raise AnswerLost(f"{path}: HTTP {status}, answer is JSON but not an object", status=status, path=path)
     check_errcode(path, data)
     if status >= 400:
-        raise APITransportError(f"{path}: HTTP {status} from WeChat", status=status, path=path)
+        raise RequestNotSent(f"{path}: HTTP {status} from WeChat", status=status, path=path)
     return data
 
 
@@ -95,6 +119,7 @@ class Transport:
                 headers={"User-Agent": self._user_agent},
                 # The limiter, not the pool, is what bounds the request rate.
                 connector=aiohttp.TCPConnector(limit=100),
+                trace_configs=[_trace_config()],
             )
         return self._session
 
@@ -103,6 +128,16 @@ class Transport:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+    async def reserve(self) -> None:
+        """Wait for a rate-limit slot now; the next limited request of this task uses it.
+
+        The outbox waits here *before* it marks a reply ``sending``, so a row is ``sending``
+        only while its request is really on its way, never while it queues behind the limiter.
+        """
+        if self.limiter is not None:
+            await self.limiter.acquire()
+            _reserved.set(True)
 
     async def request(
         self,
@@ -126,27 +161,34 @@ class Transport:
             body = data() if callable(data) else data
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         if limited and self.limiter is not None:
-            await self.limiter.acquire()
+            if _reserved.get():
+                _reserved.set(False)
+            else:
+                await self.limiter.acquire()
         session = self.session()
+        state = {"written": False}
         try:
-            async with session.request(method, url, params=query, data=body, headers=headers) as resp:
+            async with session.request(method, url, params=query, data=body, headers=headers,
+                                       trace_request_ctx=state) as resp:
                 raw = await resp.read()
                 status = resp.status
                 ctype = resp.content_type or ""
         except asyncio.CancelledError:
             raise
-        except asyncio.TimeoutError:
-            log.warning("%s %s timed out after %.1fs", method, redact_url(_with_query(url, query)), self.timeout)
-            raise APITransportError(f"{path}: timed out after {self.timeout}s", path=path) from None
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("%s %s: cannot connect: %s", method, redact_url(_with_query(url, query)), type(exc).__name__)
-            raise APITransportError(
-                f"{path}: cannot connect ({type(exc).__name__})", path=path, maybe_delivered=False
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("%s %s failed: %s", method, redact_url(_with_query(url, query)), type(exc).__name__)
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            where = redact_url(_with_query(url, query))
             # str(exc) of some aiohttp errors contains the URL (and so the token): not used.
-            raise APITransportError(f"{path}: {type(exc).__name__}", path=path) from None
+            if isinstance(exc, asyncio.TimeoutError):
+                what = f"timed out after {self.timeout}s"
+            elif isinstance(exc, aiohttp.ClientConnectorError):
+                what = f"cannot connect ({type(exc).__name__})"
+            else:
+                what = type(exc).__name__
+            if not state["written"]:
+                log.warning("%s %s: %s before the request was sent", method, where, what)
+                raise RequestNotSent(f"{path}: {what} (request not sent)", path=path) from None
+            log.warning("%s %s: %s after the request was sent", method, where, what)
+            raise AnswerLost(f"{path}: {what} after the request was sent", path=path) from None
         log.debug("%s %s → HTTP %s, %d bytes", method, redact_url(_with_query(url, query)), status, len(raw))
         if expect == "bytes" and status < 400 and not _looks_like_json(ctype, raw):
             return raw

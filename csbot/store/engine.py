@@ -41,3 +41,50 @@ def dialect_insert(engine_or_name: Any):
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert
+
+
+class StoreInUse(RuntimeError):
+    """Another ``csbot serve`` already serves this SQLite file."""
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    return database
+
+
+def hold_sqlite_file(url: str) -> Any:
+    """Make this process the only one serving the SQLite file at ``url``.
+
+    SQLite serves one process: its leases are taken over at start, as if every earlier holder
+    were dead. A second ``csbot serve`` on the same file would clear the first one's leases
+    and send its replies twice, so it is refused. An exclusive ``flock`` on ``FILE.serve-lock``,
+    held open for the process's life (the kernel drops it when the process dies, even by
+    SIGKILL, so a crash never leaves a stale lock behind). Returns the open lock file.
+    """
+    import fcntl
+    import os
+
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    lock_path = os.path.abspath(path) + ".serve-lock"
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreInUse(
+            f"the SQLite database {path} is already served by {holder}; SQLite serves one "
+            f"`csbot serve` at a time (stop that one first, or use PostgreSQL to run several)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"csbot serve (pid {os.getpid()})\n")
+    handle.flush()
+    return handle

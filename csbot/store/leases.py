@@ -1,24 +1,53 @@
 """Leases on conversation rows: which process handles (or sends for) one user right now.
 
-A lease is an owner and an expiry on the conversation row. Taking one is atomic: on SQLite a
-conditional ``UPDATE``; on PostgreSQL the row is first locked with ``FOR UPDATE SKIP LOCKED``,
-so a process never waits behind another that is taking the same lane, it just moves on.
+One mechanism for both lanes of a user: ``lease`` (handling pushes, csbot.inbox) and
+``send_lease`` (sending replies, csbot.outbox), held by one instance identity per process.
+
+* **One clock.** Expiry times are written and compared by the database's clock
+  (``now()`` on PostgreSQL; on SQLite, which serves one process, its ``julianday('now')``),
+  never by comparing one process's wall clock with another's.
+* **Taking** is atomic: on SQLite a conditional ``UPDATE``; on PostgreSQL the row is first
+  locked with ``FOR UPDATE SKIP LOCKED``, so a process never waits behind another that is
+  taking the same lane, it just moves on.
+* **Fencing.** A holder knows how long its lease is good for by its own monotonic clock,
+  counted from *before* the statement that took or renewed it (so it always ends before the
+  database thinks it does). ``Lease.valid()`` is checked before every side effect (a handler
+  run, a send); a renewal that finds the row no longer ours marks the lease lost at once.
+  The outbox's ``sending`` mark is also conditional on the row still naming this owner.
+* **Lock order.** Batched statements lock conversation rows in ``id`` order (the batch
+  writer locks every row a batch will update first, sorted), so two processes never lock two
+  lanes in opposite orders.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Float, bindparam, cast, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from csbot.store.models import Conversation, User
+from csbot.store.models import Conversation, Message, User
 from csbot.store.statements import cached, dialect_of
+
+log = logging.getLogger("csbot.store.leases")
 
 _CONV = Conversation.__table__
 _USER = User.__table__
+_MSG = Message.__table__
+
+#: a holder stops trusting its lease this long before its own count says it ends
+SAFETY_MARGIN = 0.2
+
+
+def db_now(dialect: str) -> Any:
+    """The database's clock in Unix seconds, as an SQL expression."""
+    if dialect == "postgresql":
+        return cast(func.extract("epoch", func.now()), Float)
+    return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
 
 
 def _user_upsert(insert: Any) -> Any:
@@ -27,72 +56,240 @@ def _user_upsert(insert: Any) -> Any:
                                      set_={"last_seen": ins.excluded.last_seen})
 
 
-async def take_lease(conn: Any, *, kind: str, app: str, openid: str, owner: str, until: float,
-                     now: float) -> Any | None:
+def _cols(kind: str) -> tuple[Any, Any]:
+    return _CONV.c[f"{kind}_owner"], _CONV.c[f"{kind}_until"]
+
+
+async def take_lease(conn: Any, *, kind: str, app: str, openid: str, owner: str, seconds: float) -> Any | None:
     """Take the ``kind`` lease ("lease" for handling, "send_lease" for sending) of one lane.
 
     Returns the row (``id``, ``status``) when this owner now holds it, else None.
     """
-    owner_col, until_col = _CONV.c[f"{kind}_owner"], _CONV.c[f"{kind}_until"]
+    dialect = conn.dialect.name
+    owner_col, until_col = _cols(kind)
+    now = db_now(dialect)
     free = or_(owner_col.is_(None), owner_col == owner, until_col < now)
     where = [_CONV.c.app == app, _CONV.c.openid == openid, free]
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         locked = (await conn.execute(
             select(_CONV.c.id).where(*where).with_for_update(skip_locked=True))).first()
         if locked is None:
             return None
         where = [_CONV.c.id == locked.id]
     return (await conn.execute(
-        update(_CONV).where(*where).values({owner_col: owner, until_col: until})
+        update(_CONV).where(*where).values({owner_col: owner, until_col: now + seconds})
         .returning(_CONV.c.id, _CONV.c.status))).first()
+
+
+async def ensure_conversations(conn: Any, keys: Iterable[tuple[str, str]], now: float) -> None:
+    """Create the conversation rows that do not exist yet, in key order.
+
+    Existing rows are looked up first (no lock taken), so the insert never waits on a row
+    another transaction is updating; new keys are inserted sorted, so two processes creating
+    the same new users never wait on each other in a cycle.
+    """
+    wanted = sorted(set(keys))
+    if not wanted:
+        return
+    from sqlalchemy import tuple_
+
+    existing = {(r.app, r.openid) for r in (await conn.execute(
+        select(_CONV.c.app, _CONV.c.openid).where(tuple_(_CONV.c.app, _CONV.c.openid).in_(wanted)))).all()}
+    missing = [k for k in wanted if k not in existing]
+    if missing:
+        await conn.execute(
+            cached(conn.dialect.name, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
+                index_elements=["app", "openid"])),
+            [dict(app=app, openid=openid, status="bot", created_at=now, last_message_at=now, tags="[]")
+             for app, openid in missing])
 
 
 @dataclass
 class LaneOp:
-    """Acquire, renew or release a lease of one user's lane.
+    """Acquire, renew or release leases of users' lanes, as one group-committed write.
 
-    ``kind`` is "lease" (handling pushes) or "send_lease" (sending replies). One batch kind for
-    all, applied in submission order: a release queued before a new acquire of the same lane
-    must not run after it. Acquiring a handling lease also records the user (first/last seen).
+    ``kind`` is "lease" (handling pushes) or "send_lease" (sending replies). Applied in
+    submission order per lane: a release queued before a new acquire of the same lane does
+    not run after it. Acquiring a handling lease also records the user (first/last seen) and
+    checks, in the same transaction, that no earlier push of the user is unfinished: the
+    result says from which push the lane must start (``first_pending``), or refuses the lane
+    while an earlier push is still in an inline handler.
     """
 
     action: str  # "acquire" | "renew" | "release"
     owner: str
-    until: float | None = None
+    seconds: float = 30.0
     app: str = ""
     openid: str = ""
     seen_at: float = 0.0
+    #: acquire (handling): the lowest push id the caller has for this lane
+    first_id: int | None = None
     conversation_ids: tuple[int, ...] = ()
     kind: str = "lease"
     batch_kind: str = "lane"
 
-    async def apply_many(self, session: AsyncSession, ops: Sequence["LaneOp"]) -> list[Any | None]:
-        """Per op: the conversation row (``id``, ``status``) when a lease was acquired, else None."""
+    def locks(self) -> tuple[int, ...]:
+        """Conversation rows this op updates by id (locked up front by the writer, sorted)."""
+        return self.conversation_ids
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["LaneOp"]) -> list[Any]:
+        """Per op: acquire → an ``Acquired`` (or None); renew → the set of ids still ours."""
         dialect = dialect_of(session)
         conn = await session.connection()
         now = time.time()
         acquiring = [op for op in ops if op.action == "acquire"]
         if acquiring:
-            await conn.execute(
-                cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
-                    index_elements=["app", "openid"])),
-                [dict(app=op.app, openid=op.openid, status="bot", created_at=now, last_message_at=now,
-                      tags="[]") for op in acquiring])
+            await ensure_conversations(conn, ((op.app, op.openid) for op in acquiring), now)
             users = {(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
                                                last_seen=op.seen_at) for op in acquiring if op.kind == "lease"}
             if users:
-                await conn.execute(cached(dialect, "user_upsert", _user_upsert), list(users.values()))
-        results: list[Any | None] = []
+                await conn.execute(cached(dialect, "user_upsert", _user_upsert),
+                                   [users[k] for k in sorted(users)])
+        results: list[Any] = []
         for op in ops:
             if op.action == "acquire":
-                results.append(await take_lease(conn, kind=op.kind, app=op.app, openid=op.openid,
-                                                owner=op.owner, until=op.until or now, now=now))
+                results.append(await op._acquire(conn))
                 continue
-            if op.conversation_ids:
-                owner_col, until_col = _CONV.c[f"{op.kind}_owner"], _CONV.c[f"{op.kind}_until"]
-                values = ({owner_col: None, until_col: None} if op.action == "release"
-                          else {until_col: op.until})
-                await conn.execute(update(_CONV).where(_CONV.c.id.in_(op.conversation_ids),
-                                                       owner_col == op.owner).values(values))
-            results.append(None)
+            owner_col, until_col = _cols(op.kind)
+            ids = sorted(set(op.conversation_ids))
+            if not ids:
+                results.append(set())
+                continue
+            values = ({owner_col: None, until_col: None} if op.action == "release"
+                      else {until_col: db_now(dialect) + op.seconds})
+            rows = (await conn.execute(update(_CONV).where(_CONV.c.id.in_(ids), owner_col == op.owner)
+                                       .values(values).returning(_CONV.c.id))).all()
+            results.append({r.id for r in rows})
         return results
+
+    async def _acquire(self, conn: Any) -> "Acquired | None":
+        row = await take_lease(conn, kind=self.kind, app=self.app, openid=self.openid, owner=self.owner,
+                               seconds=self.seconds)
+        if row is None:
+            return None
+        if self.kind != "lease" or self.first_id is None:
+            return Acquired(row.id, row.status)
+        earliest = (await conn.execute(
+            select(_MSG.c.id, _MSG.c.status).where(
+                _MSG.c.app == self.app, _MSG.c.openid == self.openid, _MSG.c.direction == "in",
+                _MSG.c.status.in_(("pending", "inline")), _MSG.c.id < self.first_id)
+            .order_by(_MSG.c.id).limit(1))).first()
+        if earliest is not None and earliest.status == "inline":
+            # an earlier push is still in an inline handler (or was abandoned in one): the lane
+            # must not start with a later push; give the lease back and try again later
+            owner_col, until_col = _cols(self.kind)
+            await conn.execute(update(_CONV).where(_CONV.c.id == row.id, owner_col == self.owner)
+                               .values({owner_col: None, until_col: None}))
+            return None
+        return Acquired(row.id, row.status, earliest.id if earliest is not None else None)
+
+
+@dataclass
+class Acquired:
+    """A lease just taken: the conversation row, and (handling) an earlier pending push."""
+
+    id: int
+    status: str
+    first_pending: int | None = None
+
+
+@dataclass(eq=False)
+class Lease:
+    """This process's view of one lease it holds."""
+
+    key: tuple[str, str]
+    conversation_id: int
+    #: monotonic time after which the lease may no longer be ours
+    good_until: float
+    lost: bool = False
+    #: set when the lease is lost, so a lane waiting on something can stop at once
+    lost_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def valid(self) -> bool:
+        """May the holder still act (send, run a handler) under this lease?"""
+        return not self.lost and time.monotonic() < self.good_until - SAFETY_MARGIN
+
+    def lose(self) -> None:
+        self.lost = True
+        self.lost_event.set()
+
+
+class LeaseKeeper:
+    """The leases of one kind this process holds: taken, renewed in the background, released.
+
+    ``run`` is the group-commit writer's ``run``. A renewal that fails (store down) leaves the
+    leases to run out by the holder's own clock; one that finds a row taken over marks it lost.
+    """
+
+    def __init__(self, run: Callable[[Any], Any], *, kind: str, owner: str, seconds: float,
+                 on_lost: Callable[[Lease], None] | None = None) -> None:
+        self._run = run
+        self.kind = kind
+        self.owner = owner
+        self.seconds = seconds
+        self.on_lost = on_lost or (lambda _lease: None)
+        self.held: dict[tuple[str, str], Lease] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._heartbeat(), name=f"csbot-{self.kind}-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def acquire(self, requests: Sequence[dict[str, Any]]) -> list[tuple[Lease, Acquired] | None]:
+        """Take the lanes of ``requests`` (dicts of LaneOp fields: app, openid, …), concurrently
+        in one group commit; returns a lease (and what the transaction found) per request."""
+        started = time.monotonic()
+        ops = [LaneOp("acquire", self.owner, self.seconds, kind=self.kind, **req) for req in requests]
+        results = await asyncio.gather(*(self._run(op) for op in ops))
+        out: list[tuple[Lease, Acquired] | None] = []
+        for op, got in zip(ops, results):
+            if got is None:
+                out.append(None)
+                continue
+            lease = Lease((op.app, op.openid), got.id, started + self.seconds)
+            self.held[lease.key] = lease
+            out.append((lease, got))
+        return out
+
+    async def release(self, lease: Lease) -> None:
+        if self.held.get(lease.key) is lease:
+            del self.held[lease.key]
+        await self._run(LaneOp("release", self.owner, kind=self.kind, conversation_ids=(lease.conversation_id,)))
+
+    async def release_all(self) -> None:
+        leases, self.held = list(self.held.values()), {}
+        if leases:
+            await self._run(LaneOp("release", self.owner, kind=self.kind,
+                                   conversation_ids=tuple(lease.conversation_id for lease in leases)))
+
+    async def renew(self) -> None:
+        leases = list(self.held.values())
+        if not leases:
+            return
+        started = time.monotonic()
+        still = await self._run(LaneOp("renew", self.owner, self.seconds, kind=self.kind,
+                                       conversation_ids=tuple(lease.conversation_id for lease in leases)))
+        for lease in leases:
+            if lease.conversation_id in still:
+                lease.good_until = started + self.seconds
+            elif not lease.lost:
+                log.warning("%s of %s/%s was taken over by another process; its lane stops",
+                            self.kind, *lease.key)
+                lease.lose()
+                self.on_lost(lease)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.seconds / 3, 0.2))
+            try:
+                await self.renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not renew %s leases (%s); they run out by themselves", self.kind, exc)

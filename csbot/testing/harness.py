@@ -48,7 +48,8 @@ def test_settings(db_path: str | Path, api_base: str, **overrides: Any) -> Setti
     """Settings for the test app on a SQLite file, talking to ``api_base``."""
     base = Settings(apps={"default": test_app()}, database_url=f"sqlite+aiosqlite:///{db_path}",
                     wechat_api_base=api_base, handlers_dir=Path("handlers"), host="127.0.0.1", port=0,
-                    retry_base_delay=0.05, lease_seconds=5.0, data_dir=Path(db_path).parent / "data")
+                    retry_base_delay=0.05, lease_seconds=5.0, data_dir=Path(db_path).parent / "data",
+                    drain_seconds=2.0)
     return replace(base, **overrides)
 
 

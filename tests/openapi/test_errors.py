@@ -238,3 +238,38 @@ class TestRateLimitAndWiring:
 
     def test_secret_is_not_in_the_clients_repr(self, api: OpenAPI) -> None:
         assert SECRET not in repr(api)
+
+
+class TestWrittenOrNot:
+    """A send either never left (safe to resend) or was written and its answer lost (in doubt)."""
+
+    async def test_read_timeout_after_the_request_was_written_is_answer_lost(
+            self, fake: FakeWeChat, make_api: MakeAPI, user: str) -> None:
+        from csbot.openapi import AnswerLost
+
+        api = await make_api(fake, api_timeout=0.3)
+        await api.tokens.get()
+        fake.inject(SEND, delay=2.0, after_processing=True)
+        with pytest.raises(AnswerLost) as err:
+            await api.customer_service_message.send(touser=user, **TEXT)
+        assert err.value.maybe_delivered and "after the request was sent" in str(err.value)
+        assert len(fake.sent_to(user)) == 1
+
+    async def test_a_5xx_from_a_proxy_is_answer_lost(self, api: OpenAPI, fake: FakeWeChat, user: str) -> None:
+        from csbot.openapi import AnswerLost
+
+        fake.inject(SEND, status=504)
+        with pytest.raises(AnswerLost):
+            await api.customer_service_message.send(touser=user, **TEXT)
+
+    async def test_connection_refused_and_dns_failures_are_request_not_sent(
+            self, fake: FakeWeChat, make_api: MakeAPI) -> None:
+        from csbot.openapi import RequestNotSent
+
+        api = await make_api(fake)
+        await api.tokens.get()
+        for base in ("http://127.0.0.1:9", "http://no-such-host.invalid"):
+            api.base_url = base
+            with pytest.raises(RequestNotSent) as err:
+                await api.customer_service_message.send(touser="o", **TEXT)
+            assert err.value.transient and not err.value.maybe_delivered
