@@ -279,7 +279,8 @@ class Inbox:
 
             instance_id = default_instance_id()
         self.instance_id = instance_id
-        self.leases = LeaseKeeper(writer.run, kind="lease", owner=instance_id, seconds=settings.lease_seconds,
+        self.leases = LeaseKeeper(lambda op: self.writer.run(op), kind="lease", owner=instance_id,
+                                  seconds=settings.lease_seconds,
                                   on_lost=self._lease_lost)
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], _Lane] = {}

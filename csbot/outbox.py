@@ -109,7 +109,7 @@ class Outbox:
         self.writer = writer
         self.openapi_for = openapi_for
         self.instance_id = instance_id or default_instance_id()
-        self.leases = LeaseKeeper(writer.run, kind="send_lease", owner=self.instance_id,
+        self.leases = LeaseKeeper(lambda op: self.writer.run(op), kind="send_lease", owner=self.instance_id,
                                   seconds=settings.lease_seconds)
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], asyncio.Task[None]] = {}
