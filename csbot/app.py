@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
@@ -30,43 +29,21 @@ from csbot.store.batch import BatchWriter
 from csbot.store.engine import hold_sqlite_file
 from csbot.store.migrate import ensure_schema
 from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
-from csbot.webhook import INBOX, METRICS, ROUTER, SETTINGS, add_routes
+from csbot.review.service import Review
+from csbot.services import SERVICES, Services, services_of
+from csbot.webhook import add_routes
 
 log = logging.getLogger("csbot.app")
-
-READY = web.AppKey("csbot_ready", dict)
-SERVICES = web.AppKey("csbot_services", dict)
-
-
-class Services:
-    """Everything the running service holds, for the review surfaces and tests."""
-
-    def __init__(self) -> None:
-        self.engine: Any = None
-        self.sessionmaker: Any = None
-        self.writer: BatchWriter | None = None
-        self.inbox: Inbox | None = None
-        self.outbox: Outbox | None = None
-        self.openapi: Any = None
-        self.media: Any = None
-        #: SQLite: the lock that makes this process the file's only server
-        self.serve_lock: Any = None
 
 
 def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
     """Build the service. ``router`` defaults to the handlers of ``settings.handlers_dir``."""
     app = web.Application(client_max_size=settings.max_body_size + 1)
-    app[SETTINGS] = settings
-    app[READY] = {"ready": False}
-    app[INBOX] = {}
-    metrics = app[METRICS] = Metrics()
-    services = Services()
-    app[SERVICES] = {"services": services}
-    app[ROUTER] = router if router is not None else Router.load(settings.handlers_dir, settings.handler_options)
-    from csbot.openapi.client import default_instance_id
-
-    #: one identity per process, in every lease it holds (handling, sending, token fetch)
-    instance_id = default_instance_id()
+    services = app[SERVICES] = Services(
+        settings=settings, metrics=Metrics(),
+        router=router if router is not None else Router.load(settings.handlers_dir, settings.handler_options))
+    metrics = services.metrics
+    instance_id = services.instance_id
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         from csbot.openapi import OpenAPIRegistry
@@ -76,27 +53,26 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.engine = make_engine(settings.database_url)
         await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         services.sessionmaker = make_sessionmaker(services.engine)
-        services.writer = BatchWriter(services.sessionmaker,
-                                      on_conflict=metrics.store_lock_conflicts.inc)
+        services.writer = BatchWriter(services.sessionmaker, on_conflict=metrics.store_lock_conflicts.inc)
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker, instance_id=instance_id)
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
-        services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
+        services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
                                media_store=services.media, instance_id=instance_id, metrics=metrics)
-        app[INBOX]["inbox"] = services.inbox
+        services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()
             services.inbox.start()
             services.outbox.start()
-        app[READY]["ready"] = True
+        services.ready = True
         log.info("csbot ready: %d app(s), %d handler route(s), store %s", len(settings.apps),
-                 len(app[ROUTER].routes), services.engine.dialect.name)
+                 len(services.router.routes), services.engine.dialect.name)
         yield
-        app[READY]["ready"] = False
+        services.ready = False
         await services.inbox.close()
         await services.outbox.close()
         await services.writer.close()
@@ -107,7 +83,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
 
     async def drain(app: web.Application) -> None:
         """SIGTERM: stop taking work, let handlers and sends in flight finish (bounded)."""
-        app[READY]["ready"] = False
+        services.ready = False
         if services.inbox is None or services.outbox is None:
             return
         log.info("stopping: draining handlers and sends in flight (at most %.0fs)", settings.drain_seconds)
@@ -118,7 +94,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app.on_shutdown.append(drain)
 
     async def healthz(request: web.Request) -> web.Response:
-        if not app[READY]["ready"]:
+        if not services.ready:
             return web.Response(status=503, text="starting")
         try:
             async with services.engine.connect() as conn:
@@ -134,9 +110,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app.router.add_get("/metrics", metrics_page)
     add_routes(app)
     from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
-    setup_review(app, settings, services, run_workers=run_workers)
+    setup_review(app, services, run_workers=run_workers)
     return app
 
 
-def services_of(app: web.Application) -> Services:
-    return app[SERVICES]["services"]
+__all__ = ["create_app", "services_of", "Services"]

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY
+from csbot.statuses import OUTBOUND_DUE, OUTBOUND_UNSETTLED, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import Lease, LeaseKeeper, db_now
@@ -48,10 +49,11 @@ from csbot.store.statements import dialect_of
 log = logging.getLogger("csbot.outbox")
 
 QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
-    "queued", "sending", "sent", "failed", "dead", "quota_exceeded", "in_doubt")
-DUE_STATUSES = (QUEUED, IN_DOUBT)
+    OutboundStatus.QUEUED, OutboundStatus.SENDING, OutboundStatus.SENT, OutboundStatus.FAILED,
+    OutboundStatus.DEAD, OutboundStatus.QUOTA_EXCEEDED, OutboundStatus.IN_DOUBT)
+DUE_STATUSES = OUTBOUND_DUE
 #: a reply in one of these is not finished: the first of a user's is the lane's head
-UNFINISHED = (QUEUED, SENDING, IN_DOUBT)
+UNFINISHED = OUTBOUND_UNSETTLED
 #: the dispatcher looks for work at least this often (other processes, CLI replies)
 POLL_SECONDS = 1.0
 
