@@ -9,7 +9,8 @@ one process per deployment:
 * PostgreSQL: ``SELECT … FOR UPDATE`` on the app's row (inserted first with ON CONFLICT DO
   NOTHING), held across the fetch; the next holder re-reads the row and finds it fresh.
 * SQLite: the ``fetch_owner``/``fetch_until`` lease columns, taken with one conditional
-  UPDATE. A ``BEGIN IMMEDIATE`` would also work but would block every other writer of the
+  UPDATE, owned by the process's one instance identity and timed by the database's clock, like
+  the lane leases of csbot.store.leases. A ``BEGIN IMMEDIATE`` would also work but would block every other writer of the
   database (inbox, outbox) for as long as the HTTP fetch takes.
 
 On 40001/40014/42001 the caller calls ``invalidate(failed_token)``: the cached token is
@@ -34,6 +35,7 @@ from csbot.openapi.errors import APITransportError, WeChatAPIError, is_transient
 from csbot.openapi.transport import Transport, check_errcode
 from csbot.openapi.util import token_fingerprint
 from csbot.store.engine import dialect_insert
+from csbot.store.leases import db_now
 from csbot.store.models import AccessToken
 
 __all__ = ["TokenManager", "TokenState"]
@@ -237,8 +239,8 @@ class TokenManager:
         me = self.instance_id
         deadline = time.monotonic() + self.lease_seconds + 5.0
         delay = LEASE_POLL
+        now = db_now(self._dialect)  # csbot.store.leases: lease times from the database's clock
         while True:
-            now = time.time()  # leases are wall-clock, shared by processes
             async with self._sm() as session, session.begin():
                 await session.execute(self._ensure_row())
                 taken = await session.execute(

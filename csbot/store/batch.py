@@ -41,14 +41,14 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serial
 KIND_ORDER = ("intake", "mark", "lane", "status", "outcome")
 
 
-def is_lock_conflict(exc: BaseException) -> bool:
+def is_lock_conflict(exc: BaseException, codes: frozenset[str] | tuple[str, ...] = RETRYABLE_SQLSTATES) -> bool:
     """A deadlock or serialization failure: nothing is wrong with the writes, retry them."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         code = getattr(cur, "sqlstate", None) or getattr(cur, "pgcode", None)
-        if code in RETRYABLE_SQLSTATES:
+        if code in codes:
             return True
         cur = getattr(cur, "orig", None) or cur.__cause__
     return False
@@ -154,7 +154,7 @@ class BatchWriter:
                 self.conflicts += 1
                 self.on_conflict()
                 log.info("group commit of %d writes lost a lock race (%s); retrying it",
-                         len(batch), type(getattr(exc, "orig", exc)).__name__)
+                         len(batch), "deadlock" if is_lock_conflict(exc, ("40P01",)) else "serialization failure")
                 await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
