@@ -42,6 +42,7 @@ class Services:
         self.outbox: Outbox | None = None
         self.openapi: Any = None
         self.media: Any = None
+        self.storage: Any = None  # csbot.cloud.storage.Storage
 
 
 def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
@@ -66,6 +67,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
+        services.storage = await start_storage(settings, services.sessionmaker)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
@@ -106,9 +108,27 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     add_routes(app)
+    from csbot.cloud.http import setup_cloud  # csbot.cloud: /cloud/..., /tcb/...
+    setup_cloud(app, settings, services)
     from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
     setup_review(app, settings, services, run_workers=run_workers)
     return app
+
+
+async def start_storage(settings: Settings, sessionmaker: Any) -> Any:
+    """Cloud storage on the local backend under ``data_dir/storage``; leftovers of killed uploads swept."""
+    import asyncio
+
+    from csbot.cloud.storage import LocalBackend, Storage, StorageRules, load_signing_key
+
+    backend = LocalBackend(settings.data_dir / "storage")
+    key = await asyncio.to_thread(load_signing_key, settings.storage_signing_key, settings.data_dir)
+    storage = Storage(sessionmaker, backend, signing_key=key, max_file_size=settings.storage_max_file_size,
+                   rules=StorageRules.from_mapping(settings.storage_rules), public_url=settings.public_url,
+                   apps=settings.apps)
+    # in the background: on a big store the walk takes a while, and nothing waits for it
+    storage.sweeper = asyncio.get_running_loop().create_task(backend.sweep_partials())
+    return storage
 
 
 def services_of(app: web.Application) -> Services:
