@@ -67,12 +67,12 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
-        services.storage = await start_storage(settings, services.sessionmaker)
+        services.storage = await start_storage(settings, services.sessionmaker, adopt_media=run_workers)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               media_store=services.media, instance_id=instance_id, metrics=metrics)
+                               storage=services.storage, instance_id=instance_id, metrics=metrics)
         app[INBOX]["inbox"] = services.inbox
         if run_workers:
             await services.inbox.recover()
@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         app[READY]["ready"] = False
         await services.inbox.close()
         await services.outbox.close()
+        await services.storage.close()
         await services.writer.close()
         await services.openapi.close()
         await services.engine.dispose()
@@ -115,19 +116,26 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     return app
 
 
-async def start_storage(settings: Settings, sessionmaker: Any) -> Any:
-    """Cloud storage on the local backend under ``data_dir/storage``; leftovers of killed uploads swept."""
+async def start_storage(settings: Settings, sessionmaker: Any, *, adopt_media: bool = True) -> Any:
+    """Cloud storage on the local backend under ``data_dir/storage``.
+
+    In the background: leftovers of killed uploads are swept, and images kept before storage
+    existed (``data_dir/media``) are moved into it.
+    """
     import asyncio
 
     from csbot.cloud.storage import LocalBackend, Storage, StorageRules, load_signing_key
+    from csbot.media import adopt_legacy_media
 
     backend = LocalBackend(settings.data_dir / "storage")
     key = await asyncio.to_thread(load_signing_key, settings.storage_signing_key, settings.data_dir)
     storage = Storage(sessionmaker, backend, signing_key=key, max_file_size=settings.storage_max_file_size,
                    rules=StorageRules.from_mapping(settings.storage_rules), public_url=settings.public_url,
                    apps=settings.apps)
-    # in the background: on a big store the walk takes a while, and nothing waits for it
-    storage.sweeper = asyncio.get_running_loop().create_task(backend.sweep_partials())
+    storage.run_in_background(backend.sweep_partials(), "sweeping unfinished uploads")
+    if adopt_media and (settings.data_dir / "media").is_dir():
+        storage.run_in_background(adopt_legacy_media(storage, sessionmaker, settings.data_dir / "media"),
+                                  "moving media kept before storage into it")
     return storage
 
 

@@ -22,7 +22,9 @@ class MessageInfo:
     dedup_key: str | None
     status: str
     attempts: int = 0
-    #: key of the kept media (images) in the media store
+    #: fileID (``cloud://…``) of the image the customer sent, kept in storage
+    file_id: str | None = None
+    #: messages stored before cloud storage: key of the image under ``CSBOT_DATA_DIR/media``
     media_path: str | None = None
 
 

@@ -537,10 +537,32 @@ class Storage:
         self.rules = rules or StorageRules()
         self.public_url = public_url.rstrip("/")
         self.apps = frozenset(apps) if apps is not None else None
-        self.sweeper: asyncio.Task[int] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
 
     def for_app(self, app: str) -> "AppStorage":
         return AppStorage(self, app)
+
+    def run_in_background(self, job: Any, what: str) -> None:
+        """Maintenance nothing waits for; its failure is logged; :meth:`close` cancels it."""
+
+        async def run() -> None:
+            try:
+                done = await job
+                if done:
+                    log.info("storage: %s: %s done", what, done)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("storage: %s failed", what)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"csbot-storage: {what}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # ---- names
 
