@@ -20,11 +20,9 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from csbot.config import Settings
+from csbot.services import services_of
 
 log = logging.getLogger("csbot.cloud.http")
-
-CLOUD_SERVICES = web.AppKey("csbot_cloud_services", object)
-
 
 def cloud_error(status: int, message: str, code: int | str | None = None) -> web.Response:
     """A ``/cloud`` error: ``{"errCode", "errMsg"}`` (errCode defaults to the HTTP status)."""
@@ -80,7 +78,7 @@ def app_for_env(settings: Settings, env: Any) -> str:
 TcbHandler = Callable[[web.Request, str, Any], Awaitable[dict[str, Any] | web.StreamResponse]]
 
 
-def tcb_endpoint(settings: Settings, *, env_from: str = "body",
+def tcb_endpoint(*, env_from: str = "body",
                  body: str = "json") -> Callable[[TcbHandler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
     """Wrap ``handler(request, app, payload)`` as a ``/tcb`` route.
 
@@ -93,6 +91,7 @@ def tcb_endpoint(settings: Settings, *, env_from: str = "body",
     def wrap(handler: TcbHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         @functools.wraps(handler)
         async def route(request: web.Request) -> web.StreamResponse:
+            settings = services_of(request).settings
             try:
                 require_server_key(request, settings)
                 payload: Any = None
@@ -137,13 +136,13 @@ async def read_json(request: web.Request) -> Any:
 # ---------------------------------------------------------------- registration
 
 
-def setup_cloud(app: web.Application, settings: Settings, services: Any) -> None:
+def setup_cloud(app: web.Application) -> None:
     """Mount every cloud service's routes (called once by :func:`csbot.app.create_app`).
 
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
-    app.router.add_routes(storage_routes(settings, services))
-    if settings.server_key:
-        app.router.add_routes(storage_tcb_routes(settings, services))
+    app.router.add_routes(storage_routes())
+    if services_of(app).settings.server_key:
+        app.router.add_routes(storage_tcb_routes())

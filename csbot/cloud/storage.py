@@ -877,3 +877,23 @@ def load_signing_key(configured: str, data_dir: Path) -> bytes:
     finally:
         os.unlink(tmp)
     return bytes.fromhex(path.read_text().strip())
+
+
+async def start_storage(settings: Any, sessionmaker: Any, *, adopt_media: bool = True) -> Storage:
+    """Cloud storage as ``csbot serve`` runs it: the local backend under ``data_dir/storage``.
+
+    In the background: leftovers of killed uploads are swept, and images kept before storage
+    existed (``data_dir/media``) are moved into it.
+    """
+    from csbot.media import adopt_legacy_media
+
+    backend = LocalBackend(settings.data_dir / "storage")
+    key = await asyncio.to_thread(load_signing_key, settings.storage_signing_key, settings.data_dir)
+    storage = Storage(sessionmaker, backend, signing_key=key, max_file_size=settings.storage_max_file_size,
+                      rules=StorageRules.from_mapping(settings.storage_rules), public_url=settings.public_url,
+                      apps=settings.apps)
+    storage.run_in_background(backend.sweep_partials(), "sweeping unfinished uploads")
+    if adopt_media and (settings.data_dir / "media").is_dir():
+        storage.run_in_background(adopt_legacy_media(storage, sessionmaker, settings.data_dir / "media"),
+                                  "moving media kept before storage into it")
+    return storage

@@ -30,6 +30,7 @@ from csbot.cloud.storage import (
     validate_cloud_path,
 )
 from csbot.config import Settings
+from csbot.services import services_of
 
 log = logging.getLogger("csbot.cloud.storage")
 
@@ -41,11 +42,15 @@ MAX_FIELD_BYTES = 4096
 MULTIPART_OVERHEAD = 64 * 1024
 
 
-def storage_of(services: Any) -> Storage:
-    storage = getattr(services, "storage", None)
+def storage_of(request: web.Request) -> Storage:
+    storage = services_of(request).storage
     if storage is None:
         raise web.HTTPServiceUnavailable(reason="starting")
     return storage
+
+
+def settings_of(request: web.Request) -> Settings:
+    return services_of(request).settings
 
 
 # ---------------------------------------------------------------- multipart
@@ -134,11 +139,11 @@ class _TooLarge(StorageError):
 # ---------------------------------------------------------------- routes
 
 
-def storage_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
+def storage_routes() -> list[web.RouteDef]:
     """``/cloud/files/...``, ``/cloud/storage/...`` and the signed upload target."""
 
     async def serve_file(request: web.Request) -> web.StreamResponse:
-        storage = storage_of(services)
+        storage = storage_of(request)
         app, cloud_path = request.match_info["app"], request.match_info["path"]
         try:
             validate_cloud_path(cloud_path)
@@ -181,7 +186,7 @@ def storage_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
 
     async def upload(request: web.Request) -> web.StreamResponse:
         session = await session_of(request)
-        storage = storage_of(services)
+        storage = storage_of(request)
         form = MultipartUpload(storage)
 
         def check_first(fields: dict[str, str]) -> None:
@@ -213,18 +218,18 @@ def storage_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
 
     async def temp_urls(request: web.Request) -> web.StreamResponse:
         session = await session_of(request)
-        storage = storage_of(services)
+        storage = storage_of(request)
         try:
             entries = await file_list(request)
             results = await storage.temp_urls(entries, app=session.app, openid=session.openid,
-                                              base_url=base_url(request, settings))
+                                              base_url=base_url(request, settings_of(request)))
         except StorageError as exc:
             return cloud_error(exc.status, exc.reason)
         return web.json_response({"fileList": results})
 
     async def delete(request: web.Request) -> web.StreamResponse:
         session = await session_of(request)
-        storage = storage_of(services)
+        storage = storage_of(request)
         try:
             entries = await file_list(request)
             results = await storage.delete_many(entries, app=session.app, openid=session.openid)
@@ -234,7 +239,7 @@ def storage_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
 
     async def signed_upload(request: web.Request) -> web.StreamResponse:
         """The target of ``/tcb/uploadfile``'s form, like COS's POST Object (answers 204)."""
-        storage = storage_of(services)
+        storage = storage_of(request)
         app = request.match_info["app"]
         form = MultipartUpload(storage)
 
@@ -272,15 +277,15 @@ class _Forbidden(StorageError):
     code = "STORAGE_EXCEED_AUTHORITY"
 
 
-def storage_tcb_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
+def storage_tcb_routes() -> list[web.RouteDef]:
     """WeChat's storage HTTP API: ``/tcb/uploadfile``, ``/tcb/batchdownloadfile``, ``/tcb/batchdeletefile``."""
 
     def storage_call(error: StorageError) -> TcbError:
         return TcbError(40097, f"invalid args: {error.reason}", 400)
 
-    @tcb_endpoint(settings)
+    @tcb_endpoint()
     async def uploadfile(request: web.Request, app: str, body: dict[str, Any]) -> dict[str, Any]:
-        storage = storage_of(services)
+        storage = storage_of(request)
         try:
             path = validate_cloud_path(body.get("path"))
         except StorageError as exc:
@@ -288,16 +293,16 @@ def storage_tcb_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
         expires = int(time.time()) + UPLOAD_TICKET_SECONDS
         file_id = make_file_id(app, path)
         return {
-            "url": f"{base_url(request, settings)}/cloud/storage/cos/{app}",
+            "url": f"{base_url(request, settings_of(request))}/cloud/storage/cos/{app}",
             "token": str(expires),
             "authorization": storage.sign(app, path, expires, purpose="upload"),
             "file_id": file_id,
             "cos_file_id": storage.sign(app, path, 0, purpose="cos-id")[:32],
         }
 
-    @tcb_endpoint(settings)
+    @tcb_endpoint()
     async def batchdownloadfile(request: web.Request, app: str, body: dict[str, Any]) -> dict[str, Any]:
-        storage = storage_of(services)
+        storage = storage_of(request)
         items = body.get("file_list")
         if not isinstance(items, list):
             raise TcbError(40097, 'invalid args: file_list must be a list of {"fileid", "max_age"}')
@@ -311,15 +316,15 @@ def storage_tcb_routes(settings: Settings, services: Any) -> list[web.RouteDef]:
             else:
                 entries.append({"fileID": item})
         try:
-            results = await storage.temp_urls(entries, app=app, base_url=base_url(request, settings))
+            results = await storage.temp_urls(entries, app=app, base_url=base_url(request, settings_of(request)))
         except StorageError as exc:
             raise storage_call(exc) from None
         return {"file_list": [{"fileid": r["fileID"], "download_url": r["tempFileURL"], "status": r["status"],
                                "errmsg": r["errMsg"]} for r in results]}
 
-    @tcb_endpoint(settings)
+    @tcb_endpoint()
     async def batchdeletefile(request: web.Request, app: str, body: dict[str, Any]) -> dict[str, Any]:
-        storage = storage_of(services)
+        storage = storage_of(request)
         ids = body.get("fileid_list")
         if not isinstance(ids, list):
             raise TcbError(40097, "invalid args: fileid_list must be a list of fileIDs")
