@@ -55,6 +55,8 @@ class Context:
     UNIONID: str | None = None
     #: "push" for the normal path, "inline" when running before the webhook's answer
     SOURCE: str = "push"
+    #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
+    storage: Any = None
     replies: list[Reply] = field(default_factory=list)
 
     async def reply(self, message: str | Reply) -> None:

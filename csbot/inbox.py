@@ -362,7 +362,8 @@ class Inbox:
                                        {"push_id": info.id, "app": app})
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
-                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source)
+                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
+                          storage=self.storage.for_app(app) if self.storage is not None else None)
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:

@@ -141,8 +141,14 @@ def setup_cloud(app: web.Application) -> None:
 
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
+    from csbot.cloud.apidoc import tcb_openapi_document
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
     app.router.add_routes(storage_routes())
     if services_of(app).settings.server_key:
         app.router.add_routes(storage_tcb_routes())
+
+        async def openapi_json(request: web.Request) -> web.Response:
+            return web.json_response(tcb_openapi_document())
+
+        app.router.add_get("/tcb/openapi.json", openapi_json)

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import BodyPartReader, web
 
+from csbot.cloud.apidoc import TCB_PATHS, tcb_operation
 from csbot.cloud.http import TcbError, base_url, cloud_error, read_json, tcb_endpoint
 from csbot.cloud.storage import (
     CHUNK,
@@ -340,3 +341,36 @@ def storage_tcb_routes() -> list[web.RouteDef]:
         web.post("/tcb/batchdownloadfile", batchdownloadfile),
         web.post("/tcb/batchdeletefile", batchdeletefile),
     ]
+
+
+_ENV = {"type": "string", "minLength": 1, "description": "the csbot app (default: the CSBOT_* app)"}
+_FILE_ID = {"type": "string", "description": "cloud://<app>/<cloudPath>"}
+TCB_PATHS["/uploadfile"] = tcb_operation(
+    "uploadFile", "a signed form to upload one file to `path` (then POST it to `url`)",
+    {"type": "object", "required": ["env", "path"],
+     "properties": {"env": _ENV, "path": {"type": "string", "description": "the cloudPath"}}},
+    {"required": ["url", "token", "authorization", "file_id", "cos_file_id"],
+     "properties": {"url": {"type": "string"}, "token": {"type": "string"}, "authorization": {"type": "string"},
+                    "file_id": _FILE_ID, "cos_file_id": {"type": "string"}}},
+    description="POST the file to `url` as multipart/form-data with `key` (the path), `Signature` "
+                "(authorization), `x-cos-security-token` (token), `x-cos-meta-fileid` (cos_file_id) "
+                "and `file` last; it answers 204. The form is valid 15 minutes.")
+TCB_PATHS["/batchdownloadfile"] = tcb_operation(
+    "batchDownloadFile", "temporary download URLs (at most 50 files)",
+    {"type": "object", "required": ["env", "file_list"],
+     "properties": {"env": _ENV, "file_list": {"type": "array", "maxItems": 50, "items": {
+         "type": "object", "required": ["fileid"],
+         "properties": {"fileid": _FILE_ID, "max_age": {"type": "number", "description": "seconds, ≤ 86400; "
+                                                                                           "default 3600"}}}}}},
+    {"required": ["file_list"], "properties": {"file_list": {"type": "array", "items": {
+        "type": "object", "required": ["fileid", "download_url", "status", "errmsg"],
+        "properties": {"fileid": {"type": "string"}, "download_url": {"type": "string"},
+                       "status": {"type": "integer"}, "errmsg": {"type": "string"}}}}}})
+TCB_PATHS["/batchdeletefile"] = tcb_operation(
+    "batchDeleteFile", "delete files (at most 50)",
+    {"type": "object", "required": ["env", "fileid_list"],
+     "properties": {"env": _ENV, "fileid_list": {"type": "array", "maxItems": 50, "items": _FILE_ID}}},
+    {"required": ["delete_list"], "properties": {"delete_list": {"type": "array", "items": {
+        "type": "object", "required": ["fileid", "status", "errmsg"],
+        "properties": {"fileid": {"type": "string"}, "status": {"type": "integer"},
+                       "errmsg": {"type": "string"}}}}}})

@@ -198,3 +198,59 @@ async def test_more_than_fifty_files_is_a_clear_error(bot):
         assert resp.status == 400
         body = await resp.json()
     assert body["errcode"] == 40097 and "at most 50" in body["errmsg"]
+
+
+# ---------------------------------------------------------------- the document
+
+
+async def test_the_tcb_document_describes_every_tcb_route(bot):
+    from csbot.cloud.apidoc import tcb_openapi_document
+
+    async with bot.session.get(f"{bot.url}/tcb/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc == tcb_openapi_document()
+    served = {(r.method, r.resource.canonical) for r in bot.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/tcb/") and r.method != "HEAD"
+              and r.resource.canonical != "/tcb/openapi.json"}
+    documented = {(m.upper(), "/tcb" + p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == served
+
+
+async def test_schemathesis_finds_no_server_error_and_no_mismatch_in_tcb(bot):
+    import asyncio
+
+    import hypothesis
+    import schemathesis
+    from schemathesis.checks import (content_type_conformance, not_a_server_error,
+                                     response_schema_conformance, status_code_conformance)
+    from schemathesis.generation import GenerationMode
+
+    from csbot.cloud.apidoc import tcb_openapi_document
+
+    await bot.services.storage.upload("default", "A.png", PNG)
+    schema = schemathesis.openapi.from_dict(tcb_openapi_document())
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    failures: list[str] = []
+
+    def run_all():
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+                @hypothesis.settings(max_examples=10, deadline=None, database=None, derandomize=True,
+                                     suppress_health_check=list(hypothesis.HealthCheck),
+                                     phases=[hypothesis.Phase.generate])
+                def check(case):
+                    response = case.call(base_url=bot.url + "/tcb", headers={"Authorization": f"Bearer {KEY}"},
+                                         timeout=10)
+                    assert set(response.json()) >= {"errcode", "errmsg"}
+                    case.validate_response(response, checks=checks)
+
+                try:
+                    check()
+                except Exception as exc:
+                    failures.append(f"{mode.value} {operation.label}: {exc}")
+
+    await asyncio.to_thread(run_all)
+    assert not failures, "\n\n".join(failures)
