@@ -71,6 +71,8 @@ class IntakeOp:
             insert(_MSG).on_conflict_do_nothing(index_elements=["app", "dedup_key"])
             .returning(_MSG.c.id, _MSG.c.app, _MSG.c.dedup_key)))
         conn = await session.connection()
+        # arrival order, not key order: ids are the per-user order (a deadlock between two processes
+        # inserting the same retried pushes in opposite orders is retried by the writer)
         result = await conn.execute(stmt, [op.row for op in ops])
         inserted = {(r.app, r.dedup_key): r.id for r in result.all()}
         results: list[tuple[int | None, bool]] = []
@@ -130,7 +132,7 @@ class OutcomeOp:
         # outcomes without replies: one executemany (nothing else depends on their row count)
         plain = [op for op in ops if not op.replies and op.conversation_id is not None]
         if plain:
-            await conn.execute(set_outcome, [op._params(now) for op in plain])
+            await conn.execute(set_outcome, [op._params(now) for op in sorted(plain, key=lambda o: o.message_id)])
         applied: dict[int, bool] = {id(op): True for op in plain}
         replies: list[dict[str, Any]] = []
         for op in ops:
@@ -202,7 +204,8 @@ class StatusOp:
         stmt = _cached(_dialect(session), "status", lambda _: update(_MSG).where(
             _MSG.c.id == bindparam("mid"), _MSG.c.status == bindparam("expect")).values(status=bindparam("new")))
         conn = await session.connection()
-        await conn.execute(stmt, [{"mid": op.message_id, "expect": op.expect, "new": op.status} for op in ops])
+        await conn.execute(stmt, [{"mid": op.message_id, "expect": op.expect, "new": op.status}
+                                  for op in sorted(ops, key=lambda o: o.message_id)])
         return [None] * len(ops)
 
 

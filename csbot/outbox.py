@@ -118,8 +118,6 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._sem = asyncio.Semaphore(settings.worker_concurrency)
-        #: sends whose request is on the wire right now (drain waits for them)
-        self.in_flight = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -246,7 +244,8 @@ class Outbox:
                         break
                     if head.status == SENDING:
                         # we hold the lease, so whoever marked it is gone: settle it before anything later
-                        await self._settle_abandoned(head)
+                        if not await self._settle_abandoned(head):
+                            break
                         continue
                     if (head.next_attempt_at or 0) > time.time():
                         break  # in order: a reply in backoff holds back the later ones
@@ -280,13 +279,16 @@ class Outbox:
         return {"status": IN_DOUBT, "error": note + "; sent again (the customer may see it twice)",
                 "next_attempt_at": time.time() + delay}
 
-    async def _settle_abandoned(self, row: Message) -> None:
-        """A ``sending`` row whose sender died (or lost its lease) mid-send."""
+    async def _settle_abandoned(self, row: Message) -> bool:
+        """A ``sending`` row whose sender died (or lost its lease) mid-send; False if our own
+        lease is gone meanwhile (the mark is fenced: only the lane's holder settles it)."""
         values = self._ambiguous(row, row.attempts, "the process sending it stopped during the send")
         if values["status"] == IN_DOUBT:
             values["next_attempt_at"] = time.time()  # it waited long enough: the lease ran out
-        await self.writer.run(MarkOp(row.id, (SENDING,), values))
+        if not await self.writer.run(MarkOp(row.id, (SENDING,), values, fence=self.instance_id)):
+            return False
         self._count(row, values["status"])
+        return True
 
     async def _quota_refusal(self, row: Message) -> str | None:
         """Why WeChat's reply quota would refuse this reply now, or None if it is within quota.
@@ -358,19 +360,16 @@ class Outbox:
             log.warning("send lane %s/%s: lease lost before reply %s; stopping", row.app, row.openid, row.id)
             lease.lose()
             return False
-        self.in_flight += 1
         try:
             await openapi.customer_service_message.send(**body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.in_flight -= 1
             values = self._failure(row, attempt, exc, sent=True)
             if values["status"] == QUOTA:
                 values["error"] += await self._subscribe_fallback(row)
             await self._mark_after_send(row, values)
             return True
-        self.in_flight -= 1
         await self._mark_after_send(row, {"status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None})
         return True
 

@@ -22,9 +22,8 @@ async def _admin_connect(url: str):
     return await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
 
 
-@_async_fixture
-async def pg_url():
-    """URL of a fresh, empty PostgreSQL database, dropped afterwards."""
+async def create_test_database() -> tuple[str, "object"]:
+    """A fresh, empty PostgreSQL database: its URL and an async ``drop()``; skips when unset."""
     base = os.environ.get("CSBOT_TEST_DATABASE_URL")
     if not base:
         pytest.skip(PG_SKIP_REASON)
@@ -34,10 +33,21 @@ async def pg_url():
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+    async def drop() -> None:
+        conn = await _admin_connect(base)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
     head, _, _ = base.rpartition("/")
-    yield f"{head}/{name}"
-    conn = await _admin_connect(base)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return f"{head}/{name}", drop
+
+
+@_async_fixture
+async def pg_url():
+    """URL of a fresh, empty PostgreSQL database, dropped afterwards."""
+    url, drop = await create_test_database()
+    yield url
+    await drop()

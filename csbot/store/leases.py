@@ -278,7 +278,7 @@ class LeaseKeeper:
         for lease in leases:
             if lease.conversation_id in still:
                 lease.good_until = started + self.seconds
-            elif not lease.lost:
+            elif not lease.lost and self.held.get(lease.key) is lease:  # (not released meanwhile)
                 log.warning("%s of %s/%s was taken over by another process; its lane stops",
                             self.kind, *lease.key)
                 lease.lose()

@@ -1,0 +1,72 @@
+"""Lane leases: one clock (the database's), fencing, renewals that notice a takeover."""
+
+import time
+
+import pytest
+from sqlalchemy import text
+
+from csbot.store import make_engine, make_sessionmaker
+from csbot.store.batch import BatchWriter
+from csbot.store.leases import LeaseKeeper
+from csbot.store.migrate import upgrade_async
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'csbot.db'}"
+    else:
+        from tests.conftest import create_test_database
+
+        url, drop = await create_test_database()
+    await upgrade_async(url)
+    engine = make_engine(url)
+    writer = BatchWriter(make_sessionmaker(engine))
+    writer.start()
+    yield engine, writer
+    await writer.close()
+    await engine.dispose()
+    if request.param == "postgresql":
+        await drop()
+
+
+async def _lease_of(engine, openid: str) -> tuple:
+    async with engine.connect() as conn:
+        return tuple((await conn.execute(text(
+            "SELECT lease_owner, lease_until FROM conversations WHERE openid = :o"), {"o": openid})).one())
+
+
+async def test_a_process_whose_clock_runs_ahead_cannot_take_a_live_lease(store, monkeypatch):
+    engine, writer = store
+    other = LeaseKeeper(writer.run, kind="lease", owner="host:1:other", seconds=30)
+    assert (await other.acquire([dict(app="default", openid="oU")]))[0] is not None
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this process's clock is an hour fast
+    me = LeaseKeeper(writer.run, kind="lease", owner="host:2:me", seconds=30)
+    # compared by the database's clock, the other process's lease has 30 s left: not ours
+    assert await me.acquire([dict(app="default", openid="oU")]) == [None]
+    monkeypatch.setattr(time, "time", real)
+    owner, until = await _lease_of(engine, "oU")
+    assert owner == "host:1:other" and real() + 25 < until < real() + 35
+
+
+async def test_a_renewal_that_finds_the_lane_taken_over_marks_the_lease_lost(store):
+    engine, writer = store
+    lost = []
+    mine = LeaseKeeper(writer.run, kind="lease", owner="host:1:me", seconds=30, on_lost=lost.append)
+    [(lease, _)] = await mine.acquire([dict(app="default", openid="oU")])
+    assert lease.valid()
+    async with engine.begin() as conn:  # our lease ran out and another process took the lane
+        await conn.execute(text("UPDATE conversations SET lease_owner = 'host:2:other' WHERE openid = 'oU'"))
+    await mine.renew()
+    assert lost == [lease] and lease.lost and not lease.valid()
+    assert (await _lease_of(engine, "oU"))[0] == "host:2:other"  # and the renewal did not take it back
+
+
+async def test_a_holder_stops_trusting_its_lease_before_the_database_ends_it(store):
+    engine, writer = store
+    keeper = LeaseKeeper(writer.run, kind="lease", owner="host:1:me", seconds=0.5)
+    [(lease, _)] = await keeper.acquire([dict(app="default", openid="oU")])
+    assert lease.valid()
+    time.sleep(0.4)  # no renewal came through (store stalled): by its own count it is about to end
+    assert not lease.valid()
