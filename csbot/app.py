@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import text
 
+from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
@@ -42,6 +43,7 @@ class Services:
         self.outbox: Outbox | None = None
         self.openapi: Any = None
         self.media: Any = None
+        self.sessions: Any = None  # csbot.cloud.sessions.SessionStore
 
 
 def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
@@ -66,6 +68,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
+        services.sessions = SessionStore(settings, services.sessionmaker)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
@@ -108,6 +111,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     add_routes(app)
     from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
     setup_review(app, settings, services, run_workers=run_workers)
+    from csbot.cloud.http import setup_cloud  # csbot.cloud: /cloud routes
+    setup_cloud(app)
     return app
 
 
