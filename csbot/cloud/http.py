@@ -19,6 +19,7 @@ from aiohttp import web
 
 from csbot.cloud.errors import ERR_BAD_REQUEST, ERR_TOO_LARGE, ERR_UNAVAILABLE, CloudError
 from csbot.cloud.sessions import bearer_token, require_session
+from csbot.services import services_of
 
 __all__ = ["setup_cloud", "read_json_object", "MAX_BODY"]
 
@@ -110,15 +111,13 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def _services(request: web.Request) -> Any:
-    from csbot.app import services_of
-
-    services = services_of(request.app)
+    services = services_of(request)
     if services.sessions is None:  # still starting
         raise CloudError(503, ERR_UNAVAILABLE, "starting, retry shortly", headers={"Retry-After": "1"})
     return services
 
 
 def setup_cloud(app: web.Application) -> None:
-    """Register the ``/cloud`` routes (services are reached through ``csbot.app.services_of``)."""
+    """Register the ``/cloud`` routes (they reach the services through ``services_of``)."""
     app.router.add_post("/cloud/login", login)
     app.router.add_post("/cloud/logout", logout)

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.cloud.errors import ERR_BAD_REQUEST, ERR_UNAUTHORIZED, ERR_UNAVAILABLE, CloudError
 from csbot.config import AppConfig, Settings
 from csbot.openapi import APITransportError, WeChatAPIError
+from csbot.services import services_of
 from csbot.store import CloudSessionRecord, User
 from csbot.store.engine import dialect_insert
 
@@ -86,9 +87,7 @@ async def require_session(request: web.Request) -> CloudSession:
     if token is None:
         raise _unauthorized("missing session: log in with POST /cloud/login and send "
                             "Authorization: Bearer <token>")
-    from csbot.app import services_of  # here: csbot.app imports this package
-
-    store: SessionStore | None = services_of(request.app).sessions
+    store: SessionStore | None = services_of(request).sessions
     if store is None:
         raise CloudError(503, ERR_UNAVAILABLE, "starting, retry shortly", headers={"Retry-After": "1"})
     session = await store.lookup(token)
