@@ -53,7 +53,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               media_store=services.media, instance_id=instance_id, metrics=metrics)
+                               media_store=services.media, instance_id=instance_id, metrics=metrics,
+                               services=services)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
         if run_workers:
             await services.inbox.recover()

@@ -258,8 +258,11 @@ class Inbox:
         media_store: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
+        services: Any = None,
     ) -> None:
         self.settings = settings
+        #: the running service, handed to handlers' contexts (context.call_function, decrypt)
+        self.services = services
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.router = router
@@ -357,7 +360,8 @@ class Inbox:
                                        {"push_id": info.id, "app": app})
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
-                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source)
+                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
+                          services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:

@@ -17,8 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from csbot.cloud.errors import ERR_BAD_REQUEST, ERR_TOO_LARGE, ERR_UNAVAILABLE, CloudError
-from csbot.cloud.sessions import bearer_token, require_session
+from csbot.cloud.errors import (ERR_BAD_REQUEST, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_RATE_LIMITED, ERR_TOO_LARGE,
+                                ERR_UNAVAILABLE, CloudError)
+from csbot.cloud.functions import SOURCE_CLIENT, FunctionCallError, FunctionRegistry, Functions
+from csbot.cloud.opendata import MAX_CLOUD_IDS, cloud_id_markers, resolve_cloud_ids
+from csbot.cloud.sessions import CloudSession, bearer_token, require_session
+from csbot.openapi import APITransportError, WeChatAPIError
 from csbot.services import services_of
 
 __all__ = ["setup_cloud", "read_json_object", "MAX_BODY"]
@@ -110,6 +114,65 @@ async def logout(request: web.Request) -> web.Response:
     return json_response({"errCode": 0, "errMsg": "ok"})
 
 
+async def call_function(request: web.Request) -> web.Response:
+    """``POST /cloud/functions/{name}``: run a callable function as the session's user."""
+    name = request.match_info["name"]
+    session = await require_session(request)
+    services = _services(request)
+    functions: Functions = services.functions
+    spec = functions.registry.get(name)
+    if spec is None:
+        raise CloudError(404, ERR_NOT_FOUND, f"function {name!r} not found")
+    started = functions.clock()
+    refused = ""  # why the call was refused before the function ran (invoke() counts the rest)
+    try:
+        if not spec.client:
+            refused = "forbidden"
+            log.warning("refused client call of server-only function %s by %s", name, session.openid)
+            raise CloudError(403, ERR_FORBIDDEN, f"function {name!r} is server-only (client=False)")
+        if not functions.allow(session.app, session.openid):
+            refused = "rate_limited"
+            raise CloudError(429, ERR_RATE_LIMITED, "too many calls, slow down", headers={"Retry-After": "1"})
+        refused = "bad_request"
+        body = await read_json_object(request)
+        data = body.get("data", {})
+        if not isinstance(data, dict):
+            raise CloudError(400, ERR_BAD_REQUEST, "data must be a JSON object")
+        opened: list[str] = []
+        markers = cloud_id_markers(data)
+        if markers:
+            data, opened = await _open_cloud_ids(services, session, data, markers)
+        refused = ""
+        invocation = await functions.invoke(name, data, app=session.app, openid=session.openid,
+                                            unionid=session.unionid, source=SOURCE_CLIENT,
+                                            client_ip=request.remote, open_data_info=opened)
+    except FunctionCallError as exc:
+        raise exc.cloud_error() from None
+    except CloudError as exc:
+        if refused == "bad_request":
+            refused = "too_large" if exc.status == 413 else ("unavailable" if exc.status == 503 else refused)
+            log.warning("refused call of %s by %s: %s", name, session.openid, exc.err_msg)
+        raise
+    finally:
+        if refused:
+            functions.observe(name, refused, functions.clock() - started)
+    return web.Response(body=invocation.body, content_type="application/json", charset="utf-8")
+
+
+async def _open_cloud_ids(services: Any, session: CloudSession, data: dict[str, Any],
+                          markers: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """``data`` with its top-level CloudID markers replaced, and the keys replaced."""
+    if len(markers) > MAX_CLOUD_IDS:
+        raise CloudError(400, ERR_BAD_REQUEST, f"at most {MAX_CLOUD_IDS} CloudIDs per call")
+    try:
+        opened = await resolve_cloud_ids(services.openapi.get(session.app), markers, session.openid)
+    except (WeChatAPIError, APITransportError) as exc:
+        log.warning("app %s: CloudIDs could not be opened: %s", session.app, exc)
+        raise CloudError(503, ERR_UNAVAILABLE, "open data is unavailable, retry later",
+                         headers={"Retry-After": "2"}) from None
+    return {**data, **opened}, list(opened)
+
+
 def _services(request: web.Request) -> Any:
     services = services_of(request)
     if services.sessions is None:  # still starting
@@ -118,6 +181,13 @@ def _services(request: web.Request) -> Any:
 
 
 def setup_cloud(app: web.Application) -> None:
-    """Register the ``/cloud`` routes (they reach the services through ``services_of``)."""
+    """Register the ``/cloud`` routes (they reach the services through ``services_of``) and
+    load the callable functions of the app's handler modules."""
+    services = services_of(app)
+    settings = services.settings
+    services.functions = Functions(FunctionRegistry.from_router(services.router), services,
+                                   rate_per_second=settings.function_rate_per_second,
+                                   burst=settings.function_rate_burst)
     app.router.add_post("/cloud/login", login)
     app.router.add_post("/cloud/logout", logout)
+    app.router.add_post("/cloud/functions/{name}", call_function)
