@@ -25,7 +25,9 @@ class MessageInfo:
     dedup_key: str | None
     status: str
     attempts: int = 0
-    #: key of the kept media (images) in the media store
+    #: fileID (``cloud://…``) of the image the customer sent, kept in storage
+    file_id: str | None = None
+    #: messages stored before cloud storage: key of the image under ``CSBOT_DATA_DIR/media``
     media_path: str | None = None
 
 
@@ -58,6 +60,8 @@ class Context:
     #: "push" for the normal path, "inline" when running before the webhook's answer; for
     #: callable functions "wx_client" (mini program), "wx_http" (server API), "csbot" (a handler)
     SOURCE: str = "push"
+    #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
+    storage: Any = None
     replies: list[Reply] = field(default_factory=list)
     #: csbot.cloud: the caller's IP (mini-program calls), the keys of the event that hold open
     #: data resolved from CloudIDs by csbot (never a client's look-alike), the call's id

@@ -1,14 +1,14 @@
 """cloud functions: mini-program login sessions, users' session_key, subscribe consents
 
 Revision ID: functions_sessions
-Revises: 0002
+Revises: storage_files
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'functions_sessions'
-down_revision = '0002'
+down_revision = 'storage_files'
 branch_labels = None
 depends_on = None
 
