@@ -30,6 +30,8 @@ class ReviewHub:
         self.closing = asyncio.Event()
         self._review: Any = None
         self._media: Any = None
+        self._agents: Any = None
+        self._audit: Any = None
 
     @property
     def review(self) -> Any:
@@ -41,6 +43,28 @@ class ReviewHub:
                 raise web.HTTPServiceUnavailable(reason="starting")
             self._review = Review(self.settings, self.services.sessionmaker, self.services.outbox.enqueue)
         return self._review
+
+    @property
+    def agents(self) -> Any:
+        """The :class:`~csbot.review.agents.Agents` (accounts, sessions, API tokens) of the store."""
+        if self._agents is None:
+            from csbot.review.agents import Agents
+
+            if self.services.sessionmaker is None:
+                raise web.HTTPServiceUnavailable(reason="starting")
+            self._agents = Agents(self.services.sessionmaker)
+        return self._agents
+
+    @property
+    def audit(self) -> Any:
+        """The :class:`~csbot.review.audit.AuditLog` of the store."""
+        if self._audit is None:
+            from csbot.review.audit import AuditLog
+
+            if self.services.sessionmaker is None:
+                raise web.HTTPServiceUnavailable(reason="starting")
+            self._audit = AuditLog(self.services.sessionmaker)
+        return self._audit
 
     def media_store(self) -> Any:
         if getattr(self.services, "media", None) is not None:
