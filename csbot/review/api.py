@@ -21,6 +21,7 @@ from aiohttp import web
 from csbot.review.audit import Actor
 from csbot.review.cli import format_batch
 from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, NotYours, ReviewError, parse_time
+from csbot.services import Services
 
 log = logging.getLogger("csbot.review.api")
 
@@ -50,7 +51,7 @@ def actor_for(request: web.Request, name: str | None = None) -> Actor:
     return actor
 
 
-def make_middlewares(token: str, hub: Any = None) -> list[Any]:
+def make_middlewares(token: str, services: Services | None = None) -> list[Any]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -76,8 +77,8 @@ def make_middlewares(token: str, hub: Any = None) -> list[Any]:
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         agent = None
-        if hub is not None and scheme.lower() == "bearer" and given.strip():
-            agent = await hub.agents.by_token(given.strip(), address=request.remote)
+        if services is not None and scheme.lower() == "bearer" and given.strip():
+            agent = await services.agents.by_token(given.strip(), address=request.remote)
         if agent is None:
             log.warning("review API: refused %s %s from %s: missing or wrong bearer token",
                         request.method, request.path, request.remote)
@@ -121,9 +122,9 @@ def optional_str(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def build_api(hub: Any) -> web.Application:
-    """The ``/api`` sub-application; ``hub.review`` is the started service's :class:`Review`."""
-    api = web.Application(middlewares=make_middlewares(hub.settings.admin_token, hub))
+def build_api(services: Services) -> web.Application:
+    """The ``/api`` sub-application; ``services.review`` is the started service's :class:`Review`."""
+    api = web.Application(middlewares=make_middlewares(services.settings.admin_token, services))
     routes = web.RouteTableDef()
 
     @routes.get("/conversations")
@@ -135,7 +136,7 @@ def build_api(hub: Any) -> web.Application:
         assigned = q.get("assigned") or None
         if assigned is not None and assigned not in ASSIGNED_FILTERS:
             raise Invalid(f"assigned must be one of {', '.join(ASSIGNED_FILTERS)}")
-        page = await hub.review.list_conversations(
+        page = await services.review.list_conversations(
             app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
             search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
             cursor=q.get("cursor") or None, assigned=assigned, viewer=request[ACTOR])
@@ -145,7 +146,7 @@ def build_api(hub: Any) -> web.Application:
     async def thread(request: web.Request) -> web.Response:
         limit = int_param(request, "limit", 500, 1, 5000)
         before = int_param(request, "before", None, 1, 2**62)
-        result = await hub.review.thread(request.match_info["app"], request.match_info["openid"],
+        result = await services.review.thread(request.match_info["app"], request.match_info["openid"],
                                          limit=limit, before=before, viewer=request[ACTOR])
         return web.json_response({k: result[k] for k in ("conversation", "items", "truncated")})
 
@@ -155,8 +156,8 @@ def build_api(hub: Any) -> web.Application:
         agent = optional_str(data, "agent") or "api"
         app, openid = request.match_info["app"], request.match_info["openid"]
         by = actor_for(request, agent)
-        message_id = await hub.review.reply(app, openid, data.get("text"), agent=by.name, by=by)
-        conv = await hub.review.conversation(app, openid)
+        message_id = await services.review.reply(app, openid, data.get("text"), agent=by.name, by=by)
+        conv = await services.review.conversation(app, openid)
         return web.json_response({"message_id": message_id, "status": "queued", "conversation": conv},
                                  status=202)
 
@@ -167,7 +168,7 @@ def build_api(hub: Any) -> web.Application:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         agent = optional_str(data, "agent")
         by = actor_for(request, agent)
-        conv = await hub.review.set_status(request.match_info["app"], request.match_info["openid"],
+        conv = await services.review.set_status(request.match_info["app"], request.match_info["openid"],
                                            data["status"], agent=by.name, by=by)
         return web.json_response({"conversation": conv})
 
@@ -178,14 +179,14 @@ def build_api(hub: Any) -> web.Application:
             raise Invalid("give agent: a name, or null to unassign")
         agent = optional_str(data, "agent")
         by = actor_for(request, optional_str(data, "by"))
-        conv = await hub.review.assign(request.match_info["app"], request.match_info["openid"], agent or None,
-                                       by=by, known_agents=await hub.agents.names())
+        conv = await services.review.assign(request.match_info["app"], request.match_info["openid"], agent or None,
+                                       by=by, known_agents=await services.agents.names())
         return web.json_response({"conversation": conv})
 
     @routes.post("/conversations/{app}/{openid}/tags")
     async def tags(request: web.Request) -> web.Response:
         data = await read_object(request)
-        result = await hub.review.set_tags(request.match_info["app"], request.match_info["openid"],
+        result = await services.review.set_tags(request.match_info["app"], request.match_info["openid"],
                                            tags=data.get("tags"), add=data.get("add"), remove=data.get("remove"),
                                            by=actor_for(request, optional_str(data, "agent")))
         return web.json_response({"tags": result})
@@ -195,7 +196,7 @@ def build_api(hub: Any) -> web.Application:
         data = await read_object(request)
         author = optional_str(data, "author") or "api"
         by = actor_for(request, author)
-        note = await hub.review.add_note(request.match_info["app"], request.match_info["openid"],
+        note = await services.review.add_note(request.match_info["app"], request.match_info["openid"],
                                          data.get("text"), author=by.name, by=by)
         return web.json_response({"note": note}, status=201)
 
@@ -215,7 +216,7 @@ def build_api(hub: Any) -> web.Application:
             "Content-Disposition": f'attachment; filename="csbot-export.{fmt}"'})
         await resp.prepare(request)
         first = True
-        async for rows in hub.review.export(since=since, until=until, app=app):
+        async for rows in services.review.export(since=since, until=until, app=app):
             await resp.write(format_batch(rows, fmt, header=first).encode("utf-8"))
             first = False
         if first and fmt == "csv":
@@ -229,7 +230,7 @@ def build_api(hub: Any) -> web.Application:
         app, touser = data.get("app", "default"), data.get("touser")
         if not isinstance(app, str):
             raise Invalid("app must be a string")
-        message_id = await hub.review.send(app, touser, data, author="operator", by=actor_for(request, "operator"))
+        message_id = await services.review.send(app, touser, data, author="operator", by=actor_for(request, "operator"))
         return web.json_response({"message_id": message_id, "status": "queued"}, status=202)
 
     @routes.get("/audit")
@@ -237,7 +238,7 @@ def build_api(hub: Any) -> web.Application:
         if not request[ACTOR].is_admin:
             raise NotYours("only an admin reads the audit log")
         q = request.query
-        entries = await hub.audit.entries(since=parse_time(q.get("since")), until=parse_time(q.get("until")),
+        entries = await services.audit.entries(since=parse_time(q.get("since")), until=parse_time(q.get("until")),
                                           action=q.get("action") or None, agent=q.get("agent") or None,
                                           app=q.get("app") or None, openid=q.get("openid") or None,
                                           limit=int_param(request, "limit", 1000, 1, 10000) or 1000)

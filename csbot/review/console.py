@@ -36,6 +36,8 @@ from aiohttp import web
 
 from csbot.review.agents import ConsoleSession, RateLimited, SESSION_TTL
 from csbot.review.service import STATUSES, ReviewError, ago, message_item
+from csbot.services import Services
+from csbot.statuses import UNSETTLED, as_json as statuses_json
 
 log = logging.getLogger("csbot.review.console")
 
@@ -46,7 +48,6 @@ LOGIN_COOKIE = "csbot_login"
 SESSION_RECHECK = 3.0
 POLL_SECONDS = 0.5
 THREAD_LIMIT = 300
-UNSETTLED = ("pending", "inline", "handling", "queued", "sending", "in_doubt")
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 
@@ -72,11 +73,12 @@ def is_http_url(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("https://", "http://"))
 
 
-def build_console(hub: Any) -> web.Application:
+def build_console(services: Services) -> web.Application:
     """The ``/admin`` sub-application."""
-    settings = hub.settings
+    settings = services.settings
     env = make_env()
     env.globals["is_http_url"] = is_http_url
+    env.globals["statuses"] = statuses_json()
 
     def render(template: str, http_status: int = 200, **ctx: Any) -> web.Response:
         return web.Response(text=env.get_template(template).render(**ctx), status=http_status,
@@ -117,7 +119,7 @@ def build_console(hub: Any) -> web.Application:
     console = web.Application(middlewares=[middleware])
 
     async def session_of(request: web.Request) -> ConsoleSession | None:
-        return await hub.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote)
+        return await services.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote)
 
     async def require(request: web.Request, *, page: bool = False) -> ConsoleSession:
         session = await session_of(request)
@@ -150,7 +152,7 @@ def build_console(hub: Any) -> web.Application:
         nonce = secrets.token_urlsafe(24)
         nxt = request.query.get("next", "/admin/")
         resp = render("login.html", http_status=status, csrf=nonce, message=message, name=name,
-                      bootstrap=await hub.agents.count() == 0,
+                      bootstrap=await services.agents.count() == 0,
                       next=nxt if nxt.startswith("/admin/") else "/admin/")
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/admin",
                         secure=secure(request), max_age=3600)
@@ -171,10 +173,10 @@ def build_console(hub: Any) -> web.Application:
         name = str(form.get("name") or "")[:64]
         password = str(form.get("password") or "")
         try:
-            if await hub.agents.count() == 0:
+            if await services.agents.count() == 0:
                 session = await bootstrap(request, form, name, password)
             else:
-                session = await hub.agents.sign_in(name, password, address=request.remote)
+                session = await services.agents.sign_in(name, password, address=request.remote)
         except RateLimited:
             raise
         except ReviewError as exc:
@@ -194,18 +196,18 @@ def build_console(hub: Any) -> web.Application:
 
         token = str(form.get("token") or "")
         if not hmac.compare_digest(token.encode("utf-8"), settings.admin_token.encode("utf-8")):
-            async with hub.services.sessionmaker() as s, s.begin():
+            async with services.sessionmaker() as s, s.begin():
                 from csbot.review.audit import record
 
                 await record(s, "failed_sign_in", None, agent=name, address=request.remote,
                              detail="first admin: wrong admin token")
             await asyncio.sleep(0.5)  # slows guessing
             raise SignInRefused("That is not the admin token.")
-        return await hub.agents.bootstrap(name, password, address=request.remote)
+        return await services.agents.bootstrap(name, password, address=request.remote)
 
     async def logout(request: web.Request) -> web.Response:
         session, _form = await require_post(request)
-        await hub.agents.sign_out(session)
+        await services.agents.sign_out(session)
         resp = web.HTTPSeeOther("/admin/login")
         resp.del_cookie(SESSION_COOKIE, path="/admin")
         raise resp
@@ -218,9 +220,9 @@ def build_console(hub: Any) -> web.Application:
         status = q.get("status") if q.get("status") in STATUSES else None
         search = (q.get("q") or "").strip()[:200]
         app = q.get("app") if q.get("app") in settings.apps else None
-        page = await hub.review.list_conversations(app=app, status=status, search=search or None, limit=50,
+        page = await services.review.list_conversations(app=app, status=status, search=search or None, limit=50,
                                                    cursor=q.get("cursor") or None, viewer=session.actor)
-        after = await hub.review.max_message_id()
+        after = await services.review.max_message_id()
         return render("list.html", **base_ctx(session), conversations=page.conversations,
                       next_cursor=page.next_cursor, status=status, search=search, app=app, after=after,
                       filtered=bool(search or app or q.get("cursor")), now=time.time())
@@ -228,7 +230,7 @@ def build_console(hub: Any) -> web.Application:
     async def thread_page(request: web.Request) -> web.Response:
         session = await require(request, page=True)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        thread = await hub.review.thread(app, openid, limit=THREAD_LIMIT, viewer=session.actor)
+        thread = await services.review.thread(app, openid, limit=THREAD_LIMIT, viewer=session.actor)
         last_id = max((i["id"] for i in thread["items"] if i["kind"] == "message"), default=0)
         return render("thread.html", **base_ctx(session), c=thread["conversation"], items=thread["items"],
                       truncated=thread["truncated"], after=last_id, now=time.time())
@@ -239,14 +241,14 @@ def build_console(hub: Any) -> web.Application:
     async def reply(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await hub.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
+        await services.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
                                by=session.actor)
         raise back_to_thread(app, openid)
 
     async def set_status(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await hub.review.set_status(app, openid, str(form.get("status") or ""), agent=session.actor.name,
+        await services.review.set_status(app, openid, str(form.get("status") or ""), agent=session.actor.name,
                                     by=session.actor)
         raise back_to_thread(app, openid)
 
@@ -255,13 +257,13 @@ def build_console(hub: Any) -> web.Application:
         app, openid = request.match_info["app"], request.match_info["openid"]
         add = [t for t in str(form.get("add") or "").split(",") if t.strip()]
         remove = [str(form["remove"])] if form.get("remove") else []
-        await hub.review.set_tags(app, openid, add=add, remove=remove, by=session.actor)
+        await services.review.set_tags(app, openid, add=add, remove=remove, by=session.actor)
         raise back_to_thread(app, openid)
 
     async def notes(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await hub.review.add_note(app, openid, str(form.get("text") or ""), author=session.actor.name,
+        await services.review.add_note(app, openid, str(form.get("text") or ""), author=session.actor.name,
                                   by=session.actor)
         raise back_to_thread(app, openid)
 
@@ -271,11 +273,11 @@ def build_console(hub: Any) -> web.Application:
             message_id = int(request.match_info["id"])
         except ValueError:
             raise web.HTTPNotFound() from None
-        row = await hub.review.media(message_id)
+        row = await services.review.media(message_id)
         if row is None or row.direction != "in" or not row.media_path:
             raise web.HTTPNotFound(reason="no stored media for this message")
         try:
-            data = await hub.media_store().get(row.media_path)
+            data = await services.media.get(row.media_path)
         except (OSError, ValueError):
             raise web.HTTPNotFound(reason="the stored media file is missing") from None
         ctype = mimetypes.guess_type(row.media_path)[0] or "application/octet-stream"
@@ -310,23 +312,23 @@ def build_console(hub: Any) -> web.Application:
         last_ping = last_check = time.monotonic()
         try:
             await resp.write(b"retry: 2000\n\n")
-            while not hub.closing.is_set():
+            while not services.closing.is_set():
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break
                 if time.monotonic() - last_check > SESSION_RECHECK:
                     last_check = time.monotonic()
-                    if await hub.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote) is None:
+                    if await services.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote) is None:
                         await send("signed_out", {})
                         break
                 if openid and app:
-                    new = await hub.review.new_messages(after, app=app, openid=openid)
+                    new = await services.review.new_messages(after, app=app, openid=openid)
                     for m in new:
                         after = max(after, m.id)
                         await send("message", message_item(m))
                         if m.status in UNSETTLED:
                             unsettled[m.id] = m.status
-                    for m in await hub.review.messages_by_id(list(unsettled)):
+                    for m in await services.review.messages_by_id(list(unsettled)):
                         if m.status != unsettled[m.id] or m.media_path:
                             await send("update", message_item(m))
                         if m.status in UNSETTLED:
@@ -334,7 +336,7 @@ def build_console(hub: Any) -> web.Application:
                         else:
                             unsettled.pop(m.id, None)
                     try:
-                        conv = await hub.review.conversation(app, openid)
+                        conv = await services.review.conversation(app, openid)
                     except ReviewError:
                         conv = None
                     if conv is not None:
@@ -343,12 +345,12 @@ def build_console(hub: Any) -> web.Application:
                             await send("conversation", conv)
                         conv_state = state
                 else:
-                    new = await hub.review.new_messages(after)
+                    new = await services.review.new_messages(after)
                     for m in new:
                         after = max(after, m.id)
                         waiting.add((m.app, m.openid))
                     if waiting:
-                        for conv in await hub.review.conversations_for(list(waiting)):
+                        for conv in await services.review.conversations_for(list(waiting)):
                             waiting.discard((conv["app"], conv["openid"]))
                             if session.actor.is_admin or conv["assigned_agent"] in (None, session.actor.name):
                                 await send("conversation", conv)
@@ -356,7 +358,7 @@ def build_console(hub: Any) -> web.Application:
                     await resp.write(b": ping\n\n")
                     last_ping = time.monotonic()
                 try:
-                    await asyncio.wait_for(hub.closing.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(services.closing.wait(), POLL_SECONDS)
                 except asyncio.TimeoutError:
                     pass
         except (ConnectionResetError, ConnectionError):

@@ -35,12 +35,14 @@ from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
 from csbot.review.audit import Actor, record
 from csbot.review.models import AuditEntry, ConversationEvent
 from csbot.review.search import matching_ids
+from csbot.statuses import ConversationStatus
 from csbot.store import Conversation, Message, Note
 
-STATUSES = ("bot", "human", "closed")
+STATUSES = tuple(ConversationStatus)
 #: audited actions whose thread item (the note, the message) already says who and when
 IN_THREAD_ALREADY = ("note", "reply", "image")
-EVENT_FOR_STATUS = {"human": "takeover", "bot": "handback", "closed": "close"}
+EVENT_FOR_STATUS = {ConversationStatus.HUMAN: "takeover", ConversationStatus.BOT: "handback",
+                    ConversationStatus.CLOSED: "close"}
 MAX_TEXT = 4000
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 32
@@ -483,30 +485,31 @@ class Review:
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
             if await self._change(s, conv, status, agent=agent or actor, actor=by.name, now=now):
                 await record(s, EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app, openid=openid,
-                             detail=f"assigned to {agent}" if status == "human" and agent and agent != by.name
+                             detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent
+                             and agent != by.name
                              else None, at=now)
         return await self.conversation(app, openid)
 
     async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
                       actor: str | None, now: float, detail: str | None = None) -> bool:
         """Whether the status changed."""
-        if status == "human":
+        if status == ConversationStatus.HUMAN:
             agent = agent or conv.assigned_agent or "agent"
-            if conv.status == "human" and conv.assigned_agent == agent:
+            if conv.status == ConversationStatus.HUMAN and conv.assigned_agent == agent:
                 return False
-            values: dict[str, Any] = dict(status="human", assigned_agent=agent, human_since=now, closed_at=None)
-        elif status == "bot":
-            if conv.status == "bot":
+            values: dict[str, Any] = dict(status=ConversationStatus.HUMAN, assigned_agent=agent, human_since=now, closed_at=None)
+        elif status == ConversationStatus.BOT:
+            if conv.status == ConversationStatus.BOT:
                 return False
-            values = dict(status="bot", assigned_agent=None, human_since=None)
+            values = dict(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
         else:
-            if conv.status == "closed":
+            if conv.status == ConversationStatus.CLOSED:
                 return False
-            values = dict(status="closed", assigned_agent=None, human_since=None, closed_at=now)
+            values = dict(status=ConversationStatus.CLOSED, assigned_agent=None, human_since=None, closed_at=now)
         await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
         await s.execute(insert(ConversationEvent).values(
             conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
-            detail=detail or (f"assigned to {agent}" if status == "human" and agent != actor else None)))
+            detail=detail or (f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent != actor else None)))
         return True
 
     async def assign(self, app: str, openid: str, agent: str | None, *, by: Actor | None = None,
@@ -522,7 +525,7 @@ class Review:
             raise NotYours("only an admin assigns a conversation to somebody else")
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
-            if agent is None and conv.status == "human":
+            if agent is None and conv.status == ConversationStatus.HUMAN:
                 raise Invalid("a conversation with an agent needs one: hand it back to the bot to unassign it")
             if conv.assigned_agent != agent:
                 await s.execute(update(Conversation).where(Conversation.id == conv.id)
@@ -547,8 +550,8 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
-            if conv.status != "human":
-                if await self._change(s, conv, "human", agent=agent, actor=agent, now=now):
+            if conv.status != ConversationStatus.HUMAN:
+                if await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
                     await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
                                  detail="by replying")
             conv_id = conv.id
@@ -634,10 +637,10 @@ class Review:
         async with self.sessionmaker() as s, s.begin():
             rows = (await s.execute(
                 update(Conversation)
-                .where(Conversation.status == "human",
+                .where(Conversation.status == ConversationStatus.HUMAN,
                        func.coalesce(Conversation.human_since, 0) < cutoff,
                        or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
-                .values(status="bot", assigned_agent=None, human_since=None)
+                .values(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
                 .returning(Conversation.id, Conversation.app, Conversation.openid))).all()
             if rows:
                 await s.execute(insert(ConversationEvent), [

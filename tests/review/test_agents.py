@@ -10,7 +10,7 @@ import sys
 import aiohttp
 import pytest
 
-from csbot.review import REVIEW_HUB
+from csbot.services import services_of
 from csbot.review import agents as agents_module
 from csbot.review.agents import Agents
 from csbot.review.service import Invalid
@@ -23,7 +23,7 @@ def jar() -> aiohttp.ClientSession:
 
 
 async def audit(bot, **kw):
-    return await bot.app[REVIEW_HUB].audit.entries(**kw)
+    return await services_of(bot.app).audit.entries(**kw)
 
 
 async def test_the_admin_token_creates_the_first_admin_and_only_while_no_agent_exists():
@@ -210,7 +210,7 @@ async def test_passwords_are_argon2_hashes_and_bad_input_is_refused():
         from csbot.review.models import Agent
         from sqlalchemy import select
 
-        async with bot.app[REVIEW_HUB].services.sessionmaker() as s:
+        async with services_of(bot.app).sessionmaker() as s:
             stored = (await s.execute(select(Agent.password_hash))).scalar_one()
         assert stored.startswith("$argon2id$") and PASSWORD not in stored
         for bad in (dict(name="ada", password=PASSWORD), dict(name="", password=PASSWORD),

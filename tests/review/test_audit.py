@@ -3,7 +3,7 @@ the same transaction as the action, and shows in the thread; ``csbot audit`` rea
 
 import json
 
-from csbot.review import REVIEW_HUB
+from csbot.services import services_of
 from csbot.review.audit import Actor
 
 from .support import add_agent, agents_of, api, review_of, start
@@ -48,7 +48,7 @@ async def test_an_audit_row_is_written_with_its_action_or_not_at_all():
     async with start() as bot:
         await bot.send_text("oAnn", "hi")
         await bot.wait_idle()
-        hub = bot.app[REVIEW_HUB]
+        hub = services_of(bot.app)
         status, _ = await api(bot, "POST", "/api/conversations/default/oAnn/tags", json={"add": ["x" * 40]})
         assert status == 400
         status, _ = await api(bot, "POST", "/api/conversations/default/oNobody/notes", json={"text": "hi"})
