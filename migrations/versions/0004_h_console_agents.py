@@ -3,14 +3,14 @@
 Also an index for the console's "mine" and "unassigned" filters on ``conversations.assigned_agent``.
 
 Revision ID: h_console_agents
-Revises: 0002
+Revises: storage_files
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_console_agents'
-down_revision = '0002'
+down_revision = 'storage_files'
 branch_labels = None
 depends_on = None
 
