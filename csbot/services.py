@@ -56,7 +56,9 @@ class Services:
     functions: Any = None
     database: Any = None
     storage: Any = None
+    #: console agent accounts, sessions, API tokens (csbot.review.agents) and the audit log (csbot.review.audit)
     agents: Any = None
+    audit: Any = None
     #: SQLite: the lock that makes this process the file's only server (csbot.store.engine)
     serve_lock: Any = None
 
