@@ -394,9 +394,9 @@ class Outbox:
                 await forget_consents(self.sessionmaker, row.app, row.openid, body["subscribe"]["template_id"])
             await self._mark_after_send(row, values)
             return True
-        await self._mark_after_send(row, {"status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None})
-        if row.msg_type == SubscribeMessage.msgtype:
+        if row.msg_type == SubscribeMessage.msgtype:  # spent before the row says sent: readers see both
             await spend_consent(self.sessionmaker, row.app, row.openid, body["subscribe"]["template_id"])
+        await self._mark_after_send(row, {"status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None})
         return True
 
     async def _mark_after_send(self, row: Message, values: dict[str, Any]) -> None:
