@@ -25,7 +25,7 @@ from csbot.cloud.storage import (
     validate_cloud_path,
 )
 
-from .conftest import blobs
+from .storage_fixtures import blobs, storage, store_url  # noqa: F401 - fixtures
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00pixels" * 50
 

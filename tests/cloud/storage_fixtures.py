@@ -1,4 +1,7 @@
-"""Fixtures: a Storage on a migrated store (SQLite, and PostgreSQL when configured)."""
+"""Storage fixtures: a Storage on a migrated store (SQLite, and PostgreSQL when configured).
+
+Imported by the storage tests (``from .storage_fixtures import ...``), not a conftest, so the
+cloud tests of other services keep their own fixtures."""
 
 from __future__ import annotations
 
