@@ -101,7 +101,7 @@ async def test_uploads_need_a_session(bot):
     (upload_form("a//b.png", PNG), "'//'"),
     (upload_form("../x.png", PNG), "'..'"),
     (upload_form(None, PNG), "no cloudPath"),
-    (upload_form("a.png", None), "no file part"),
+    (upload_form("a.png", None), "file"),  # only a text field: not even multipart
 ])
 async def test_a_bad_upload_is_a_clear_400_and_stores_nothing(bot, form, reason):
     token = await token_for(bot, "oAlice")
