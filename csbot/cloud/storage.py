@@ -366,6 +366,18 @@ async def chunks_of(source: Any) -> AsyncIterator[bytes]:
         raise TypeError(f"upload() takes bytes, a pathlib.Path or an async iterable of bytes, not {type(source).__name__}")
 
 
+class _SourceFailed(Exception):
+    """Reading the upload's source failed (as opposed to the backend writing it)."""
+
+
+async def _source_chunks(source: Any) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks_of(source):
+            yield chunk
+    except OSError as exc:
+        raise _SourceFailed() from exc
+
+
 # ---------------------------------------------------------------- rules
 
 
@@ -618,10 +630,13 @@ class Storage:
         """Stream ``source`` into a new blob (not yet any file's contents; see :meth:`commit`)."""
         key = f"objects/{secrets.token_hex(1)}/{uuid.uuid4().hex}"
         try:
-            return await self.backend.write(key, chunks_of(source), self.max_file_size)
+            return await self.backend.write(key, _source_chunks(source), self.max_file_size)
+        except _SourceFailed as failed:
+            cause = failed.__cause__
+            if isinstance(source, os.PathLike) and isinstance(cause, OSError):
+                raise StorageError(f"cannot read {os.fspath(source)}: {cause.strerror}") from None
+            raise cause from None  # the caller's stream broke (a client went away): theirs to see
         except OSError as exc:
-            if isinstance(source, os.PathLike) and exc.filename == os.fspath(source):
-                raise StorageError(f"cannot read {os.fspath(source)}: {exc.strerror}") from None
             log.error("storage backend could not write a file: %s", exc)
             raise StorageUnavailable("the storage backend could not write the file; try again later") from None
 
