@@ -1,14 +1,14 @@
 """cloud functions: mini-program login sessions, users' session_key, subscribe consents
 
 Revision ID: functions_sessions
-Revises: storage_files
+Revises: h_console_agents
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'functions_sessions'
-down_revision = 'storage_files'
+down_revision = 'h_console_agents'
 branch_labels = None
 depends_on = None
 
