@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from csbot.messages import Reply, as_reply
+
+
+class PushLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A handler's logger: every line starts with ``[push ID app/openid]`` so it can be found."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[push {extra.get('push_id')} {extra.get('app')}/{extra.get('openid')}] {msg}", kwargs
 
 
 @dataclass
@@ -52,6 +62,9 @@ class Context:
     UNIONID: str | None = None
     #: "push" for the normal path, "inline" when running before the webhook's answer
     SOURCE: str = "push"
+    #: the ``re.Match`` of the route's ``regex`` on the text (``context.match.group(1)``); None for
+    #: routes without a regex
+    match: re.Match[str] | None = None
     replies: list[Reply] = field(default_factory=list)
 
     async def reply(self, message: str | Reply) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
 from csbot.config import Settings
-from csbot.context import ConversationInfo, Context, MessageInfo
+from csbot.context import ConversationInfo, Context, MessageInfo, PushLogger
 from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
 from csbot.store import Conversation, Message
@@ -351,11 +351,12 @@ class Inbox:
 
     async def _run_routes(self, app: str, appid: str, info: MessageInfo, event: dict[str, Any],
                           conv: ConversationInfo, routes: list[Route], *, source: str) -> HandlerResult:
-        logger = logging.LoggerAdapter(logging.getLogger("csbot.handler"),
-                                       {"push_id": info.id, "app": app})
+        logger = PushLogger(logging.getLogger("csbot.handler"),
+                            {"push_id": info.id, "app": app, "openid": info.openid})
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
-                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source)
+                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
+                          match=r.match(event))
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from csbot.review.cli import format_batch
+from csbot.review.cli import CSV_BOM, format_batch
 from csbot.review.service import STATUSES, Invalid, ReviewError, parse_time
 
 log = logging.getLogger("csbot.review.api")
@@ -170,6 +170,8 @@ def build_api(hub: Any) -> web.Application:
             "Content-Type": f"{ctype}; charset=utf-8",
             "Content-Disposition": f'attachment; filename="csbot-export.{fmt}"'})
         await resp.prepare(request)
+        if fmt == "csv":
+            await resp.write(CSV_BOM.encode("utf-8"))  # Excel and WPS then read the Chinese right
         first = True
         async for rows in hub.review.export(since=since, until=until, app=app):
             await resp.write(format_batch(rows, fmt, header=first).encode("utf-8"))

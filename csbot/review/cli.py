@@ -256,6 +256,11 @@ class Progress:
             self.stream.flush()
 
 
+#: a CSV export starts with a UTF-8 byte-order mark: without it Excel and WPS take the file for
+#: the local code page and show Chinese as mojibake
+CSV_BOM = "\ufeff"
+
+
 def format_batch(rows: list[dict[str, Any]], fmt: str, *, header: bool) -> str:
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -275,6 +280,8 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         out: TextIO = (await asyncio.to_thread(open, args.output, "w", encoding="utf-8", newline="")
                        if args.output else sys.stdout)
         try:
+            if args.format == "csv":
+                await asyncio.to_thread(out.write, CSV_BOM)  # Excel and WPS then read the Chinese right
             if args.format == "csv" and total == 0:
                 await asyncio.to_thread(out.write, format_batch([], "csv", header=True))
             first = True
