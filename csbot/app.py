@@ -101,6 +101,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         return web.Response(text="ok")
 
     async def metrics_page(request: web.Request) -> web.Response:
+        if app[READY]["ready"]:
+            await metrics.refresh()
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)

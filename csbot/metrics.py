@@ -6,7 +6,10 @@ process, and tests, never collide.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import logging
+from typing import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -28,6 +31,19 @@ class Metrics:
         self.sends = Counter(
             "csbot_outbox_total", "Outbox delivery attempts, by resulting state",
             ["app", "state"], registry=self.registry)
+        self.undelivered = Gauge(
+            "csbot_undelivered_conversations",
+            "Conversations with a reply that never arrived (failed, dead or quota_exceeded, none delivered "
+            "after it): customers who think they were ignored", ["app"], registry=self.registry)
+        #: read from the store just before each scrape (gauges of what the store holds)
+        self.refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    async def refresh(self) -> None:
+        for refresh in self.refreshers:
+            try:
+                await refresh()
+            except Exception as exc:  # a scrape still answers with what it has
+                logging.getLogger("csbot.metrics").warning("could not refresh a metric: %r", exc)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -43,6 +43,8 @@ log = logging.getLogger("csbot.outbox")
 QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
     "queued", "sending", "sent", "failed", "dead", "quota_exceeded", "in_doubt")
 DUE_STATUSES = (QUEUED, IN_DOUBT)
+#: end states of a reply that never reached the customer; an operator may queue it again
+RETRYABLE = (FAILED, DEAD, QUOTA)
 #: how often a running process looks for sends abandoned by a process that died
 SWEEP_SECONDS = 5.0
 
@@ -120,6 +122,25 @@ class Outbox:
             message_id = row.id
         self._wake.set()
         return message_id
+
+    async def retry(self, message_id: int, *, actor: str | None = None) -> bool:
+        """Queue a ``failed``, ``dead`` or ``quota_exceeded`` reply again, as if new.
+
+        It goes through the same path as every reply: the user's lane (in order), the quota
+        check, backoff and ``max_send_attempts`` afresh. False if the row is not in one of
+        those states (already retried, or never failed).
+        """
+        now = time.time()
+        async with self.sessionmaker() as s, s.begin():
+            res = await s.execute(update(Message).where(
+                Message.id == message_id, Message.direction == "out", Message.status.in_(RETRYABLE))
+                .values(status=QUEUED, attempts=0, next_attempt_at=now, errcode=None, errmsg=None,
+                        error=f"retried by {actor}" if actor else "retried"))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        log.info("reply %s queued again by %s", message_id, actor or "an operator")
+        self._wake.set()
+        return True
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="csbot-outbox-dispatch"))

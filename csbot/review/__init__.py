@@ -39,7 +39,8 @@ class ReviewHub:
 
             if self.services.sessionmaker is None:
                 raise web.HTTPServiceUnavailable(reason="starting")
-            self._review = Review(self.settings, self.services.sessionmaker, self.services.outbox.enqueue)
+            self._review = Review(self.settings, self.services.sessionmaker, self.services.outbox.enqueue,
+                                  retry=self.services.outbox.retry)
         return self._review
 
     def media_store(self) -> Any:
@@ -92,6 +93,16 @@ def setup_review(app: web.Application, settings: Settings, services: Any, *, run
 
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(on_shutdown)
+
+    async def refresh_undelivered() -> None:
+        counts = await hub.review.undelivered_counts()
+        for name in settings.apps:
+            metrics.undelivered.labels(name).set(counts.get(name, 0))
+
+    from csbot.webhook import METRICS
+
+    metrics = app[METRICS]
+    metrics.refreshers.append(refresh_undelivered)
     if not settings.admin_token:
         async def api_off(request: web.Request) -> web.Response:
             return web.json_response({"error": "the review API is off: set CSBOT_ADMIN_TOKEN"}, status=404)

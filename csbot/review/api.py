@@ -90,6 +90,15 @@ def int_param(request: web.Request, name: str, default: int | None, lo: int, hi:
     return value
 
 
+def bool_param(request: web.Request, name: str) -> bool:
+    raw = (request.query.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise Invalid(f"{name} must be true or false")
+
+
 def optional_str(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is not None and not isinstance(value, str):
@@ -111,7 +120,7 @@ def build_api(hub: Any) -> web.Application:
         page = await hub.review.list_conversations(
             app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
             search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
-            cursor=q.get("cursor") or None)
+            cursor=q.get("cursor") or None, undelivered=bool_param(request, "undelivered"))
         return web.json_response({"conversations": page.conversations, "next_cursor": page.next_cursor})
 
     @routes.get("/conversations/{app}/{openid}")
@@ -156,6 +165,17 @@ def build_api(hub: Any) -> web.Application:
         note = await hub.review.add_note(request.match_info["app"], request.match_info["openid"],
                                          data.get("text"), author=author)
         return web.json_response({"note": note}, status=201)
+
+    @routes.post("/messages/{id}/retry")
+    async def retry(request: web.Request) -> web.Response:
+        data = await read_object(request) if request.can_read_body else {}
+        actor = optional_str(data, "agent") or "api"
+        try:
+            message_id = int(request.match_info["id"])
+        except ValueError:
+            raise Invalid("the message id must be an integer") from None
+        message = await hub.review.retry(message_id, actor=actor)
+        return web.json_response({"message": message, "status": "queued"}, status=202)
 
     @routes.get("/export")
     async def export(request: web.Request) -> web.StreamResponse:
@@ -215,6 +235,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 NULLABLE_NUMBER = {"type": "number", "nullable": True}
 NULLABLE_STRING = {"type": "string", "nullable": True}
+TIME = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC, with its offset"}
+NULLABLE_TIME = {**TIME, "nullable": True}
 NAME = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$"}
 TEXT = {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S"}
 
@@ -231,7 +253,8 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "csbot review API", "version": "1",
-                 "description": "Read conversations, step in, and hand back. Times are Unix seconds."},
+                 "description": "Read conversations, step in, and hand back. Times are ISO 8601 "
+                                "date-times in UTC with their offset (2026-11-20T04:28:05.123+00:00)."},
         "servers": [{"url": "/api"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -246,7 +269,10 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
                                                                 "default": 50}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                     "description": "next_cursor of the previous page"}],
+                     "description": "next_cursor of the previous page"},
+                    {"name": "undelivered", "in": "query", "schema": {"type": "boolean", "default": False},
+                     "description": "only conversations with a reply that never arrived (failed, dead or "
+                                    "quota_exceeded, and no later reply delivered)"}],
                 "responses": {"200": _json({"type": "object", "required": ["conversations", "next_cursor"],
                                             "properties": {"conversations": {"type": "array",
                                                                              "items": _ref("Conversation")},
@@ -297,6 +323,18 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"201": _json({"type": "object", "required": ["note"],
                                             "properties": {"note": _ref("Note")}}, "added"),
                               **_errors(400, 401, 404, 413)}}},
+            "/messages/{id}/retry": {"post": {
+                "operationId": "retry", "summary": "queue a failed, dead or quota_exceeded reply again; it goes "
+                                                   "through the outbox like any reply (the user's order, the "
+                                                   "reply quota, retries with backoff)",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"agent": NAME}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["message", "status"],
+                                            "properties": {"message": _ref("Item"),
+                                                           "status": {"type": "string", "enum": ["queued"]}}},
+                                           "queued again"), **_errors(400, 401, 404, 409, 413)}}},
             "/export": {"get": {
                 "operationId": "export", "summary": "every message in a time range, as JSON lines or CSV",
                 "parameters": [
@@ -324,7 +362,8 @@ def openapi_document() -> dict[str, Any]:
                                            "description": "CSBOT_ADMIN_TOKEN"}},
             "responses": {f"E{c}": _json(_ref("Error"), d) for c, d in (
                 (400, "bad input"), (401, "missing or wrong bearer token"),
-                (404, "no such conversation or app"), (413, "body too large"))},
+                (404, "no such conversation, message or app"),
+                (409, "the reply is not in a state that allows this"), (413, "body too large"))},
             "schemas": SCHEMAS,
         },
     }
@@ -335,31 +374,36 @@ SCHEMAS: dict[str, Any] = {
     "LastMessage": {"type": "object", "nullable": True, "required": ["id", "direction", "type", "summary", "at"],
                     "properties": {"id": {"type": "integer"}, "direction": {"type": "string", "enum": ["in", "out"]},
                                    "type": {"type": "string"}, "summary": {"type": "string"},
-                                   "at": {"type": "number"}}},
+                                   "at": TIME}},
     "Conversation": {
         "type": "object",
         "required": ["kind", "id", "app", "openid", "status", "assigned_agent", "tags", "created_at",
                      "last_message_at", "human_since", "last_agent_reply_at", "transferred_at", "closed_at",
-                     "unanswered", "last_message"],
+                     "unanswered", "undelivered", "last_message"],
         "properties": {
             "kind": {"type": "string", "enum": ["conversation"]}, "id": {"type": "integer"},
             "app": {"type": "string"}, "openid": {"type": "string"},
             "status": {"type": "string", "enum": list(STATUSES)}, "assigned_agent": NULLABLE_STRING,
-            "tags": {"type": "array", "items": {"type": "string"}}, "created_at": {"type": "number"},
-            "last_message_at": {"type": "number"}, "human_since": NULLABLE_NUMBER,
-            "last_agent_reply_at": NULLABLE_NUMBER, "transferred_at": NULLABLE_NUMBER, "closed_at": NULLABLE_NUMBER,
+            "tags": {"type": "array", "items": {"type": "string"}}, "created_at": TIME,
+            "last_message_at": TIME, "human_since": NULLABLE_TIME,
+            "last_agent_reply_at": NULLABLE_TIME, "transferred_at": NULLABLE_TIME, "closed_at": NULLABLE_TIME,
             "unanswered": {"type": "boolean", "description": "the customer's last message has no reply after it"},
+            "undelivered": {"type": "boolean", "description": "a reply ended failed, dead or quota_exceeded and "
+                                                              "no later reply was delivered"},
             "last_message": _ref("LastMessage")}},
     "Note": {"type": "object", "required": ["kind", "id", "author", "text", "at"],
              "properties": {"kind": {"type": "string", "enum": ["note"]}, "id": {"type": "integer"},
-                            "author": {"type": "string"}, "text": {"type": "string"}, "at": {"type": "number"}}},
+                            "author": {"type": "string"}, "text": {"type": "string"}, "at": TIME}},
     "Item": {
         "type": "object", "required": ["kind", "id", "at"],
         "description": "a message (kind=message: inbound push or outbound reply with its delivery state), "
                        "a private note (kind=note) or a status change (kind=event)",
         "properties": {
             "kind": {"type": "string", "enum": ["message", "note", "event"]}, "id": {"type": "integer"},
-            "at": {"type": "number"}, "direction": {"type": "string", "enum": ["in", "out"]},
+            "at": TIME, "received_at": TIME, "sent_at": NULLABLE_TIME,
+            "retryable": {"type": "boolean", "description": "a reply that can be retried (POST "
+                                                            "/messages/{id}/retry)"},
+            "direction": {"type": "string", "enum": ["in", "out"]},
             "type": {"type": "string", "description": "WeChat MsgType or the reply's msgtype"},
             "event": NULLABLE_STRING, "text": NULLABLE_STRING,
             "content": {"type": "object", "description": "the push's fields, or the reply's typed part"},

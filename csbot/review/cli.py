@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
-from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, parse_time
+from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, parse_time, timestamp
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -32,6 +32,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--since", help="activity since: 2h, 3d, 2026-11-20, 2026-11-20T10:00")
     p.add_argument("--search", metavar="TEXT", help="only conversations with a message containing TEXT")
+    p.add_argument("--undelivered", action="store_true",
+                   help="only conversations with a reply that never arrived (failed, dead, quota_exceeded)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_run(cmd_list))
@@ -57,6 +59,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--app")
     p.add_argument("--agent", help="your name as the customer's agent (default: your login name)")
     p.set_defaults(func=_run(cmd_reply))
+
+    p = sub.add_parser("retry", parents=[common],
+                       help="queue a failed, dead or quota_exceeded reply again (the running csbot sends it)")
+    p.add_argument("message_id", type=int, metavar="MESSAGE_ID", help="the reply's id (conversations show)")
+    p.add_argument("--agent", help="your name (default: your login name)")
+    p.set_defaults(func=_run(cmd_retry))
 
     for name, status, what in (("takeover", "human", "a person takes the conversation over from the bot"),
                                ("handback", "bot", "hand the conversation back to the bot"),
@@ -90,9 +98,11 @@ async def open_review(settings: Settings, *, with_outbox: bool = False) -> Async
         await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         sm = make_sessionmaker(engine)
         enqueue = None
-        if with_outbox:  # only its enqueue: the running service's sender delivers
-            enqueue = Outbox(settings, sm, None, lambda _app: None).enqueue  # type: ignore[arg-type]
-        yield Review(settings, sm, enqueue)
+        retry = None
+        if with_outbox:  # only its enqueue and retry: the running service's sender delivers
+            outbox = Outbox(settings, sm, None, lambda _app: None)  # type: ignore[arg-type]
+            enqueue, retry = outbox.enqueue, outbox.retry
+        yield Review(settings, sm, enqueue, retry=retry)
     finally:
         await engine.dispose()
 
@@ -119,7 +129,9 @@ def _line(obj: dict[str, Any], out: TextIO = sys.stdout) -> None:
     out.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
-def _when(ts: float | None) -> str:
+def _when(at: str | float | None) -> str:
+    """A time of the review service, in this terminal's local zone."""
+    ts = timestamp(at)
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
@@ -134,7 +146,7 @@ def _short(text: str | None, width: int) -> str:
 async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_review(settings) as review:
         page = await review.list_conversations(app=args.app, status=args.status, since=parse_time(args.since),
-                                               search=args.search, limit=args.limit)
+                                               search=args.search, limit=args.limit, undelivered=args.undelivered)
     if args.json:
         for c in page.conversations:
             _line(c)
@@ -145,7 +157,7 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'STATUS':<7} {'APP':<10} {'OPENID':<30} {'AGENT':<12} {'ACTIVITY':<12} LAST MESSAGE")
     for c in page.conversations:
         last = c["last_message"] or {}
-        badge = "!" if c["unanswered"] else " "
+        badge = "✗" if c["undelivered"] else ("!" if c["unanswered"] else " ")
         arrow = "<" if last.get("direction") == "in" else ">"
         print(f"{c['status']:<7} {_short(c['app'], 10):<10} {_short(c['openid'], 30):<30} "
               f"{_short(c['assigned_agent'] or '-', 12):<12} {ago(c['last_message_at']):<12} "
@@ -179,7 +191,10 @@ def describe_item(item: dict[str, Any]) -> str:
         return line
     who = item.get("author") or "bot"
     who = who if who.startswith("agent:") else f"bot:{who}"
-    return f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"
+    line = f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"
+    if item.get("retryable"):
+        line += f"\n{' ' * 21}! not delivered: `csbot retry {item['id']}` sends it again"
+    return line
 
 
 def describe_inbound(item: dict[str, Any]) -> str:
@@ -310,6 +325,15 @@ async def cmd_reply(args: argparse.Namespace, settings: Settings) -> int:
         message_id = await review.reply(app, args.openid, args.text, agent=agent)
     print(f"reply {message_id} queued for {args.openid} (agent {agent}); the running csbot sends it "
           f"and the conversation is now yours (`csbot handback {args.openid}` to return it to the bot)")
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    agent = args.agent or default_agent()
+    async with open_review(settings, with_outbox=True) as review:
+        item = await review.retry(args.message_id, actor=agent)
+    print(f"reply {item['id']} to {item['openid']} queued again; the running csbot sends it "
+          f"(in order, within WeChat's reply quota)")
     return 0
 
 

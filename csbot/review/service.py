@@ -24,10 +24,11 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from sqlalchemy import and_, case, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import aliased
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.config import Settings
@@ -37,6 +38,8 @@ from csbot.review.search import matching_ids
 from csbot.store import Conversation, Message, Note
 
 STATUSES = ("bot", "human", "closed")
+#: outbound states of a reply that never reached the customer (and can be retried)
+UNDELIVERED = ("failed", "dead", "quota_exceeded")
 EVENT_FOR_STATUS = {"human": "takeover", "bot": "handback", "closed": "close"}
 MAX_TEXT = 4000
 MAX_TAGS = 20
@@ -61,6 +64,10 @@ class NotFound(ReviewError):
 
 class Invalid(ReviewError):
     status = 400
+
+
+class Conflict(ReviewError):
+    status = 409
 
 
 # --------------------------------------------------------------------------- input parsing
@@ -159,7 +166,7 @@ def message_item(m: Message) -> dict[str, Any]:
     item: dict[str, Any] = {
         "kind": "message", "id": m.id, "app": m.app, "openid": m.openid, "direction": m.direction,
         "type": m.msg_type, "event": m.event, "text": m.text, "content": content,
-        "at": m.created_at, "received_at": m.received_at, "status": m.status,
+        "at": iso(m.created_at), "received_at": iso(m.received_at), "status": m.status,
     }
     if m.direction == "in":
         item.update(handler=m.handler, error=m.error,
@@ -167,26 +174,28 @@ def message_item(m: Message) -> dict[str, Any]:
                     media_stored=bool(m.media_path))
     else:
         item.update(author=m.author, in_reply_to=m.in_reply_to, attempts=m.attempts, errcode=m.errcode,
-                    errmsg=m.errmsg, error=m.error, sent_at=m.sent_at)
+                    errmsg=m.errmsg, error=m.error, sent_at=iso(m.sent_at),
+                    retryable=m.status in UNDELIVERED)
     return item
 
 
 def note_item(n: Note) -> dict[str, Any]:
-    return {"kind": "note", "id": n.id, "author": n.author, "text": n.text, "at": n.created_at}
+    return {"kind": "note", "id": n.id, "author": n.author, "text": n.text, "at": iso(n.created_at)}
 
 
 def event_item(e: ConversationEvent) -> dict[str, Any]:
-    return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": e.at}
+    return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": iso(e.at)}
 
 
 def conversation_item(c: Conversation, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     stats = stats or {}
     return {
         "kind": "conversation", "id": c.id, "app": c.app, "openid": c.openid, "status": c.status,
-        "assigned_agent": c.assigned_agent, "tags": tags_of(c), "created_at": c.created_at,
-        "last_message_at": c.last_message_at, "human_since": c.human_since,
-        "last_agent_reply_at": c.last_agent_reply_at, "transferred_at": c.transferred_at,
-        "closed_at": c.closed_at, "unanswered": bool(stats.get("unanswered", False)),
+        "assigned_agent": c.assigned_agent, "tags": tags_of(c), "created_at": iso(c.created_at),
+        "last_message_at": iso(c.last_message_at), "human_since": iso(c.human_since),
+        "last_agent_reply_at": iso(c.last_agent_reply_at), "transferred_at": iso(c.transferred_at),
+        "closed_at": iso(c.closed_at), "unanswered": bool(stats.get("unanswered", False)),
+        "undelivered": bool(stats.get("undelivered", False)),
         "last_message": stats.get("last_message"),
     }
 
@@ -211,22 +220,25 @@ class Review:
     """Queries and actions on conversations, over one store."""
 
     def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
-                 enqueue: Enqueue | None = None) -> None:
+                 enqueue: Enqueue | None = None, *, retry: Callable[..., Awaitable[bool]] | None = None) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self._enqueue = enqueue
+        self._retry = retry
 
     # ---- reading
 
     async def list_conversations(self, *, app: str | None = None, status: str | None = None,
                                  since: float | None = None, search: str | None = None,
-                                 limit: int = 50, cursor: str | None = None) -> Page:
+                                 limit: int = 50, cursor: str | None = None,
+                                 undelivered: bool = False) -> Page:
         """Newest activity first; ``cursor`` continues after the last page."""
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         limit = max(1, min(int(limit), MAX_LIMIT))
         async with self.sessionmaker() as s:
-            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor)
+            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor,
+                                      undelivered=undelivered)
             q = q.limit(limit + 1)
             convs = list((await s.execute(q)).scalars().all())
             more = len(convs) > limit
@@ -239,9 +251,11 @@ class Review:
     @staticmethod
     async def list_query(s: AsyncSession, *, app: str | None = None, status: str | None = None,
                          since: float | None = None, search: str | None = None,
-                         cursor: str | None = None) -> Any:
+                         cursor: str | None = None, undelivered: bool = False) -> Any:
         """The SELECT of conversations behind :meth:`list_conversations` (without the limit)."""
         q = select(Conversation)
+        if undelivered:
+            q = q.where(tuple_(Conversation.app, Conversation.openid).in_(undelivered_keys()))
         if app:
             q = q.where(Conversation.app == app)
         if status:
@@ -263,10 +277,13 @@ class Review:
             return {}
         keys = [(c.app, c.openid) for c in convs]
         user_msg = and_(Message.direction == "in", Message.msg_type != "event")
+        out_in = lambda statuses: and_(Message.direction == "out", Message.status.in_(statuses))  # noqa: E731
         rows = (await s.execute(
             select(Message.app, Message.openid, func.max(Message.id).label("last_id"),
                    func.max(case((user_msg, Message.id), else_=None)).label("last_in"),
-                   func.max(case((Message.direction == "out", Message.id), else_=None)).label("last_out"))
+                   func.max(case((Message.direction == "out", Message.id), else_=None)).label("last_out"),
+                   func.max(case((out_in(UNDELIVERED), Message.id), else_=None)).label("last_undelivered"),
+                   func.max(case((out_in(("sent",)), Message.id), else_=None)).label("last_sent"))
             .where(tuple_(Message.app, Message.openid).in_(keys))
             .group_by(Message.app, Message.openid))).all()
         last_ids = [r.last_id for r in rows]
@@ -276,9 +293,11 @@ class Review:
             m = lasts.get(r.last_id)
             out[(r.app, r.openid)] = {
                 "unanswered": bool(r.last_in) and r.last_in > (r.last_out or 0),
+                # a reply that never arrived, and no later reply did
+                "undelivered": bool(r.last_undelivered) and r.last_undelivered > (r.last_sent or 0),
                 "last_message": None if m is None else {
                     "id": m.id, "direction": m.direction, "type": m.msg_type, "summary": summary(m)[:200],
-                    "at": m.created_at},
+                    "at": iso(m.created_at)},
             }
         return out
 
@@ -339,15 +358,16 @@ class Review:
                 ConversationEvent.conversation_id == conv.id).order_by(ConversationEvent.id))).scalars().all())
         truncated = limit is not None and len(messages) == limit
         start = messages[0].received_at if truncated and messages else float("-inf")
-        side = [note_item(n) for n in notes] + [event_item(e) for e in events]
-        side = sorted((i for i in side if i["at"] >= start), key=lambda i: i["at"])
+        side = sorted(((n.created_at, note_item(n)) for n in notes if n.created_at >= start),
+                      key=lambda p: p[0])
+        side = sorted(side + [(e.at, event_item(e)) for e in events if e.at >= start], key=lambda p: p[0])
         items: list[dict[str, Any]] = []
         for m in messages:
-            while side and side[0]["at"] < m.received_at:
-                items.append(side.pop(0))
+            while side and side[0][0] < m.received_at:
+                items.append(side.pop(0)[1])
             items.append(message_item(m))
         if after is None:
-            items.extend(side)
+            items.extend(item for _, item in side)
         return {"conversation": conversation_item(conv, stats.get((app, openid))), "items": items,
                 "truncated": truncated, "first_id": messages[0].id if messages else None}
 
@@ -406,7 +426,35 @@ class Review:
         async with self.sessionmaker() as s:
             return (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
 
+    async def undelivered_counts(self) -> dict[str, int]:
+        """Per app, how many conversations have a reply that never arrived (the metric)."""
+        keys = undelivered_keys().subquery()
+        async with self.sessionmaker() as s:
+            rows = (await s.execute(select(keys.c.app, func.count()).group_by(keys.c.app))).all()
+        return {app: int(n) for app, n in rows}
+
     # ---- acting
+
+    async def retry(self, message_id: Any, *, actor: str | None = None) -> dict[str, Any]:
+        """Queue a failed, dead or quota_exceeded reply again (the outbox's order and quota apply)."""
+        if isinstance(message_id, bool) or not isinstance(message_id, int) or not 0 < message_id < 2**62:
+            raise Invalid("message_id must be a positive integer")
+        if self._retry is None:
+            raise RuntimeError("this Review has no outbox")
+        async with self.sessionmaker() as s:
+            row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
+        if row is None:
+            raise NotFound(f"no message {message_id}")
+        if row.direction != "out":
+            raise Invalid(f"message {message_id} is from the customer, not a reply")
+        if row.status not in UNDELIVERED:
+            raise Conflict(f"reply {message_id} is {row.status}; only {', '.join(UNDELIVERED)} replies can be "
+                           "retried")
+        if not await self._retry(message_id, actor=actor):
+            raise Conflict(f"reply {message_id} changed meanwhile; reload and try again")
+        async with self.sessionmaker() as s:
+            row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().one()
+            return message_item(row)
 
     async def set_status(self, app: str, openid: str, status: str, *, agent: str | None = None,
                          actor: str | None = None) -> dict[str, Any]:
@@ -571,13 +619,33 @@ def export_row(m: Message) -> dict[str, Any]:
 
 
 def iso(ts: float | None) -> str | None:
+    """The one time format of the API, the CLI's --json and exports: ISO 8601 in UTC with its
+    offset (``2026-11-20T04:28:05.123+00:00``). Browsers show it in their own zone."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def ago(ts: float | None, *, now: float | None = None) -> str:
+def timestamp(value: str | float | None) -> float | None:
+    """Unix seconds of an :func:`iso` string (or of a number, unchanged)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return datetime.fromisoformat(value).timestamp()
+
+
+def undelivered_keys() -> Any:
+    """SELECT (app, openid) of conversations with a reply that never arrived and no later one that did."""
+    later = aliased(Message)
+    return (select(Message.app, Message.openid).where(
+        Message.direction == "out", Message.status.in_(UNDELIVERED),
+        ~exists().where(later.app == Message.app, later.openid == Message.openid, later.direction == "out",
+                        later.status == "sent", later.id > Message.id))
+        .group_by(Message.app, Message.openid))
+
+
+def ago(ts: float | str | None, *, now: float | None = None) -> str:
     """``3 min ago``-style text for lists."""
+    ts = timestamp(ts)
     if ts is None:
         return ""
     delta = max(0.0, (time.time() if now is None else now) - ts)
@@ -592,5 +660,6 @@ def ago(ts: float | None, *, now: float | None = None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
 
 
-__all__ = ["Review", "ReviewError", "NotFound", "Invalid", "Page", "parse_time", "STATUSES",
+__all__ = ["Review", "ReviewError", "NotFound", "Invalid", "Conflict", "Page", "parse_time", "STATUSES",
+           "UNDELIVERED", "timestamp", "undelivered_keys",
            "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago"]

@@ -46,8 +46,9 @@ async def browser():
             await b.close()
 
 
-async def signed_in_page(browser, bot, name="Alice"):
-    context = await browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
+async def signed_in_page(browser, bot, name="Alice", **context_options):
+    context = await browser.new_context(**{"viewport": {"width": 1280, "height": 860}, "locale": "en-US",
+                                           **context_options})
     page = await context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))
