@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from csbot.config import ConfigError, Settings, load_settings, with_overrides
+from csbot.statuses import OUTBOUND_UNDELIVERED
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from csbot.messages import Reply, as_reply
+from csbot.statuses import ConversationStatus
 
 
 class PushLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -39,7 +40,7 @@ class MessageInfo:
 @dataclass
 class ConversationInfo:
     id: int | None
-    status: str = "bot"
+    status: str = ConversationStatus.BOT
 
 
 @dataclass
