@@ -16,6 +16,7 @@ from csbot.config import Settings
 from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
 from csbot.outbox import Outbox
+from csbot.refused import RefusedKeeper
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
@@ -54,6 +55,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                media_store=services.media, instance_id=instance_id, metrics=metrics)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue,
                                  retry=services.outbox.retry)
+        if settings.keep_refused:  # CSBOT_KEEP_REFUSED: refused pushes kept for `csbot refused`
+            services.refused = RefusedKeeper(services.sessionmaker, settings.keep_refused)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()
@@ -64,6 +67,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                  len(services.router.routes), services.engine.dialect.name)
         yield
         services.ready = False
+        if services.refused is not None:
+            await services.refused.close()
         await services.inbox.close()
         await services.outbox.close()
         await services.writer.close()

@@ -292,12 +292,59 @@ def diagnose(app: Any, query: dict[str, str], body: bytes) -> tuple[bool, list[s
     return False, lines
 
 
+async def _with_store(settings: Settings, work: Any) -> Any:
+    """Run ``await work(sessionmaker)`` on the configured store (schema checked, migrated on SQLite)."""
+    from csbot.store import make_engine, make_sessionmaker
+    from csbot.store.migrate import ensure_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
+        return await work(make_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+def cmd_refused(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from csbot.refused import list_refused
+
+    settings = _settings(args)
+    rows = asyncio.run(_with_store(settings, lambda sm: list_refused(sm, args.limit)))
+    if not settings.keep_refused:
+        print("(CSBOT_KEEP_REFUSED is 0: refused pushes are not being kept)", file=sys.stderr)
+    for r in rows:
+        if args.json:
+            print(json.dumps({"id": r.id, "app": r.app, "at": datetime.fromtimestamp(r.at).astimezone().isoformat(),
+                              "remote": r.remote, "path": r.path, "query": r.query, "status": r.status,
+                              "reason": r.reason, "body_size": r.body_size}, ensure_ascii=False))
+        else:
+            when = datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{r.id:>6}  {when}  {r.app:<10} {r.status}  {r.reason}  (from {r.remote or '?'}, "
+                  f"{r.body_size} bytes)")
+    if not rows and not args.json:
+        print("no refused pushes kept")
+    return 0
+
+
 def cmd_decrypt(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.refused is not None:
+        from csbot.refused import get_refused
+
+        row = asyncio.run(_with_store(settings, lambda sm: get_refused(sm, args.refused)))
+        if row is None:
+            print(f"csbot: no refused push {args.refused} (`csbot refused` lists the kept ones)", file=sys.stderr)
+            return 2
+        args.app = row.app
+        query, body = dict(parse_qsl(row.query, keep_blank_values=True)), row.body or b""
+        print(f"refused push {row.id} for app {row.app}: {row.status} {row.reason}")
+    else:
+        query, body = _read_capture(args)
     if args.app not in settings.apps:
         print(f"csbot: unknown app {args.app!r}", file=sys.stderr)
         return 2
-    query, body = _read_capture(args)
     ok, lines = diagnose(settings.apps[args.app], query, body)
     for line in lines:
         print(line)
@@ -391,7 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="the push's full URL (its query string is used)")
     p.add_argument("--query", help="the push's query string")
     p.add_argument("--body", help="file with the push's body, or - for stdin")
+    p.add_argument("--refused", type=int, metavar="ID",
+                   help="a refused push kept by CSBOT_KEEP_REFUSED (see `csbot refused`) instead of --url/--body")
     p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("refused", parents=[common],
+                       help="the latest refused pushes, kept when CSBOT_KEEP_REFUSED=N is set")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_refused)
     p = sub.add_parser("dev", parents=[common],
                        help="chat with your handlers in the terminal, against a fake WeChat")
     p.add_argument("--app", default="default")

@@ -91,6 +91,8 @@ class Settings:
     #: seconds a conversation taken over by a person stays `human` without an agent reply before
     #: it returns to the bot (0: never); csbot.review
     human_timeout: float = 1800.0
+    #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
+    keep_refused: int = 0
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -251,10 +253,11 @@ _GENERAL = {
     "api_timeout": "CSBOT_API_TIMEOUT",
     "admin_token": "CSBOT_ADMIN_TOKEN",
     "human_timeout": "CSBOT_HUMAN_TIMEOUT",  # csbot.review
+    "keep_refused": "CSBOT_KEEP_REFUSED",  # csbot.refused
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
-         "quota_enter_window_seconds"}
+         "quota_enter_window_seconds", "keep_refused"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout"}
 

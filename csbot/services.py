@@ -57,6 +57,8 @@ class Services:
     database: Any = None
     storage: Any = None
     agents: Any = None
+    #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
+    refused: Any = None
 
     def __repr__(self) -> str:  # never the settings: they hold secrets
         return f"<Services {self.instance_id} ready={self.ready}>"
