@@ -17,6 +17,7 @@ from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
 from csbot.outbox import Outbox
 from csbot.refused import RefusedKeeper
+from csbot.webhooks import Webhooks
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
@@ -57,6 +58,13 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                  retry=services.outbox.retry)
         if settings.keep_refused:  # CSBOT_KEEP_REFUSED: refused pushes kept for `csbot refused`
             services.refused = RefusedKeeper(services.sessionmaker, settings.keep_refused)
+        if settings.webhooks:  # [webhooks.NAME]: events to the operator's other systems
+            services.webhooks = Webhooks(settings.webhooks, services.sessionmaker, instance_id=instance_id,
+                                         metrics=metrics, review=services.review)
+            services.outbox.on_state = services.webhooks.outbox_state
+            services.review.on_status = services.webhooks.status_changed
+            if run_workers:
+                services.webhooks.start()
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()
@@ -69,6 +77,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.ready = False
         if services.refused is not None:
             await services.refused.close()
+        if services.webhooks is not None:
+            await services.webhooks.close()
         await services.inbox.close()
         await services.outbox.close()
         await services.writer.close()

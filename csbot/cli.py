@@ -328,6 +328,36 @@ def cmd_refused(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from csbot.review.service import ReviewError
+    from csbot.webhooks import list_deliveries, redeliver
+
+    settings = _settings(args)
+    if args.webhooks_command == "redeliver":
+        if not args.ids and not args.failed:
+            print("csbot: give delivery ids, or --failed for every failed delivery", file=sys.stderr)
+            return 2
+        n = asyncio.run(_with_store(settings, lambda sm: redeliver(sm, args.ids, all_failed=args.failed)))
+        print(f"{n} delivery(ies) queued again; the running csbot sends them")
+        return 0 if n or args.failed else 1
+    try:
+        rows = asyncio.run(_with_store(settings, lambda sm: list_deliveries(
+            sm, status=args.status, webhook=args.webhook, limit=args.limit)))
+    except ReviewError as exc:
+        print(f"csbot: {exc}", file=sys.stderr)
+        return 2
+    for d in rows:
+        if args.json:
+            print(json.dumps(d, ensure_ascii=False))
+        else:
+            error = f"  {d['last_error']}" if d["last_error"] else ""
+            print(f"{d['id']:>6}  {d['created_at'][:19]}  {d['webhook']:<12} {d['event']:<28} {d['status']:<9} "
+                  f"{d['attempts']} attempt(s){error}")
+    if not rows and not args.json:
+        print("no deliveries")
+    return 0
+
+
 def cmd_decrypt(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.refused is not None:
@@ -441,6 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refused", type=int, metavar="ID",
                    help="a refused push kept by CSBOT_KEEP_REFUSED (see `csbot refused`) instead of --url/--body")
     p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("webhooks", parents=[common], help="outbound webhook deliveries: list, redeliver")
+    wsub = p.add_subparsers(dest="webhooks_command", required=True)
+    w = wsub.add_parser("list", parents=[common], help="the latest deliveries, newest first")
+    w.add_argument("--status", choices=("pending", "delivered", "failed"))
+    w.add_argument("--webhook", help="only this webhook's deliveries")
+    w.add_argument("--limit", type=int, default=50)
+    w.add_argument("--json", action="store_true", help="one JSON object per line")
+    w.set_defaults(func=cmd_webhooks)
+    w = wsub.add_parser("redeliver", parents=[common], help="queue failed deliveries again")
+    w.add_argument("ids", nargs="*", type=int, metavar="ID")
+    w.add_argument("--failed", action="store_true", help="every failed delivery")
+    w.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("refused", parents=[common],
                        help="the latest refused pushes, kept when CSBOT_KEEP_REFUSED=N is set")

@@ -93,6 +93,8 @@ class Settings:
     human_timeout: float = 1800.0
     #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
     keep_refused: int = 0
+    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.webhooks.WebhookConfig)
+    webhooks: Mapping[str, Any] = field(default_factory=dict)
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -290,7 +292,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "webhooks"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -351,6 +353,13 @@ def load_settings(
     if not apps:
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")
     kwargs["apps"] = apps
+
+    from csbot.webhooks import WebhookError, parse_webhooks
+
+    try:
+        kwargs["webhooks"] = parse_webhooks(data.get("webhooks", {}))
+    except WebhookError as exc:
+        raise ConfigError(f"config file: {exc}") from None
 
     handler_opts = data.get("handlers", {})
     if not isinstance(handler_opts, dict):

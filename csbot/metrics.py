@@ -35,6 +35,9 @@ class Metrics:
             "csbot_undelivered_conversations",
             "Conversations with a reply that never arrived (failed, dead or quota_exceeded, none delivered "
             "after it): customers who think they were ignored", ["app"], registry=self.registry)
+        self.webhooks = Counter(
+            "csbot_webhook_deliveries_total", "Outbound webhook delivery attempts, by outcome",
+            ["webhook", "outcome"], registry=self.registry)
         #: read from the store just before each scrape (gauges of what the store holds)
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
 

@@ -87,6 +87,8 @@ class Outbox:
         metrics: Any = None,
     ) -> None:
         self.metrics = metrics
+        #: called with (row, state) when a reply reaches a state; set by the app (webhooks)
+        self.on_state: Callable[[Any, str], None] | None = None
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.writer = writer
@@ -293,6 +295,8 @@ class Outbox:
     def _count(self, row: Message, state: str) -> None:
         if self.metrics is not None:
             self.metrics.sends.labels(row.app, state).inc()
+        if self.on_state is not None:  # outbound webhooks (csbot.webhooks): message.sent / .failed
+            self.on_state(row, state)
 
     async def _deliver(self, row: Message) -> None:
         refusal = await self._quota_refusal(row)

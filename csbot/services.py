@@ -59,6 +59,8 @@ class Services:
     agents: Any = None
     #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
     refused: Any = None
+    #: outbound webhooks (csbot.webhooks.Webhooks); None when none is configured
+    webhooks: Any = None
 
     def __repr__(self) -> str:  # never the settings: they hold secrets
         return f"<Services {self.instance_id} ready={self.ready}>"

@@ -83,6 +83,8 @@ async def receive(request: web.Request) -> web.Response:
         metrics.pushes.labels(name, "store_unavailable").inc()
         return web.Response(status=503, text="store unavailable, retry later", content_type="text/plain")
     metrics.pushes.labels(name, "stored" if accepted.new else "duplicate").inc()
+    if accepted.new and services.webhooks is not None:  # outbound webhooks; only queues, never waits
+        services.webhooks.emit("message.received", name, push.openid, message_id=accepted.message_id)
     metrics.ack_seconds.labels(name).observe(time.monotonic() - started)
 
     if not accepted.new:

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from csbot.review.cli import CSV_BOM, format_batch
-from csbot.review.service import STATUSES, Invalid, ReviewError, parse_time
+from csbot.review.service import STATUSES, Conflict, Invalid, ReviewError, parse_time
 from csbot.services import Services
 
 log = logging.getLogger("csbot.review.api")
@@ -178,6 +178,30 @@ def build_api(services: Services) -> web.Application:
         message = await services.review.retry(message_id, actor=actor)
         return web.json_response({"message": message, "status": "queued"}, status=202)
 
+    @routes.get("/webhooks/deliveries")
+    async def webhook_deliveries(request: web.Request) -> web.Response:
+        from csbot.webhooks import list_deliveries
+
+        q = request.query
+        rows = await list_deliveries(services.sessionmaker, status=q.get("status") or None,  # type: ignore[arg-type]
+                                     webhook=q.get("webhook") or None,
+                                     limit=int_param(request, "limit", 50, 1, 1000) or 50)
+        return web.json_response({"deliveries": rows})
+
+    @routes.post("/webhooks/deliveries/{id}/redeliver")
+    async def webhook_redeliver(request: web.Request) -> web.Response:
+        from csbot.webhooks import redeliver
+
+        try:
+            delivery_id = int(request.match_info["id"])
+        except ValueError:
+            raise Invalid("the delivery id must be an integer") from None
+        if not await redeliver(services.sessionmaker, [delivery_id]):  # type: ignore[arg-type]
+            raise Conflict(f"delivery {delivery_id} does not exist or has not failed")
+        if services.webhooks is not None:
+            services.webhooks.wake()
+        return web.json_response({"id": delivery_id, "status": "pending"}, status=202)
+
     @routes.get("/export")
     async def export(request: web.Request) -> web.StreamResponse:
         q = request.query
@@ -336,6 +360,24 @@ def openapi_document() -> dict[str, Any]:
                                             "properties": {"message": _ref("Item"),
                                                            "status": {"type": "string", "enum": ["queued"]}}},
                                            "queued again"), **_errors(400, 401, 404, 409, 413)}}},
+            "/webhooks/deliveries": {"get": {
+                "operationId": "listWebhookDeliveries", "summary": "outbound webhook deliveries, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query",
+                     "schema": {"type": "string", "enum": ["pending", "delivered", "failed"]}},
+                    {"name": "webhook", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                                                "default": 50}}],
+                "responses": {"200": _json({"type": "object", "required": ["deliveries"], "properties": {
+                    "deliveries": {"type": "array", "items": _ref("WebhookDelivery")}}}, "deliveries"),
+                    **_errors(400, 401)}}},
+            "/webhooks/deliveries/{id}/redeliver": {"post": {
+                "operationId": "redeliverWebhook", "summary": "queue a failed delivery again",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"202": _json({"type": "object", "required": ["id", "status"], "properties": {
+                    "id": {"type": "integer"}, "status": {"type": "string", "enum": ["pending"]}}}, "queued"),
+                    **_errors(400, 401, 409)}}},
             "/export": {"get": {
                 "operationId": "export", "summary": "every message in a time range, as JSON lines or CSV",
                 "parameters": [
@@ -415,6 +457,19 @@ SCHEMAS: dict[str, Any] = {
             "errcode": {"type": "integer", "nullable": True}, "errmsg": NULLABLE_STRING,
             "transferred": {"type": "boolean", "description": "handed to WeChat's customer-service tool"},
             "actor": NULLABLE_STRING, "detail": NULLABLE_STRING}},
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["id", "webhook", "event", "app", "openid", "status", "attempts", "created_at",
+                     "next_attempt_at", "delivered_at", "last_status", "last_error"],
+        "properties": {
+            "id": {"type": "integer"}, "webhook": {"type": "string"},
+            "event": {"type": "string", "enum": ["message.received", "message.sent", "message.failed",
+                                                 "conversation.status_changed"]},
+            "app": NULLABLE_STRING, "openid": NULLABLE_STRING,
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer"}, "created_at": TIME, "next_attempt_at": NULLABLE_TIME,
+            "delivered_at": NULLABLE_TIME, "last_status": {"type": "integer", "nullable": True},
+            "last_error": NULLABLE_STRING}},
     "Thread": {"type": "object", "required": ["conversation", "items", "truncated"],
                "properties": {"conversation": _ref("Conversation"),
                               "items": {"type": "array", "items": _ref("Item")},

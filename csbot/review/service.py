@@ -227,6 +227,12 @@ class Review:
         self.sessionmaker = sessionmaker
         self._enqueue = enqueue
         self._retry = retry
+        #: called with (app, openid) after a conversation's status changed (outbound webhooks)
+        self.on_status: Callable[[str, str], None] | None = None
+
+    def _status_changed(self, app: str, openid: str) -> None:
+        if self.on_status is not None:
+            self.on_status(app, openid)
 
     # ---- reading
 
@@ -469,8 +475,12 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True)
+            before = conv.status
             await self._change(s, conv, status, agent=agent or actor, actor=actor or agent, now=now)
-        return await self.conversation(app, openid)
+        item = await self.conversation(app, openid)
+        if item["status"] != before:
+            self._status_changed(app, openid)
+        return item
 
     async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
                       actor: str | None, now: float, detail: str | None = None) -> None:
@@ -503,8 +513,11 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True)
-            if conv.status != ConversationStatus.HUMAN:
+            taken_over = conv.status != ConversationStatus.HUMAN
+            if taken_over:
                 await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now)
+        if taken_over:
+            self._status_changed(app, openid)
         message_id = await self._enqueue(app, openid, Text(text), author=f"agent:{agent}")
         async with self.sessionmaker() as s, s.begin():
             await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
@@ -573,6 +586,8 @@ class Review:
                 await s.execute(insert(ConversationEvent), [
                     dict(conversation_id=r.id, at=now, kind="timeout", actor=None,
                          detail=f"no agent reply for {int(timeout)} s: back to the bot") for r in rows])
+        for r in rows:
+            self._status_changed(r.app, r.openid)
         return [(r.app, r.openid) for r in rows]
 
 
