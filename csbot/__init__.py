@@ -5,8 +5,10 @@ What handlers import::
     from csbot import route, NEXT, Text, Image, Link, MiniProgramPage, TransferCustomerService
 """
 
-from csbot.messages import Image, Link, MiniProgramPage, Reply, Text, TransferCustomerService
+from csbot.messages import (Article, Image, Link, MiniProgramPage, Music, News, Reply, Text, TransferCustomerService,
+                            Video, Voice)
 from csbot.routing import NEXT, route
 
 __version__ = "0.1.0"
-__all__ = ["Image", "Link", "MiniProgramPage", "NEXT", "Reply", "Text", "TransferCustomerService", "route"]
+__all__ = ["Article", "Image", "Link", "MiniProgramPage", "Music", "NEXT", "News", "Reply", "Text",
+           "TransferCustomerService", "Video", "Voice", "route"]

@@ -19,6 +19,7 @@ DEFAULT_API_BASE = "https://api.weixin.qq.com"
 KNOWN_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 _APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _AES_KEY = re.compile(r"^[A-Za-z0-9]{43}$")
+APP_KINDS = ("miniprogram", "official_account")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,12 @@ class AppConfig:
     require_encryption: bool = False
     #: text sent when a handler raises; empty: nothing is sent
     apology_text: str = ""
+    #: "miniprogram" or "official_account": what a passive reply may be (see the README)
+    kind: str = "miniprogram"
+
+    @property
+    def is_official_account(self) -> bool:
+        return self.kind == "official_account"
 
     @property
     def aes_keys(self) -> list[str]:
@@ -132,6 +139,7 @@ class Settings:
                 if app.encoding_aes_key and not app.require_encryption
                 else ("encrypted only" if app.encoding_aes_key else "plaintext only"),
                 "require_encryption": app.require_encryption,
+                "kind": app.kind,
             }
         return out
 
@@ -203,7 +211,7 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
     if not _APP_NAME.match(name):
         raise ConfigError(f"{where}: app name {name!r} must be letters, digits, '-' or '_'")
     known = {"appid", "secret", "app_secret", "token", "encoding_aes_key", "previous_aes_key",
-             "require_encryption", "apology_text"}
+             "require_encryption", "apology_text", "kind"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -218,7 +226,11 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
     require = _bool(f"{where}.require_encryption", data.get("require_encryption", False))
     if require and not aes:
         raise ConfigError(f"{where}: require_encryption needs an encoding_aes_key")
+    kind = str(data.get("kind") or "miniprogram")
+    if kind not in APP_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(APP_KINDS)}, got {kind!r}")
     return AppConfig(
+        kind=kind,
         name=name,
         appid=appid,
         secret=str(data.get("secret") or data.get("app_secret") or ""),
@@ -338,6 +350,7 @@ def load_settings(
         "previous_aes_key": env.get("CSBOT_PREVIOUS_AES_KEY", ""),
         "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", "false"),
         "apology_text": env.get("CSBOT_APOLOGY_TEXT", ""),
+        "kind": env.get("CSBOT_APP_KIND", ""),
     }
     if any(env.get(v) for v in ("CSBOT_APPID", "CSBOT_TOKEN", "CSBOT_APP_SECRET", "CSBOT_ENCODING_AES_KEY")):
         base = dict(toml_apps.get("default", {}))
@@ -349,6 +362,7 @@ def load_settings(
             raise ConfigError(
                 str(exc).replace(f"{where}.encoding_aes_key", "CSBOT_ENCODING_AES_KEY")
                 .replace(f"{where}: appid", "CSBOT_APPID").replace(f"{where}: token", "CSBOT_TOKEN")
+                .replace(f"{where}.kind", "CSBOT_APP_KIND")
             ) from None
     if not apps:
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")

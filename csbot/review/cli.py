@@ -186,6 +186,9 @@ def describe_item(item: dict[str, Any]) -> str:
         line = f"{when}  < customer [{kind}] {describe_inbound(item)}"
         if item.get("transferred"):
             line += "\n" + " " * 21 + "~ transferred to WeChat's customer-service tool"
+        elif item.get("passive_reply"):
+            p = item["passive_reply"]
+            line += "\n" + " " * 21 + f"> passive reply [{p.get('MsgType')}] {_short(str(p.get('Content', '')), 200)}"
         if item.get("status") == InboundStatus.FAILED and item.get("error"):
             line += "\n" + " " * 21 + f"! handler {item.get('handler') or '?'} failed: {item['error']}"
         elif item.get("status") in INBOUND_UNSETTLED:

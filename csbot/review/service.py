@@ -171,8 +171,10 @@ def message_item(m: Message) -> dict[str, Any]:
         "at": iso(m.created_at), "received_at": iso(m.received_at), "status": m.status,
     }
     if m.direction == "in":
+        passive = _loads(m.passive_reply) if m.passive_reply else None
         item.update(handler=m.handler, error=m.error,
                     transferred=bool(m.passive_reply and "transfer_customer_service" in m.passive_reply),
+                    passive_reply=passive,
                     media_stored=bool(m.media_path))
     else:
         item.update(author=m.author, in_reply_to=m.in_reply_to, attempts=m.attempts, errcode=m.errcode,
