@@ -308,24 +308,27 @@ async def _with_store(settings: Settings, work: Any) -> Any:
 def cmd_refused(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from csbot.refused import list_refused
+    from csbot.refused import list_refused, refused_item
 
     settings = _settings(args)
     rows = asyncio.run(_with_store(settings, lambda sm: list_refused(sm, args.limit)))
     if not settings.keep_refused:
         print("(CSBOT_KEEP_REFUSED is 0: refused pushes are not being kept)", file=sys.stderr)
-    for r in rows:
-        if args.json:
-            print(json.dumps({"id": r.id, "app": r.app, "at": datetime.fromtimestamp(r.at).astimezone().isoformat(),
-                              "remote": r.remote, "path": r.path, "query": r.query, "status": r.status,
-                              "reason": r.reason, "body_size": r.body_size}, ensure_ascii=False))
-        else:
-            when = datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{r.id:>6}  {when}  {r.app:<10} {r.status}  {r.reason}  (from {r.remote or '?'}, "
-                  f"{r.body_size} bytes)")
-    if not rows and not args.json:
-        print("no refused pushes kept")
+    def line(r: dict[str, Any]) -> str:
+        when = datetime.fromisoformat(r["at"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        return (f"{r['id']:>6}  {when}  {r['app']:<10} {r['status']}  {r['reason']}  "
+                f"(from {r['remote'] or '?'}, {r['body_size']} bytes)")
+
+    _print_rows([refused_item(r) for r in rows], args.json, line, "no refused pushes kept")
     return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any, empty: str) -> None:
+    """A listing: one JSON object a line with --json, else one text line each."""
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False) if as_json else line(row))
+    if not rows and not as_json:
+        print(empty)
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
@@ -346,15 +349,12 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     except ReviewError as exc:
         print(f"csbot: {exc}", file=sys.stderr)
         return 2
-    for d in rows:
-        if args.json:
-            print(json.dumps(d, ensure_ascii=False))
-        else:
-            error = f"  {d['last_error']}" if d["last_error"] else ""
-            print(f"{d['id']:>6}  {d['created_at'][:19]}  {d['webhook']:<12} {d['event']:<28} {d['status']:<9} "
-                  f"{d['attempts']} attempt(s){error}")
-    if not rows and not args.json:
-        print("no deliveries")
+    def line(d: dict[str, Any]) -> str:
+        error = f"  {d['last_error']}" if d["last_error"] else ""
+        return (f"{d['id']:>6}  {d['created_at'][:19]}  {d['webhook']:<12} {d['event']:<28} {d['status']:<9} "
+                f"{d['attempts']} attempt(s){error}")
+
+    _print_rows(rows, args.json, line, "no deliveries")
     return 0
 
 

@@ -121,6 +121,14 @@ def keep_refused(request: web.Request, app_name: str, status: int, reason: str) 
         status=status, reason=reason[:2000]))
 
 
+def refused_item(r: RefusedPush) -> dict[str, Any]:
+    """One kept refusal as ``csbot refused --json`` shows it (times as everywhere: ISO 8601, UTC)."""
+    from csbot.review.service import iso
+
+    return {"id": r.id, "app": r.app, "at": iso(r.at), "remote": r.remote, "path": r.path, "query": r.query,
+            "content_type": r.content_type, "status": r.status, "reason": r.reason, "body_size": r.body_size}
+
+
 async def list_refused(sessionmaker: async_sessionmaker[AsyncSession], limit: int = 50) -> list[RefusedPush]:
     async with sessionmaker() as s:
         return list((await s.execute(select(RefusedPush).order_by(RefusedPush.id.desc())
@@ -132,4 +140,4 @@ async def get_refused(sessionmaker: async_sessionmaker[AsyncSession], refused_id
         return (await s.execute(select(RefusedPush).where(RefusedPush.id == refused_id))).scalars().first()
 
 
-__all__ = ["RefusedPush", "RefusedKeeper", "keep_refused", "list_refused", "get_refused"]
+__all__ = ["RefusedPush", "RefusedKeeper", "keep_refused", "list_refused", "get_refused", "refused_item"]
