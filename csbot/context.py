@@ -33,7 +33,9 @@ class MessageInfo:
     dedup_key: str | None
     status: str
     attempts: int = 0
-    #: key of the kept media (images) in the media store
+    #: fileID (``cloud://…``) of the image the customer sent, kept in storage
+    file_id: str | None = None
+    #: messages stored before cloud storage: key of the image under ``CSBOT_DATA_DIR/media``
     media_path: str | None = None
 
 
@@ -66,6 +68,8 @@ class Context:
     #: the ``re.Match`` of the route's ``regex`` on the text (``context.match.group(1)``); None for
     #: routes without a regex
     match: re.Match[str] | None = None
+    #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
+    storage: Any = None
     replies: list[Reply] = field(default_factory=list)
 
     async def reply(self, message: str | Reply) -> None:

@@ -2,14 +2,14 @@
 webhook_deliveries (the durable queue of outbound webhooks)
 
 Revision ID: h_ops_refused_webhooks
-Revises: 0002
+Revises: storage_files
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_ops_refused_webhooks'
-down_revision = '0002'
+down_revision = 'storage_files'
 branch_labels = None
 depends_on = None
 
