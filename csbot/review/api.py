@@ -196,6 +196,8 @@ def build_api(services: Services) -> web.Application:
             delivery_id = int(request.match_info["id"])
         except ValueError:
             raise Invalid("the delivery id must be an integer") from None
+        if not 0 < delivery_id < 2**62:
+            raise Invalid("the delivery id must be a positive integer")
         if not await redeliver(services.sessionmaker, [delivery_id]):  # type: ignore[arg-type]
             raise Conflict(f"delivery {delivery_id} does not exist or has not failed")
         if services.webhooks is not None:
