@@ -56,7 +56,9 @@ class Services:
     functions: Any = None
     database: Any = None
     storage: Any = None
+    #: console agent accounts, sessions, API tokens (csbot.review.agents) and the audit log (csbot.review.audit)
     agents: Any = None
+    audit: Any = None
     #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
     refused: Any = None
     #: outbound webhooks (csbot.webhooks.Webhooks); None when none is configured

@@ -2,14 +2,14 @@
 webhook_deliveries (the durable queue of outbound webhooks)
 
 Revision ID: h_ops_refused_webhooks
-Revises: storage_files
+Revises: h_console_agents
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_ops_refused_webhooks'
-down_revision = 'storage_files'
+down_revision = 'h_console_agents'
 branch_labels = None
 depends_on = None
 
