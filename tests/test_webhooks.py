@@ -220,11 +220,13 @@ async def test_cli_lists_and_redelivers(tmp_path, monkeypatch):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CSBOT_")}
         env.update(CSBOT_APPID="wx1", CSBOT_TOKEN="t", CSBOT_DATABASE_URL=bot.settings.database_url)
 
-        def cli(*args):
-            return subprocess.run([sys.executable, "-m", "csbot", "webhooks", *args], env=env,
-                                  capture_output=True, text=True, timeout=60)
-        res = cli("list", "--status", "failed", "--json")
-        assert res.returncode == 0 and json.loads(res.stdout)["last_error"] == "HTTP 500"
-        res = cli("redeliver", "--failed")
-        assert res.returncode == 0 and res.stdout.startswith("1 delivery")
+        async def cli(*args):  # a subprocess that does not block this event loop (the running csbot)
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "csbot", "webhooks", *args, env=env,
+                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            return proc.returncode, out.decode(), err.decode()
+        code, out, err = await cli("list", "--status", "failed", "--json")
+        assert code == 0 and json.loads(out)["last_error"] == "HTTP 500", err
+        code, out, err = await cli("redeliver", "--failed")
+        assert code == 0 and out.startswith("1 delivery"), err
         await until(lambda: len(receiver.got) == 2, timeout=15)
