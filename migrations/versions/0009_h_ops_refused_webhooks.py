@@ -2,14 +2,14 @@
 webhook_deliveries (the durable queue of outbound webhooks)
 
 Revision ID: h_ops_refused_webhooks
-Revises: h_console_agents
+Revises: functions_sessions
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_ops_refused_webhooks'
-down_revision = 'h_console_agents'
+down_revision = 'functions_sessions'
 branch_labels = None
 depends_on = None
 
