@@ -106,10 +106,11 @@ _ERR_CODES = {400: ERR_BAD_REQUEST, 401: ERR_UNAUTHORIZED, 403: ERR_FORBIDDEN, 4
               413: ERR_TOO_LARGE, 503: ERR_UNAVAILABLE}
 
 
-def cloud_error(status: int, message: str) -> web.Response:
-    """A ``/cloud`` error answered rather than raised: the body :class:`CloudError` gives."""
-    return web.json_response({"errCode": _ERR_CODES.get(status, ERR_BAD_REQUEST), "errMsg": message},
-                             status=status)
+def cloud_error(status: int, message: str, code: int | str | None = None) -> web.Response:
+    """A ``/cloud`` error answered rather than raised: the body :class:`CloudError` gives
+    (``code`` defaults to the cloud error code of ``status``)."""
+    err_code = _ERR_CODES.get(status, ERR_BAD_REQUEST) if code is None else code
+    return web.json_response({"errCode": err_code, "errMsg": message}, status=status)
 
 
 def base_url(request: web.Request, settings: Settings) -> str:
