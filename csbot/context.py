@@ -60,8 +60,6 @@ class Context:
     #: "push" for the normal path, "inline" when running before the webhook's answer; for
     #: callable functions "wx_client" (mini program), "wx_http" (server API), "csbot" (a handler)
     SOURCE: str = "push"
-    #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
-    storage: Any = None
     replies: list[Reply] = field(default_factory=list)
     #: csbot.cloud: the caller's IP (mini-program calls), the keys of the event that hold open
     #: data resolved from CloudIDs by csbot (never a client's look-alike), the call's id
@@ -95,6 +93,17 @@ class Context:
         return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
                 "SOURCE": self.SOURCE, "ENV": self.app, "CLIENTIP": self.CLIENTIP,
                 "OPEN_DATA_INFO": list(self.OPEN_DATA_INFO)}
+
+    # ---- csbot.cloud
+
+    @property
+    def storage(self) -> Any:
+        """This app's cloud storage (:class:`csbot.cloud.storage.AppStorage`), server side:
+        ``upload``, ``download``, ``delete``, ``temp_urls``."""
+        storage = getattr(self.services, "storage", None)
+        if storage is None:
+            raise RuntimeError("cloud storage is not running (context.storage needs a started csbot)")
+        return storage.for_app(self.app)
 
     # ---- csbot.cloud: callable functions and open data
 

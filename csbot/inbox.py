@@ -366,7 +366,6 @@ class Inbox:
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
-                          storage=self.storage.for_app(app) if self.storage is not None else None,
                           services=self.services)
             try:
                 value = await r.func(dict(event), ctx)

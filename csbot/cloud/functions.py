@@ -222,13 +222,12 @@ class Functions:
         settings = self.services.settings
         appid = settings.apps[app].appid if app in settings.apps else ""
         openapi = self.services.openapi.get(app) if self.services.openapi is not None and appid else None
-        storage = self.services.storage.for_app(app) if getattr(self.services, "storage", None) and appid else None
         logger = _CallLogger(logging.getLogger("csbot.function"),
                              {"function": name, "requestID": request_id, "app": app})
         context = Context(OPENID=openid or "", APPID=appid, app=app, logger=logger, openapi=openapi,
                           options=spec.options, UNIONID=unionid, SOURCE=source, CLIENTIP=client_ip,
                           OPEN_DATA_INFO=list(open_data_info), requestID=request_id, services=self.services,
-                          call_depth=depth, storage=storage)
+                          call_depth=depth)
         started = self.clock()
         outcome = "ok"
         try:

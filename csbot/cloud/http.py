@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from csbot.cloud.errors import (ERR_BAD_REQUEST, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_RATE_LIMITED, ERR_TOO_LARGE,
-                                ERR_UNAVAILABLE, CloudError)
+                                ERR_UNAUTHORIZED, ERR_UNAVAILABLE, CloudError)
 from csbot.cloud.functions import SOURCE_CLIENT, FunctionCallError, FunctionRegistry, Functions
 from csbot.cloud.opendata import MAX_CLOUD_IDS, cloud_id_markers, resolve_cloud_ids
 from csbot.cloud.sessions import CloudSession, bearer_token, require_session
@@ -106,9 +106,15 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
+_ERR_CODES = {400: ERR_BAD_REQUEST, 401: ERR_UNAUTHORIZED, 403: ERR_FORBIDDEN, 404: ERR_NOT_FOUND,
+              413: ERR_TOO_LARGE, 503: ERR_UNAVAILABLE}
+
+
 def cloud_error(status: int, message: str, code: int | str | None = None) -> web.Response:
-    """A ``/cloud`` error: ``{"errCode", "errMsg"}`` (errCode defaults to the HTTP status)."""
-    return web.json_response({"errCode": status if code is None else code, "errMsg": message}, status=status)
+    """A ``/cloud`` error answered rather than raised: the body :class:`CloudError` gives
+    (``code`` defaults to the cloud error code of ``status``)."""
+    err_code = _ERR_CODES.get(status, ERR_BAD_REQUEST) if code is None else code
+    return web.json_response({"errCode": err_code, "errMsg": message}, status=status)
 
 
 def base_url(request: web.Request, settings: Settings) -> str:
@@ -333,6 +339,7 @@ def setup_cloud(app: web.Application) -> None:
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
     from csbot.cloud.apidoc import tcb_openapi_document
+    from csbot.cloud.functions_tcb import functions_tcb_routes
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
     services = services_of(app)
@@ -346,6 +353,7 @@ def setup_cloud(app: web.Application) -> None:
     app.router.add_post("/cloud/functions/{name}", call_function)
     app.router.add_routes(storage_routes())
     if settings.server_key:
+        app.router.add_routes(functions_tcb_routes())
         app.router.add_routes(storage_tcb_routes())
 
         async def openapi_json(request: web.Request) -> web.Response:
