@@ -87,6 +87,14 @@ class Route:
             return False
         return True
 
+    def match(self, event: Mapping[str, Any]) -> re.Match[str] | None:
+        """The ``re.Match`` of this route's regex on the push's text (``context.match``); None
+        for a route without a regex."""
+        text = event.get("Content") if event.get("MsgType") == "text" else None
+        if self.regex is None or not isinstance(text, str):
+            return None
+        return self.regex.search(text)
+
 
 def route(
     *,
