@@ -59,6 +59,10 @@ class Services:
     #: console agent accounts, sessions, API tokens (csbot.review.agents) and the audit log (csbot.review.audit)
     agents: Any = None
     audit: Any = None
+    #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
+    refused: Any = None
+    #: outbound webhooks (csbot.webhooks.Webhooks); None when none is configured
+    webhooks: Any = None
     #: SQLite: the lock that makes this process the file's only server (csbot.store.engine)
     serve_lock: Any = None
 
