@@ -42,6 +42,10 @@ class Metrics:
         self.webhooks = Counter(
             "csbot_webhook_deliveries_total", "Outbound webhook delivery attempts, by outcome",
             ["webhook", "outcome"], registry=self.registry)
+        self.store_lock_conflicts = Counter(
+            "csbot_store_lock_conflicts_total",
+            "Group commits retried after a deadlock or serialization failure (PostgreSQL)",
+            registry=self.registry)
         #: read from the store just before each scrape (gauges of what the store holds)
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
 
@@ -51,11 +55,6 @@ class Metrics:
                 await refresh()
             except Exception as exc:  # a scrape still answers with what it has
                 logging.getLogger("csbot.metrics").warning("could not refresh a metric: %r", exc)
-
-        self.store_lock_conflicts = Counter(
-            "csbot_store_lock_conflicts_total",
-            "Group commits retried after a deadlock or serialization failure (PostgreSQL)",
-            registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
