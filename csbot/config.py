@@ -36,10 +36,16 @@ class AppConfig:
     encoding_aes_key: str | None = None
     #: the previous EncodingAESKey, tried when the current one fails (key rotation)
     previous_aes_key: str | None = None
-    #: refuse plaintext pushes (only safe/compatible mode accepted)
-    require_encryption: bool = False
+    #: refuse plaintext pushes (only safe/compatible mode accepted). ``None`` (not said): true
+    #: whenever an EncodingAESKey is set, because a plaintext push's body is covered by no
+    #: signature, so accepting one lets anyone holding a signed URL post any body
+    require_encryption: bool | None = None
     #: text sent when a handler raises; empty: nothing is sent
     apology_text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.require_encryption is None:
+            object.__setattr__(self, "require_encryption", bool(self.encoding_aes_key or self.previous_aes_key))
 
     @property
     def aes_keys(self) -> list[str]:
@@ -208,7 +214,8 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
         raise ConfigError(f"{where}: token is required (the Token of WeChat's message-push page)")
     aes = validate_aes_key(f"{where}.encoding_aes_key", data.get("encoding_aes_key"))
     prev = validate_aes_key(f"{where}.previous_aes_key", data.get("previous_aes_key"))
-    require = _bool(f"{where}.require_encryption", data.get("require_encryption", False))
+    said = data.get("require_encryption")
+    require = bool(aes) if said is None or said == "" else _bool(f"{where}.require_encryption", said)
     if require and not aes:
         raise ConfigError(f"{where}: require_encryption needs an encoding_aes_key")
     return AppConfig(
@@ -328,7 +335,7 @@ def load_settings(
         "token": env.get("CSBOT_TOKEN", ""),
         "encoding_aes_key": env.get("CSBOT_ENCODING_AES_KEY", ""),
         "previous_aes_key": env.get("CSBOT_PREVIOUS_AES_KEY", ""),
-        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", "false"),
+        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", ""),
         "apology_text": env.get("CSBOT_APOLOGY_TEXT", ""),
     }
     if any(env.get(v) for v in ("CSBOT_APPID", "CSBOT_TOKEN", "CSBOT_APP_SECRET", "CSBOT_ENCODING_AES_KEY")):
