@@ -20,21 +20,12 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.exc import DataError
 
-from csbot.config import AppConfig, Settings
-from csbot.inbox import INLINE, PENDING, Inbox
-from csbot.metrics import Metrics
-from csbot.replay import ReplayGuard
-from csbot.routing import Router
+from csbot.config import AppConfig
+from csbot.services import services_of
+from csbot.statuses import InboundStatus
 from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_envelope, render_fields, verify_handshake
 
 log = logging.getLogger("csbot.webhook")
-
-SETTINGS = web.AppKey("csbot_settings", Settings)
-METRICS = web.AppKey("csbot_metrics", Metrics)
-#: holder filled at start-up: {"inbox": Inbox}
-INBOX = web.AppKey("csbot_inbox", dict)
-ROUTER = web.AppKey("csbot_router", Router)
-REPLAY = web.AppKey("csbot_replay_guard", ReplayGuard)
 
 #: every plain-text answer (echostr above all) is text, never sniffed as HTML
 _NOSNIFF = {"X-Content-Type-Options": "nosniff"}
@@ -48,7 +39,7 @@ def _text(text: str, status: int = 200) -> web.Response:
 
 def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> web.Response:
     if request.method == "POST":
-        request.app[METRICS].pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
+        services_of(request).metrics.pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
     log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
                 request.remote, status, reason)
     return _text(reason, status)
@@ -56,7 +47,7 @@ def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> we
 
 def _app_config(request: web.Request) -> tuple[str, AppConfig | None]:
     name = request.match_info.get("app", "default")
-    return name, request.app[SETTINGS].apps.get(name)
+    return name, services_of(request).settings.apps.get(name)
 
 
 async def handshake(request: web.Request) -> web.Response:
@@ -65,7 +56,7 @@ async def handshake(request: web.Request) -> web.Response:
         return _refuse(request, name, 404, "unknown app")
     try:
         echostr = verify_handshake(app, request.query, now=time.time(),
-                                   max_clock_skew=request.app[SETTINGS].max_clock_skew)
+                                   max_clock_skew=services_of(request).settings.max_clock_skew)
     except WireError as exc:
         return _refuse(request, name, exc.status, exc.reason)
     return _text(echostr)
@@ -76,8 +67,8 @@ async def receive(request: web.Request) -> web.Response:
     name, app = _app_config(request)
     if app is None:
         return _refuse(request, name, 404, "unknown app")
-    settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
+    services = services_of(request)
+    settings, metrics = services.settings, services.metrics
     if request.content_length is not None and request.content_length > settings.max_body_size:
         return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
     try:
@@ -100,18 +91,20 @@ async def receive(request: web.Request) -> web.Response:
         log.debug("decode failure", exc_info=True)
         return _refuse(request, name, 400, "malformed push")
 
-    inbox: Inbox = request.app[INBOX]["inbox"]
+    inbox = services.inbox
+    assert inbox is not None and services.replay is not None  # the app serves requests only once started
     if push.mode == "plaintext":
         try:
-            first = await request.app[REPLAY].first_body(inbox.writer, name, query["timestamp"], query["nonce"],
-                                                         body, max_clock_skew=settings.max_clock_skew)
+            first = await services.replay.first_body(inbox.writer, name, query["timestamp"], query["nonce"],
+                                                     body, max_clock_skew=settings.max_clock_skew)
         except Exception as exc:
             return _store_unavailable(name, metrics, exc)
         if not first:
             return _refuse(request, name, 403, "timestamp and nonce already used with another body")
-    inline_routes = request.app[ROUTER].inline_routes(push.event)
+    inline_routes = services.router.inline_routes(push.event)
     try:
-        accepted = await inbox.accept(name, push, status=INLINE if inline_routes else PENDING)
+        accepted = await inbox.accept(
+            name, push, status=InboundStatus.INLINE if inline_routes else InboundStatus.PENDING)
     except Exception as exc:
         if _refused_values(exc):  # this push's values, not the store: WeChat must not retry
             log.warning("push %s for app %s cannot be stored: %s", push.dedup_key, name, type(exc).__name__)
@@ -150,7 +143,7 @@ def _refused_values(exc: BaseException) -> bool:
     return False
 
 
-def _store_unavailable(name: str, metrics: Metrics, exc: Exception) -> web.Response:
+def _store_unavailable(name: str, metrics: Any, exc: Exception) -> web.Response:
     # the exception's type only: a driver's message may quote the statement's values
     log.error("could not store a push for app %s: %s", name, type(exc).__name__)
     metrics.pushes.labels(name, "store_unavailable").inc()
@@ -169,7 +162,6 @@ def _passive_response(app: AppConfig, push: Push, fields: dict[str, Any], nonce:
 
 
 def add_routes(app: web.Application) -> None:
-    app[REPLAY] = ReplayGuard()
     app.router.add_get("/wechat", handshake)
     app.router.add_post("/wechat", receive)
     app.router.add_get("/wechat/{app}", handshake)
