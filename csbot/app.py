@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from csbot.config import Settings
 from csbot.inbox import Inbox
-from csbot.media import LocalMediaStore
+from csbot.media import LocalMediaStore, MediaFetcher
 from csbot.outbox import Outbox
 from csbot.replay import ReplayGuard
 from csbot.routing import Router
@@ -49,11 +49,13 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.replay = ReplayGuard()
+        services.media_fetcher = MediaFetcher()
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               media_store=services.media, instance_id=instance_id, metrics=metrics)
+                               media_store=services.media, media_fetcher=services.media_fetcher,
+                               instance_id=instance_id, metrics=metrics)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
         if run_workers:
             await services.inbox.recover()
@@ -69,6 +71,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         await services.outbox.close()
         await services.writer.close()
         await services.openapi.close()
+        await services.media_fetcher.close()
         await services.engine.dispose()
 
     app.cleanup_ctx.append(lifecycle)

@@ -256,6 +256,7 @@ class Inbox:
         openapi_for: Callable[[str], Any] | None = None,
         on_replies: Callable[[], None] | None = None,
         media_store: Any = None,
+        media_fetcher: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
     ) -> None:
@@ -266,6 +267,8 @@ class Inbox:
         self.openapi_for = openapi_for or (lambda _app: None)
         self.on_replies = on_replies or (lambda: None)
         self.media_store = media_store
+        #: csbot.media.MediaFetcher: PicUrl fetches (none: images come through the API only)
+        self.media_fetcher = media_fetcher
         self.metrics = metrics
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
@@ -582,7 +585,10 @@ class Inbox:
         """Fetch an image the user sent and keep it in the media store (WeChat's copy expires)."""
         from csbot.media import fetch_user_image, media_key
 
-        data = await fetch_user_image(self.openapi_for(row.app), event)
+        app_cfg = self.settings.apps.get(row.app)
+        # PicUrl is trusted only when the push was authenticated: the app takes encrypted pushes only
+        data = await fetch_user_image(self.openapi_for(row.app), event, fetcher=self.media_fetcher,
+                                      authenticated=bool(app_cfg and app_cfg.require_encryption))
         if not data:
             return None
         try:
