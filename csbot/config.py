@@ -109,6 +109,8 @@ class Settings:
 
     def masked(self) -> dict[str, Any]:
         """Effective settings with secrets masked, for display."""
+        from csbot.openapi.util import redact_url  # the openapi package imports this module
+
         out: dict[str, Any] = {
             "source": self.source,
             "database_url": mask_url(self.database_url),
@@ -120,7 +122,7 @@ class Settings:
             "max_body_size": self.max_body_size,
             "inline_budget": self.inline_budget,
             "data_dir": str(self.data_dir),
-            "token_source": self.token_source,
+            "token_source": redact_url(self.token_source),
             "admin_token": mask(self.admin_token),
             "apps": {},
         }
@@ -139,15 +141,19 @@ class Settings:
 
 
 def mask(secret: str) -> str:
+    """A secret for display: at most 4 of its characters (2 at each end), none when it is
+    shorter than 12, where 4 characters would be a third of it."""
     if not secret:
         return "(unset)"
-    if len(secret) <= 6:
+    if len(secret) < 12:
         return "***"
     return secret[:2] + "***" + secret[-2:]
 
 
 def mask_url(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A database URL for display: the user stays (operators need it), the password goes,
+    up to the authority's last '@' (a password may hold one)."""
+    return re.sub(r"(//[^:/@?#]+:)[^/?#]*@", r"\1***@", url, count=1)
 
 
 def _int(name: str, value: Any, minimum: int = 0) -> int:
