@@ -113,7 +113,7 @@ class _XMLFields:
         self.texts[-1].append(text)
         self.sizes[-1] += len(text)
         if self.sizes[-1] > self.limit:  # characters <= bytes: refuse before reading on
-            raise BadPush(f"field {self.names[-1]} is longer than {self.limit} bytes")
+            raise BadPush(f"{_field(self.names[-1])} is longer than {self.limit} bytes")
 
     def end(self, name: str) -> None:
         node = self.stack.pop()
@@ -124,7 +124,7 @@ class _XMLFields:
             return
         value: Any = node if node else "".join(texts)
         if isinstance(value, str) and len(value) > self.limit // 4 and _utf8_size(value) > self.limit:
-            raise BadPush(f"field {name} is longer than {self.limit} bytes")
+            raise BadPush(f"{_field(name)} is longer than {self.limit} bytes")
         parent = self.stack[-1]
         if name in parent:
             prev = parent[name]
@@ -180,7 +180,7 @@ def _check_json(data: Any, limit: int) -> None:
         if values > _MAX_VALUES:
             raise BadPush(f"push has more than {_MAX_VALUES} fields")
         if isinstance(value, str):
-            _check_text(value, "a field", limit)
+            _check_text(value, None, limit)
         elif isinstance(value, dict):
             if depth > _MAX_DEPTH:
                 raise BadPush("JSON is nested too deeply")
@@ -200,11 +200,19 @@ def _check_json(data: Any, limit: int) -> None:
             todo.extend((item, depth + 1) for item in value)
 
 
-def _check_text(text: str, name: str, limit: int) -> None:
+def _check_text(text: str, name: str | None, limit: int) -> None:
     if len(text) > limit // 4 and (len(text) > limit or _utf8_size(text) > limit):
-        raise BadPush(f"field {name} is longer than {limit} bytes")
+        raise BadPush(f"{_field(name)} is longer than {limit} bytes")
     if _UNSTORABLE.search(text):
-        raise BadPush(f"field {name} has a NUL character or a lone surrogate")
+        raise BadPush(f"{_field(name)} has a NUL character or a lone surrogate")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _field(name: str | None) -> str:
+    """A field's name for a refusal reason: the caller's own text only when it is a plain name."""
+    return f"field {name}" if name is not None and _PLAIN_NAME.fullmatch(name) else "a field"
 
 
 def _reject_constant(name: str) -> Any:
