@@ -170,6 +170,23 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+#: the only way a NUL or a surrogate gets into JSON text: a \\u escape (raw ones are not UTF-8)
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _json_within_limits(body: bytes, data: dict[str, Any], limit: int) -> bool:
+    """True when the body's bytes alone prove every limit holds, so no walk is needed: no string
+    can be longer than the body, no body shorter than 2 bytes a value holds too many values, no
+    document with few brackets nests deeply, and no text without a risky escape has a NUL or a
+    surrogate. A flat object's keys are checked here too. Typical pushes take this path."""
+    brackets = body.count(b"{") + body.count(b"[")
+    if len(body) > limit or len(body) >= 2 * _MAX_VALUES or brackets > _MAX_DEPTH or _RISKY_ESCAPE.search(body):
+        return False
+    if brackets == 1:  # a flat object: its keys are all there is
+        return all(len(key) <= _MAX_NAME for key in data)
+    return False
+
+
 def _check_json(data: Any, limit: int) -> None:
     """Depth, number of values, sizes and storable text of a parsed JSON body (iteratively)."""
     todo: list[tuple[Any, int]] = [(data, 1)]
@@ -237,7 +254,8 @@ def parse_fields(body: bytes, fmt: str, *, field_limit: int = MAX_FIELD_BYTES) -
             raise BadPush("malformed JSON") from None
         if not isinstance(data, dict):
             raise BadPush("JSON body is not an object")
-        _check_json(data, field_limit)
+        if not _json_within_limits(body, data, field_limit):
+            _check_json(data, field_limit)
         return data
     raise BadPush(f"unknown body format {fmt!r}")
 
@@ -312,6 +330,8 @@ def normalize_event(fields: Mapping[str, Any]) -> dict[str, Any]:
             raise BadPush(f"push has no {name}")
     for name, width in _COLUMN_WIDTHS.items():
         value = event.get(name)
+        if isinstance(value, (Mapping, list)):
+            raise BadPush(f"{name} is not a single value")
         if isinstance(value, str) and len(value) > width:
             raise BadPush(f"{name} is longer than {width} characters")
     if "CreateTime" not in event or event["CreateTime"] in ("", None):

@@ -388,3 +388,13 @@ def test_fields_with_a_column_of_their_own_fit_it(fmt, field, width):
     assert event_from(_push(fmt, **{field: "x" * width}))[field] == "x" * width
     with pytest.raises(BadPush, match=f"{field} is longer than {width} characters"):
         event_from(_push(fmt, **{field: "x" * (width + 1)}))
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1, 2]])
+@pytest.mark.parametrize("field", ["MsgId", "Event"])
+def test_fields_with_a_column_of_their_own_are_single_values(field, value):
+    """Found by the fuzz test: a JSON MsgId that is an object failed the store write (a 503)."""
+    body = render_fields({"ToUserName": "gh", "FromUserName": "oU", "CreateTime": 1, "MsgType": "event",
+                          field: value}, "json")
+    with pytest.raises(BadPush, match=f"{field} is not a single value"):
+        event_from(body)
