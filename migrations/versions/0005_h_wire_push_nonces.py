@@ -1,14 +1,14 @@
 """push_nonces: the body first seen for a plaintext push's (timestamp, nonce)
 
 Revision ID: h_wire_push_nonces
-Revises: 0002
+Revises: storage_files
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_wire_push_nonces'
-down_revision = '0002'
+down_revision = 'storage_files'
 branch_labels = None
 depends_on = None
 
