@@ -24,6 +24,8 @@ from csbot.store.batch import BatchWriter
 from csbot.store.migrate import ensure_schema
 from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
 from csbot.review.service import Review
+from csbot.review.agents import Agents
+from csbot.review.audit import AuditLog
 from csbot.services import SERVICES, Services, services_of
 from csbot.webhook import add_routes
 
@@ -59,6 +61,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                storage=services.storage, media_fetcher=services.media_fetcher,
                                instance_id=instance_id, metrics=metrics)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
+        services.agents = Agents(services.sessionmaker)
+        services.audit = AuditLog(services.sessionmaker)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()

@@ -1,14 +1,14 @@
 """push_nonces: the body first seen for a plaintext push's (timestamp, nonce)
 
 Revision ID: h_wire_push_nonces
-Revises: storage_files
+Revises: h_console_agents
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_wire_push_nonces'
-down_revision = 'storage_files'
+down_revision = 'h_console_agents'
 branch_labels = None
 depends_on = None
 
