@@ -1,14 +1,14 @@
 """push_nonces: the body first seen for a plaintext push's (timestamp, nonce)
 
 Revision ID: h_wire_push_nonces
-Revises: h_console_agents
+Revises: functions_sessions
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_wire_push_nonces'
-down_revision = 'h_console_agents'
+down_revision = 'functions_sessions'
 branch_labels = None
 depends_on = None
 
