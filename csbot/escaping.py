@@ -27,9 +27,16 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def terminal_safe(text: Any) -> str:
-    """``text`` with every control character shown as a visible escape (``\\x1b``, ``\\n``)."""
-    return _UNSAFE_FOR_TERMINAL.sub(_escape, str(text))
+#: the same without newline and tab, for multi-line text shown as it is (a decrypted push)
+_UNSAFE_KEEPING_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: Any, *, keep_lines: bool = False) -> str:
+    """``text`` with every control character shown as a visible escape (``\\x1b``, ``\\n``).
+
+    ``keep_lines`` leaves newlines and tabs alone, for a body shown whole as a diagnosis.
+    """
+    return (_UNSAFE_KEEPING_LINES if keep_lines else _UNSAFE_FOR_TERMINAL).sub(_escape, str(text))
 
 
 #: what makes a spreadsheet read a cell as a formula (OWASP "CSV injection"), full-width

@@ -21,6 +21,7 @@ from aiohttp import web
 from sqlalchemy.exc import DataError
 
 from csbot.config import AppConfig
+from csbot.refused import keep_refused
 from csbot.services import services_of
 from csbot.statuses import InboundStatus
 from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_envelope, render_fields, verify_handshake
@@ -42,6 +43,7 @@ def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> we
         services_of(request).metrics.pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
     log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
                 request.remote, status, reason)
+    keep_refused(request, app_name, status, reason)  # CSBOT_KEEP_REFUSED, for `csbot refused`
     return _text(reason, status)
 
 
@@ -111,6 +113,8 @@ async def receive(request: web.Request) -> web.Response:
             return _refuse(request, name, 400, "push has values the store cannot keep")
         return _store_unavailable(name, metrics, exc)  # the store could not commit: WeChat must retry
     metrics.pushes.labels(name, "stored" if accepted.new else "duplicate").inc()
+    if accepted.new and services.webhooks is not None:  # outbound webhooks; only queues, never waits
+        services.webhooks.emit("message.received", name, push.openid, message_id=accepted.message_id)
     metrics.ack_seconds.labels(name).observe(time.monotonic() - started)
 
     if not accepted.new:

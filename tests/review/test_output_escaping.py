@@ -94,3 +94,18 @@ async def test_the_api_csv_export_neutralises_formulas(bot):
     assert status == 200
     texts = [r["text"] for r in csv.DictReader(io.StringIO(body.lstrip("\ufeff")))]
     assert "'@SUM(1+1)*cmd|' /C calc'!A0" in texts
+
+
+def test_csbot_decrypt_shows_a_hostile_push_inert(tmp_path):
+    """`csbot decrypt` (and `--refused`) prints a push's plaintext: a stranger's bytes."""
+    from csbot.testing.harness import test_app
+    from csbot.testing.pushes import PushBuilder
+    from tests.test_cli import app_env, run
+
+    builder = PushBuilder.for_app(test_app(), mode="safe", fmt="json")
+    push = builder.build(builder.text("oMallory", "hi" + ESC))
+    query = "&".join(f"{k}={v}" for k, v in push.query.items())
+    res = run("decrypt", "--query", query, "--body", "-", env=app_env(tmp_path), stdin=push.body.decode())
+    assert res.returncode == 0, res.stdout
+    assert "\x1b" not in res.stdout and "\x07" not in res.stdout
+    assert "\\u001b]0;pwned" in res.stdout or "\\x1b]0;pwned" in res.stdout

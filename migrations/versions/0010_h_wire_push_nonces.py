@@ -1,14 +1,14 @@
 """push_nonces: the body first seen for a plaintext push's (timestamp, nonce)
 
 Revision ID: h_wire_push_nonces
-Revises: functions_sessions
+Revises: h_ops_refused_webhooks
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_wire_push_nonces'
-down_revision = 'functions_sessions'
+down_revision = 'h_ops_refused_webhooks'
 branch_labels = None
 depends_on = None
 
