@@ -103,9 +103,10 @@ def test_csbot_decrypt_shows_a_hostile_push_inert(tmp_path):
     from tests.test_cli import app_env, run
 
     builder = PushBuilder.for_app(test_app(), mode="safe", fmt="json")
-    push = builder.build(builder.text("oMallory", "hi" + ESC))
+    # JSON escapes C0 controls itself, not an 8-bit CSI (0x9b) or a right-to-left override
+    push = builder.build(builder.text("oMallory", "hi\x9b2J\u202eevil"))
     query = "&".join(f"{k}={v}" for k, v in push.query.items())
     res = run("decrypt", "--query", query, "--body", "-", env=app_env(tmp_path), stdin=push.body.decode())
     assert res.returncode == 0, res.stdout
-    assert "\x1b" not in res.stdout and "\x07" not in res.stdout
-    assert "\\u001b]0;pwned" in res.stdout or "\\x1b]0;pwned" in res.stdout
+    assert "\x9b" not in res.stdout and "\u202e" not in res.stdout
+    assert "hi\\x9b2J\\u202eevil" in res.stdout
