@@ -1,0 +1,1 @@
+"""The cloud database: JSON collections with WeChat's query language on SQLite and PostgreSQL."""
