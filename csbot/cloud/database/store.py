@@ -24,7 +24,7 @@ from csbot.cloud.database.errors import (
     DocumentTooLarge, DuplicateId, InvalidParameter, QueryError,
 )
 from csbot.cloud.database.matcher import lookup
-from csbot.cloud.database.query import And, Eq, Field, MatchAll, Query
+from csbot.cloud.database.query import And, Cmp, Eq, Field, MatchAll, Query
 from csbot.cloud.database.sql import Compiler, dialect_for
 from csbot.cloud.database.update import Update, apply
 from csbot.cloud.database.values import dumps, normalize, split_path
@@ -162,8 +162,39 @@ class DocumentStore:
                     and isinstance(item.cond, Eq) and isinstance(item.cond.value, str)):
                 column = "doc_id" if item.path[0] == "_id" else "openid"
                 parts.append(f"{column} = {compiler.bind(item.cond.value)}")
+        prefilter = self._index_prefilter(compiler, app, collection, conjuncts)
+        if prefilter:
+            parts.append(prefilter)
         parts.append(compiler.where(query))
         return " AND ".join(parts)
+
+    def _index_prefilter(self, compiler: Compiler, app: str, collection: str, conjuncts: Any) -> str | None:
+        """SQLite only: narrow to the rows a declared index finds, as ``seq IN (… UNION ALL …)``.
+
+        An equality or a comparison on a top-level field compiles to "the value matches OR the
+        field is an array with a matching element"; SQLite uses no partial index for such an
+        OR. Both halves are separate indexed lookups here; the full condition still decides.
+        """
+        if self.is_pg or collection not in self.indexes:
+            return None
+        first_fields = {tuple(split_path(i[0])) for i in self.indexes[collection] if i}
+        scope = f"collection = '{collection}' AND app = '{app}'"
+        d = self.dialect
+        for item in conjuncts:
+            if not (isinstance(item, Field) and item.path in first_fields and len(item.path) == 1):
+                continue
+            node = d.child(d.root(), item.path[0])
+            scalar = d.scalar(node)
+            if isinstance(item.cond, Eq) and item.cond.value is not None \
+                    and not isinstance(item.cond.value, (list, dict)):
+                match = d.eq(scalar, item.cond.value, compiler.bind)
+            elif isinstance(item.cond, Cmp):
+                match = d.cmp(scalar, item.cond.op, item.cond.value, compiler.bind)
+            else:
+                continue
+            return (f"seq IN (SELECT seq FROM cloud_documents WHERE {scope} AND {match} UNION ALL "
+                    f"SELECT seq FROM cloud_documents WHERE {scope} AND {d.type_of(node)} = 'array')")
+        return None
 
     def _body_sql(self) -> str:
         return "body::text" if self.is_pg else "body"
@@ -398,12 +429,14 @@ class DocumentStore:
                 digest = hashlib.sha1(f"{collection}:{fields}".encode()).hexdigest()[:10]
                 values = [self.dialect.index_exprs(p)[0] for p in paths]
                 first_type = self.dialect.index_exprs(paths[0])[1]
-                wrap = (lambda e: f"({e})") if self.is_pg else (lambda e: e)
-                cols = ", ".join(["app"] + [wrap(v) for v in values])
-                out.append(f"CREATE INDEX IF NOT EXISTS ix_cdoc_{digest} ON cloud_documents ({cols}) "
-                           f"WHERE collection = '{collection}'")
+                if self.is_pg:  # app first: PostgreSQL combines both indexes in a BitmapOr
+                    cols, type_cols = ["app"] + [f"({v})" for v in values], ["app", f"({first_type})"]
+                else:  # expressions first: the SQLite prefilter looks them up without app
+                    cols, type_cols = values + ["app"], [first_type, "app"]
+                out.append(f"CREATE INDEX IF NOT EXISTS ix_cdoc_{digest} ON cloud_documents "
+                           f"({', '.join(cols)}) WHERE collection = '{collection}'")
                 out.append(f"CREATE INDEX IF NOT EXISTS ix_cdoc_{digest}_t ON cloud_documents "
-                           f"(app, {wrap(first_type)}) WHERE collection = '{collection}'")
+                           f"({', '.join(type_cols)}) WHERE collection = '{collection}'")
         return out
 
     async def ensure_indexes(self) -> None:

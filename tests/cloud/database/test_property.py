@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from csbot.cloud.database import query as q
 from csbot.cloud.database.matcher import lookup, matches
-from csbot.cloud.database.store import FindSpec
+from csbot.cloud.database.store import DocumentStore, FindSpec
 from csbot.cloud.database.values import normalize, sort_key
 
 EXAMPLES = int(os.environ.get("CSBOT_PROPERTY_EXAMPLES", "300"))
@@ -107,8 +107,9 @@ def _expected_order(docs, order):
 
 
 def check_backend(backend, docs, batch, order):
-    store = backend.store
     collection = f"p{next(_collections)}"
+    # declared indexes on "a" and "n" switch on SQLite's indexed prefilter for those fields
+    store = DocumentStore(backend.engine, indexes={collection: [["a"], ["n", "b"]]})
     bodies = [store.prepare_new({**d, "_id": f"d{i}"}) for i, d in enumerate(docs)]
     if bodies:
         backend.run(store.insert("default", collection, bodies))
