@@ -8,8 +8,6 @@ with ``csbot migrate``) → group-commit writer → recovery of unfinished work 
 from __future__ import annotations
 
 import logging
-import uuid
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
@@ -23,38 +21,21 @@ from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
 from csbot.store.migrate import ensure_schema
 from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
-from csbot.webhook import INBOX, METRICS, ROUTER, SETTINGS, add_routes
+from csbot.review.service import Review
+from csbot.services import SERVICES, Services, services_of
+from csbot.webhook import add_routes
 
 log = logging.getLogger("csbot.app")
-
-READY = web.AppKey("csbot_ready", dict)
-SERVICES = web.AppKey("csbot_services", dict)
-
-
-class Services:
-    """Everything the running service holds, for the review surfaces and tests."""
-
-    def __init__(self) -> None:
-        self.engine: Any = None
-        self.sessionmaker: Any = None
-        self.writer: BatchWriter | None = None
-        self.inbox: Inbox | None = None
-        self.outbox: Outbox | None = None
-        self.openapi: Any = None
-        self.media: Any = None
 
 
 def create_app(settings: Settings, *, router: Router | None = None, run_workers: bool = True) -> web.Application:
     """Build the service. ``router`` defaults to the handlers of ``settings.handlers_dir``."""
     app = web.Application(client_max_size=settings.max_body_size + 1)
-    app[SETTINGS] = settings
-    app[READY] = {"ready": False}
-    app[INBOX] = {}
-    metrics = app[METRICS] = Metrics()
-    services = Services()
-    app[SERVICES] = {"services": services}
-    app[ROUTER] = router if router is not None else Router.load(settings.handlers_dir, settings.handler_options)
-    instance_id = uuid.uuid4().hex[:16]
+    services = app[SERVICES] = Services(
+        settings=settings, metrics=Metrics(),
+        router=router if router is not None else Router.load(settings.handlers_dir, settings.handler_options))
+    metrics = services.metrics
+    instance_id = services.instance_id
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         from csbot.openapi import OpenAPIRegistry
@@ -68,20 +49,20 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
-        services.inbox = Inbox(settings, services.sessionmaker, services.writer, app[ROUTER],
+        services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
                                media_store=services.media, instance_id=instance_id, metrics=metrics)
-        app[INBOX]["inbox"] = services.inbox
+        services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()
             services.inbox.start()
             services.outbox.start()
-        app[READY]["ready"] = True
+        services.ready = True
         log.info("csbot ready: %d app(s), %d handler route(s), store %s", len(settings.apps),
-                 len(app[ROUTER].routes), services.engine.dialect.name)
+                 len(services.router.routes), services.engine.dialect.name)
         yield
-        app[READY]["ready"] = False
+        services.ready = False
         await services.inbox.close()
         await services.outbox.close()
         await services.writer.close()
@@ -91,7 +72,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app.cleanup_ctx.append(lifecycle)
 
     async def healthz(request: web.Request) -> web.Response:
-        if not app[READY]["ready"]:
+        if not services.ready:
             return web.Response(status=503, text="starting")
         try:
             async with services.engine.connect() as conn:
@@ -107,9 +88,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app.router.add_get("/metrics", metrics_page)
     add_routes(app)
     from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
-    setup_review(app, settings, services, run_workers=run_workers)
+    setup_review(app, services, run_workers=run_workers)
     return app
 
 
-def services_of(app: web.Application) -> Services:
-    return app[SERVICES]["services"]
+__all__ = ["create_app", "services_of", "Services"]

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from csbot.config import ConfigError, Settings, load_settings, with_overrides
+from csbot.statuses import OUTBOUND_UNDELIVERED
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -310,7 +311,7 @@ async def _dev(args: argparse.Namespace) -> int:
                     print(f"bot> {text}")
                 seen = len(replies)
                 for row in await bot.messages(openid=args.openid):
-                    if row.status in ("failed", "quota_exceeded", "dead") and row.id > getattr(bot, "_shown", 0):
+                    if row.status in OUTBOUND_UNDELIVERED and row.id > getattr(bot, "_shown", 0):
                         print(f"  ! message {row.id} {row.status}: {row.error or row.errmsg}")
                         bot._shown = row.id  # type: ignore[attr-defined]
     tmp.cleanup()

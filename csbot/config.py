@@ -78,7 +78,10 @@ class Settings:
     #: send a reply's subscribe fallback when the quota refuses the reply
     quota_subscribe_fallback: bool = True
     #: API calls per second per app (aiolimiter)
-    api_rate_per_second: float = 50.0
+    #: client-side cap on API calls per second per app; 0 (default) = none: WeChat imposes no
+    #: per-second limit on these APIs, and its minute quotas answer 45009/45011, which the
+    #: outbox already treats as transient (backoff)
+    api_rate_per_second: float = 0.0
     #: seconds an HTTP request to WeChat's API may take
     api_timeout: float = 10.0
     #: per-handler options: ``[handlers.NAME]`` tables (e.g. handlers.welcome.text)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from csbot.messages import Reply, as_reply
+from csbot.statuses import ConversationStatus
 
 
 @dataclass
@@ -29,7 +30,7 @@ class MessageInfo:
 @dataclass
 class ConversationInfo:
     id: int | None
-    status: str = "bot"
+    status: str = ConversationStatus.BOT
 
 
 @dataclass

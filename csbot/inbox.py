@@ -31,6 +31,7 @@ from csbot.config import Settings
 from csbot.context import ConversationInfo, Context, MessageInfo
 from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
+from csbot.statuses import ConversationStatus, InboundStatus, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import LaneOp
@@ -39,8 +40,8 @@ from csbot.wire import Push
 
 log = logging.getLogger("csbot.inbox")
 
-# inbound statuses
-PENDING, INLINE, DONE, FAILED = "pending", "inline", "done", "failed"
+PENDING, INLINE, DONE, FAILED = (InboundStatus.PENDING, InboundStatus.INLINE, InboundStatus.DONE,
+                                 InboundStatus.FAILED)
 USER_MESSAGE_TYPES = frozenset({"text", "image", "voice", "video", "shortvideo", "location", "link",
                                 "file", "miniprogrampage"})
 
@@ -137,7 +138,7 @@ class OutcomeOp:
                     replies.append(dict(
                         app=op.app, openid=op.openid, direction="out", msg_type=reply.msgtype, event=None,
                         text=reply.describe(), raw=json.dumps(body, ensure_ascii=False), dedup_key=None,
-                        created_at=now, received_at=now, status="queued", author=author,
+                        created_at=now, received_at=now, status=OutboundStatus.QUEUED, author=author,
                         in_reply_to=op.message_id, attempts=0, next_attempt_at=now))
         if replies:
             await conn.execute(_MSG.insert(), replies)
@@ -167,14 +168,15 @@ class OutcomeOp:
                     last_user_action_at=func.coalesce(bindparam("action_at"), _CONV.c.last_user_action_at),
                     last_user_action_kind=func.coalesce(bindparam("action_kind"), _CONV.c.last_user_action_kind),
                     transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
-                    status=case((and_(_CONV.c.status == "closed", bindparam("reopen") == True), "bot"),  # noqa: E712
+                    status=case((and_(_CONV.c.status == ConversationStatus.CLOSED, bindparam("reopen") == True),  # noqa: E712
+                                 ConversationStatus.BOT),
                                 else_=_CONV.c.status))))
         missing = [v for v in latest.values() if v["cid"] is None]
         if missing:  # inline: the lane (and so the conversation row) may not exist yet
             await conn.execute(
                 _cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
                     index_elements=["app", "openid"])),
-                [dict(app=v["c_app"], openid=v["c_openid"], status="bot", created_at=now, last_message_at=now,
+                [dict(app=v["c_app"], openid=v["c_openid"], status=ConversationStatus.BOT, created_at=now, last_message_at=now,
                       tags="[]") for v in missing])
         params = [{k: v for k, v in values.items() if k != "cid"} for values in latest.values()]
         if params:
@@ -310,8 +312,8 @@ class Inbox:
                            event=push.event_name, text=push.text, dedup_key=push.dedup_key, status=INLINE)
         async with self.sessionmaker() as s:
             conv_status = (await s.execute(select(_CONV.c.status).where(
-                _CONV.c.app == app, _CONV.c.openid == push.openid))).scalar_one_or_none() or "bot"
-        if conv_status == "human":  # a person has this customer: only routes that asked to run
+                _CONV.c.app == app, _CONV.c.openid == push.openid))).scalar_one_or_none() or ConversationStatus.BOT
+        if conv_status == ConversationStatus.HUMAN:  # a person has this customer: only routes that asked to run
             routes = [r for r in routes if r.while_human]
         if not routes:
             await self._to_normal_path(message_id)
@@ -560,9 +562,10 @@ class Inbox:
         info = MessageInfo(id=row.id, app=row.app, openid=row.openid, msg_type=row.msg_type,
                            event=row.event, text=row.text, dedup_key=row.dedup_key, status=PENDING,
                            attempts=row.attempts, media_path=media_path)
-        status = row.conversation_status or "bot"
+        status = row.conversation_status or ConversationStatus.BOT
         conv = ConversationInfo(id=lane.conversation_id, status=status)
-        routes = [r for r in self.router.candidates(event, human=status == "human") if not r.inline]
+        routes = [r for r in self.router.candidates(event, human=status == ConversationStatus.HUMAN)
+                  if not r.inline]
         result = await self._run_routes(row.app, appid, info, event, conv, routes, source="push")
         applied = await self.writer.run(OutcomeOp(
             message_id=row.id, app=row.app, openid=row.openid, status=result.status,

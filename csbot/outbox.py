@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY
+from csbot.statuses import OUTBOUND_DUE, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import LaneOp
@@ -41,8 +42,9 @@ from csbot.store.leases import LaneOp
 log = logging.getLogger("csbot.outbox")
 
 QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
-    "queued", "sending", "sent", "failed", "dead", "quota_exceeded", "in_doubt")
-DUE_STATUSES = (QUEUED, IN_DOUBT)
+    OutboundStatus.QUEUED, OutboundStatus.SENDING, OutboundStatus.SENT, OutboundStatus.FAILED,
+    OutboundStatus.DEAD, OutboundStatus.QUOTA_EXCEEDED, OutboundStatus.IN_DOUBT)
+DUE_STATUSES = OUTBOUND_DUE
 #: how often a running process looks for sends abandoned by a process that died
 SWEEP_SECONDS = 5.0
 

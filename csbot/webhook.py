@@ -16,26 +16,19 @@ from typing import Any
 
 from aiohttp import web
 
-from csbot.config import AppConfig, Settings
-from csbot.inbox import INLINE, PENDING, Inbox
-from csbot.metrics import Metrics
-from csbot.routing import Router
+from csbot.config import AppConfig
+from csbot.services import services_of
+from csbot.statuses import InboundStatus
 from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_envelope, render_fields, verify_handshake
 
 log = logging.getLogger("csbot.webhook")
-
-SETTINGS = web.AppKey("csbot_settings", Settings)
-METRICS = web.AppKey("csbot_metrics", Metrics)
-#: holder filled at start-up: {"inbox": Inbox}
-INBOX = web.AppKey("csbot_inbox", dict)
-ROUTER = web.AppKey("csbot_router", Router)
 
 _TEXT = "text/plain; charset=utf-8"
 
 
 def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> web.Response:
     if request.method == "POST":
-        request.app[METRICS].pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
+        services_of(request).metrics.pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
     log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
                 request.remote, status, reason)
     return web.Response(status=status, text=reason, content_type="text/plain")
@@ -43,7 +36,7 @@ def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> we
 
 def _app_config(request: web.Request) -> tuple[str, AppConfig | None]:
     name = request.match_info.get("app", "default")
-    return name, request.app[SETTINGS].apps.get(name)
+    return name, services_of(request).settings.apps.get(name)
 
 
 async def handshake(request: web.Request) -> web.Response:
@@ -62,8 +55,8 @@ async def receive(request: web.Request) -> web.Response:
     name, app = _app_config(request)
     if app is None:
         return _refuse(request, name, 404, "unknown app")
-    settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
+    services = services_of(request)
+    settings, metrics = services.settings, services.metrics
     if request.content_length is not None and request.content_length > settings.max_body_size:
         return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
     try:
@@ -77,10 +70,12 @@ async def receive(request: web.Request) -> web.Response:
     except WireError as exc:
         return _refuse(request, name, exc.status, exc.reason)
 
-    inbox: Inbox = request.app[INBOX]["inbox"]
-    inline_routes = request.app[ROUTER].inline_routes(push.event)
+    inbox = services.inbox
+    assert inbox is not None  # the app serves requests only once started
+    inline_routes = services.router.inline_routes(push.event)
     try:
-        accepted = await inbox.accept(name, push, status=INLINE if inline_routes else PENDING)
+        accepted = await inbox.accept(
+            name, push, status=InboundStatus.INLINE if inline_routes else InboundStatus.PENDING)
     except Exception as exc:  # the store could not commit: WeChat must retry
         log.error("could not store push %s for app %s: %r", push.dedup_key, name, exc)
         metrics.pushes.labels(name, "store_unavailable").inc()

@@ -10,59 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiohttp import web
 
-from csbot.config import Settings
+from csbot.services import Services
 
 log = logging.getLogger("csbot.review")
-
-REVIEW_HUB = web.AppKey("csbot_review_hub", object)
-
-
-class ReviewHub:
-    """What the review surfaces share: settings, the started services, a shutdown signal."""
-
-    def __init__(self, settings: Settings, services: Any) -> None:
-        self.settings = settings
-        self.services = services
-        self.closing = asyncio.Event()
-        self._review: Any = None
-        self._media: Any = None
-
-    @property
-    def review(self) -> Any:
-        """The :class:`~csbot.review.service.Review` over the started service's store and outbox."""
-        if self._review is None:
-            from csbot.review.service import Review
-
-            if self.services.sessionmaker is None:
-                raise web.HTTPServiceUnavailable(reason="starting")
-            self._review = Review(self.settings, self.services.sessionmaker, self.services.outbox.enqueue)
-        return self._review
-
-    def media_store(self) -> Any:
-        if getattr(self.services, "media", None) is not None:
-            return self.services.media
-        if self._media is None:
-            from csbot.media import LocalMediaStore
-
-            self._media = LocalMediaStore(self.settings.data_dir / "media")
-        return self._media
 
 
 def sweep_interval(timeout: float) -> float:
     return min(30.0, max(0.2, timeout / 4))
 
 
-async def run_human_timeout(hub: ReviewHub) -> None:
+async def run_human_timeout(services: Services) -> None:
     """Forever: hand ``human`` conversations without an agent reply for the timeout back to the bot."""
-    timeout = hub.settings.human_timeout
+    timeout = services.settings.human_timeout
     while True:
         await asyncio.sleep(sweep_interval(timeout))
         try:
-            returned = await hub.review.return_idle_to_bot(timeout)
+            returned = await services.review.return_idle_to_bot(timeout)  # type: ignore[union-attr]
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -72,23 +38,22 @@ async def run_human_timeout(hub: ReviewHub) -> None:
             log.info("conversation %s/%s had no agent reply for %ds: back to the bot", app, openid, int(timeout))
 
 
-def setup_review(app: web.Application, settings: Settings, services: Any, *, run_workers: bool = True) -> None:
+def setup_review(app: web.Application, services: Services, *, run_workers: bool = True) -> None:
     """Mount the review API and console (when an admin token is set) and the human-timeout task."""
-    hub = ReviewHub(settings, services)
-    app[REVIEW_HUB] = hub
+    settings = services.settings
 
     async def background(_app: web.Application):  # type: ignore[no-untyped-def]
         task = None
         if run_workers and settings.human_timeout > 0:
-            task = asyncio.create_task(run_human_timeout(hub), name="csbot-review-human-timeout")
+            task = asyncio.create_task(run_human_timeout(services), name="csbot-review-human-timeout")
         yield
-        hub.closing.set()
+        services.closing.set()
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     async def on_shutdown(_app: web.Application) -> None:
-        hub.closing.set()  # ends the console's live-update streams
+        services.closing.set()  # ends the console's live-update streams
 
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(on_shutdown)
@@ -97,8 +62,8 @@ def setup_review(app: web.Application, settings: Settings, services: Any, *, run
     from csbot.review.api import build_api
     from csbot.review.console import build_console
 
-    app.add_subapp("/api/", build_api(hub))
-    app.add_subapp("/admin/", build_console(hub))
+    app.add_subapp("/api/", build_api(services))
+    app.add_subapp("/admin/", build_console(services))
 
 
-__all__ = ["setup_review", "ReviewHub", "REVIEW_HUB"]
+__all__ = ["setup_review", "run_human_timeout"]

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from csbot.review.cli import format_batch
 from csbot.review.service import STATUSES, Invalid, ReviewError, parse_time
+from csbot.services import Services
 
 log = logging.getLogger("csbot.review.api")
 
@@ -97,9 +98,9 @@ def optional_str(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def build_api(hub: Any) -> web.Application:
-    """The ``/api`` sub-application; ``hub.review`` is the started service's :class:`Review`."""
-    api = web.Application(middlewares=make_middlewares(hub.settings.admin_token))
+def build_api(services: Services) -> web.Application:
+    """The ``/api`` sub-application; ``services.review`` is the started service's :class:`Review`."""
+    api = web.Application(middlewares=make_middlewares(services.settings.admin_token))
     routes = web.RouteTableDef()
 
     @routes.get("/conversations")
@@ -108,7 +109,7 @@ def build_api(hub: Any) -> web.Application:
         status = q.get("status") or None
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
-        page = await hub.review.list_conversations(
+        page = await services.review.list_conversations(
             app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
             search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
             cursor=q.get("cursor") or None)
@@ -118,7 +119,7 @@ def build_api(hub: Any) -> web.Application:
     async def thread(request: web.Request) -> web.Response:
         limit = int_param(request, "limit", 500, 1, 5000)
         before = int_param(request, "before", None, 1, 2**62)
-        result = await hub.review.thread(request.match_info["app"], request.match_info["openid"],
+        result = await services.review.thread(request.match_info["app"], request.match_info["openid"],
                                          limit=limit, before=before)
         return web.json_response({k: result[k] for k in ("conversation", "items", "truncated")})
 
@@ -127,8 +128,8 @@ def build_api(hub: Any) -> web.Application:
         data = await read_object(request)
         agent = optional_str(data, "agent") or "api"
         app, openid = request.match_info["app"], request.match_info["openid"]
-        message_id = await hub.review.reply(app, openid, data.get("text"), agent=agent)
-        conv = await hub.review.conversation(app, openid)
+        message_id = await services.review.reply(app, openid, data.get("text"), agent=agent)
+        conv = await services.review.conversation(app, openid)
         return web.json_response({"message_id": message_id, "status": "queued", "conversation": conv},
                                  status=202)
 
@@ -138,14 +139,14 @@ def build_api(hub: Any) -> web.Application:
         if data.get("status") not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         agent = optional_str(data, "agent")
-        conv = await hub.review.set_status(request.match_info["app"], request.match_info["openid"],
+        conv = await services.review.set_status(request.match_info["app"], request.match_info["openid"],
                                            data["status"], agent=agent or "api")
         return web.json_response({"conversation": conv})
 
     @routes.post("/conversations/{app}/{openid}/tags")
     async def tags(request: web.Request) -> web.Response:
         data = await read_object(request)
-        result = await hub.review.set_tags(request.match_info["app"], request.match_info["openid"],
+        result = await services.review.set_tags(request.match_info["app"], request.match_info["openid"],
                                            tags=data.get("tags"), add=data.get("add"), remove=data.get("remove"))
         return web.json_response({"tags": result})
 
@@ -153,7 +154,7 @@ def build_api(hub: Any) -> web.Application:
     async def notes(request: web.Request) -> web.Response:
         data = await read_object(request)
         author = optional_str(data, "author") or "api"
-        note = await hub.review.add_note(request.match_info["app"], request.match_info["openid"],
+        note = await services.review.add_note(request.match_info["app"], request.match_info["openid"],
                                          data.get("text"), author=author)
         return web.json_response({"note": note}, status=201)
 
@@ -171,7 +172,7 @@ def build_api(hub: Any) -> web.Application:
             "Content-Disposition": f'attachment; filename="csbot-export.{fmt}"'})
         await resp.prepare(request)
         first = True
-        async for rows in hub.review.export(since=since, until=until, app=app):
+        async for rows in services.review.export(since=since, until=until, app=app):
             await resp.write(format_batch(rows, fmt, header=first).encode("utf-8"))
             first = False
         if first and fmt == "csv":
@@ -185,7 +186,7 @@ def build_api(hub: Any) -> web.Application:
         app, touser = data.get("app", "default"), data.get("touser")
         if not isinstance(app, str):
             raise Invalid("app must be a string")
-        message_id = await hub.review.send(app, touser, data, author="operator")
+        message_id = await services.review.send(app, touser, data, author="operator")
         return web.json_response({"message_id": message_id, "status": "queued"}, status=202)
 
     @routes.get("/openapi.json")

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
 from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, parse_time
+from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -58,9 +59,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", help="your name as the customer's agent (default: your login name)")
     p.set_defaults(func=_run(cmd_reply))
 
-    for name, status, what in (("takeover", "human", "a person takes the conversation over from the bot"),
-                               ("handback", "bot", "hand the conversation back to the bot"),
-                               ("close", "closed", "close the conversation")):
+    for name, status, what in (
+            ("takeover", ConversationStatus.HUMAN, "a person takes the conversation over from the bot"),
+            ("handback", ConversationStatus.BOT, "hand the conversation back to the bot"),
+            ("close", ConversationStatus.CLOSED, "close the conversation")):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("openid")
         p.add_argument("--app")
@@ -172,9 +174,9 @@ def describe_item(item: dict[str, Any]) -> str:
         line = f"{when}  < customer [{kind}] {describe_inbound(item)}"
         if item.get("transferred"):
             line += "\n" + " " * 21 + "~ transferred to WeChat's customer-service tool"
-        if item.get("status") == "failed" and item.get("error"):
+        if item.get("status") == InboundStatus.FAILED and item.get("error"):
             line += "\n" + " " * 21 + f"! handler {item.get('handler') or '?'} failed: {item['error']}"
-        elif item.get("status") in ("pending", "inline", "handling"):
+        elif item.get("status") in INBOUND_UNSETTLED:
             line += f"   ({item['status']})"
         return line
     who = item.get("author") or "bot"
@@ -197,15 +199,16 @@ def describe_inbound(item: dict[str, Any]) -> str:
 
 def delivery(item: dict[str, Any]) -> str:
     status = item.get("status") or "?"
-    if status in ("failed", "dead"):
+    if status in (OutboundStatus.FAILED, OutboundStatus.DEAD):
         code = f" errcode {item['errcode']}" if item.get("errcode") not in (None, 0) else ""
         msg = f": {item['errmsg']}" if item.get("errmsg") else ""
         extra = f" ({item['error']})" if item.get("error") else ""
         return f"{status}{code}{msg}{extra}"
-    if status in ("quota_exceeded", "in_doubt", "sent") and item.get("error"):
+    if status in (OutboundStatus.QUOTA_EXCEEDED, OutboundStatus.IN_DOUBT, OutboundStatus.SENT) \
+            and item.get("error"):
         # a sent reply with a note was resent after a crash (it may have arrived twice)
         return f"{status}: {item['error']}"
-    if status == "queued" and item.get("attempts"):
+    if status == OutboundStatus.QUEUED and item.get("attempts"):
         return f"queued, retrying (attempt {item['attempts']}, last errcode {item.get('errcode')})"
     return status
 

@@ -35,6 +35,8 @@ import jinja2
 from aiohttp import web
 
 from csbot.review.service import STATUSES, ReviewError, ago, check_name, message_item
+from csbot.services import Services
+from csbot.statuses import UNSETTLED, as_json as statuses_json
 
 log = logging.getLogger("csbot.review.console")
 
@@ -44,7 +46,6 @@ LOGIN_COOKIE = "csbot_login"
 SESSION_TTL = 12 * 3600
 POLL_SECONDS = 0.5
 THREAD_LIMIT = 300
-UNSETTLED = ("pending", "inline", "handling", "queued", "sending", "in_doubt")
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 
@@ -110,12 +111,13 @@ def is_http_url(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("https://", "http://"))
 
 
-def build_console(hub: Any) -> web.Application:
+def build_console(services: Services) -> web.Application:
     """The ``/admin`` sub-application."""
-    settings = hub.settings
+    settings = services.settings
     sessions = Sessions(settings.admin_token)
     env = make_env()
     env.globals["is_http_url"] = is_http_url
+    env.globals["statuses"] = statuses_json()
 
     def render(name: str, http_status: int = 200, **ctx: Any) -> web.Response:
         return web.Response(text=env.get_template(name).render(**ctx), status=http_status,
@@ -234,9 +236,9 @@ def build_console(hub: Any) -> web.Application:
         status = q.get("status") if q.get("status") in STATUSES else None
         search = (q.get("q") or "").strip()[:200]
         app = q.get("app") if q.get("app") in settings.apps else None
-        page = await hub.review.list_conversations(app=app, status=status, search=search or None, limit=50,
+        page = await services.review.list_conversations(app=app, status=status, search=search or None, limit=50,
                                                    cursor=q.get("cursor") or None)
-        after = await hub.review.max_message_id()
+        after = await services.review.max_message_id()
         return render("list.html", **base_ctx(session), conversations=page.conversations,
                       next_cursor=page.next_cursor, status=status, search=search, app=app, after=after,
                       filtered=bool(search or app or q.get("cursor")), now=time.time())
@@ -244,7 +246,7 @@ def build_console(hub: Any) -> web.Application:
     async def thread_page(request: web.Request) -> web.Response:
         session = require(request, page=True)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        thread = await hub.review.thread(app, openid, limit=THREAD_LIMIT)
+        thread = await services.review.thread(app, openid, limit=THREAD_LIMIT)
         last_id = max((i["id"] for i in thread["items"] if i["kind"] == "message"), default=0)
         return render("thread.html", **base_ctx(session), c=thread["conversation"], items=thread["items"],
                       truncated=thread["truncated"], after=last_id, now=time.time())
@@ -255,13 +257,13 @@ def build_console(hub: Any) -> web.Application:
     async def reply(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await hub.review.reply(app, openid, str(form.get("text") or ""), agent=session["a"])
+        await services.review.reply(app, openid, str(form.get("text") or ""), agent=session["a"])
         raise back_to_thread(app, openid)
 
     async def set_status(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await hub.review.set_status(app, openid, str(form.get("status") or ""), agent=session["a"])
+        await services.review.set_status(app, openid, str(form.get("status") or ""), agent=session["a"])
         raise back_to_thread(app, openid)
 
     async def tags(request: web.Request) -> web.Response:
@@ -269,13 +271,13 @@ def build_console(hub: Any) -> web.Application:
         app, openid = request.match_info["app"], request.match_info["openid"]
         add = [t for t in str(form.get("add") or "").split(",") if t.strip()]
         remove = [str(form["remove"])] if form.get("remove") else []
-        await hub.review.set_tags(app, openid, add=add, remove=remove)
+        await services.review.set_tags(app, openid, add=add, remove=remove)
         raise back_to_thread(app, openid)
 
     async def notes(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await hub.review.add_note(app, openid, str(form.get("text") or ""), author=session["a"])
+        await services.review.add_note(app, openid, str(form.get("text") or ""), author=session["a"])
         raise back_to_thread(app, openid)
 
     async def media(request: web.Request) -> web.Response:
@@ -284,11 +286,11 @@ def build_console(hub: Any) -> web.Application:
             message_id = int(request.match_info["id"])
         except ValueError:
             raise web.HTTPNotFound() from None
-        row = await hub.review.media(message_id)
+        row = await services.review.media(message_id)
         if row is None or row.direction != "in" or not row.media_path:
             raise web.HTTPNotFound(reason="no stored media for this message")
         try:
-            data = await hub.media_store().get(row.media_path)
+            data = await services.media.get(row.media_path)
         except (OSError, ValueError):
             raise web.HTTPNotFound(reason="the stored media file is missing") from None
         ctype = mimetypes.guess_type(row.media_path)[0] or "application/octet-stream"
@@ -323,18 +325,18 @@ def build_console(hub: Any) -> web.Application:
         last_ping = time.monotonic()
         try:
             await resp.write(b"retry: 2000\n\n")
-            while not hub.closing.is_set():
+            while not services.closing.is_set():
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break
                 if openid and app:
-                    new = await hub.review.new_messages(after, app=app, openid=openid)
+                    new = await services.review.new_messages(after, app=app, openid=openid)
                     for m in new:
                         after = max(after, m.id)
                         await send("message", message_item(m))
                         if m.status in UNSETTLED:
                             unsettled[m.id] = m.status
-                    for m in await hub.review.messages_by_id(list(unsettled)):
+                    for m in await services.review.messages_by_id(list(unsettled)):
                         if m.status != unsettled[m.id] or m.media_path:
                             await send("update", message_item(m))
                         if m.status in UNSETTLED:
@@ -342,7 +344,7 @@ def build_console(hub: Any) -> web.Application:
                         else:
                             unsettled.pop(m.id, None)
                     try:
-                        conv = await hub.review.conversation(app, openid)
+                        conv = await services.review.conversation(app, openid)
                     except ReviewError:
                         conv = None
                     if conv is not None:
@@ -351,19 +353,19 @@ def build_console(hub: Any) -> web.Application:
                             await send("conversation", conv)
                         conv_state = state
                 else:
-                    new = await hub.review.new_messages(after)
+                    new = await services.review.new_messages(after)
                     for m in new:
                         after = max(after, m.id)
                         waiting.add((m.app, m.openid))
                     if waiting:
-                        for conv in await hub.review.conversations_for(list(waiting)):
+                        for conv in await services.review.conversations_for(list(waiting)):
                             waiting.discard((conv["app"], conv["openid"]))
                             await send("conversation", conv)
                 if time.monotonic() - last_ping > 15:
                     await resp.write(b": ping\n\n")
                     last_ping = time.monotonic()
                 try:
-                    await asyncio.wait_for(hub.closing.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(services.closing.wait(), POLL_SECONDS)
                 except asyncio.TimeoutError:
                     pass
         except (ConnectionResetError, ConnectionError):

@@ -34,10 +34,12 @@ from csbot.config import Settings
 from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
 from csbot.review.models import ConversationEvent
 from csbot.review.search import matching_ids
+from csbot.statuses import ConversationStatus
 from csbot.store import Conversation, Message, Note
 
-STATUSES = ("bot", "human", "closed")
-EVENT_FOR_STATUS = {"human": "takeover", "bot": "handback", "closed": "close"}
+STATUSES = tuple(ConversationStatus)
+EVENT_FOR_STATUS = {ConversationStatus.HUMAN: "takeover", ConversationStatus.BOT: "handback",
+                    ConversationStatus.CLOSED: "close"}
 MAX_TEXT = 4000
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 32
@@ -423,23 +425,23 @@ class Review:
 
     async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
                       actor: str | None, now: float, detail: str | None = None) -> None:
-        if status == "human":
+        if status == ConversationStatus.HUMAN:
             agent = agent or conv.assigned_agent or "agent"
-            if conv.status == "human" and conv.assigned_agent == agent:
+            if conv.status == ConversationStatus.HUMAN and conv.assigned_agent == agent:
                 return
-            values: dict[str, Any] = dict(status="human", assigned_agent=agent, human_since=now, closed_at=None)
-        elif status == "bot":
-            if conv.status == "bot":
+            values: dict[str, Any] = dict(status=ConversationStatus.HUMAN, assigned_agent=agent, human_since=now, closed_at=None)
+        elif status == ConversationStatus.BOT:
+            if conv.status == ConversationStatus.BOT:
                 return
-            values = dict(status="bot", assigned_agent=None, human_since=None)
+            values = dict(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
         else:
-            if conv.status == "closed":
+            if conv.status == ConversationStatus.CLOSED:
                 return
-            values = dict(status="closed", assigned_agent=None, human_since=None, closed_at=now)
+            values = dict(status=ConversationStatus.CLOSED, assigned_agent=None, human_since=None, closed_at=now)
         await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
         await s.execute(insert(ConversationEvent).values(
             conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
-            detail=detail or (f"assigned to {agent}" if status == "human" and agent != actor else None)))
+            detail=detail or (f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent != actor else None)))
 
     async def reply(self, app: str, openid: str, text: str, *, agent: str) -> int:
         """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
@@ -452,8 +454,8 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True)
-            if conv.status != "human":
-                await self._change(s, conv, "human", agent=agent, actor=agent, now=now)
+            if conv.status != ConversationStatus.HUMAN:
+                await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now)
         message_id = await self._enqueue(app, openid, Text(text), author=f"agent:{agent}")
         async with self.sessionmaker() as s, s.begin():
             await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
@@ -513,10 +515,10 @@ class Review:
         async with self.sessionmaker() as s, s.begin():
             rows = (await s.execute(
                 update(Conversation)
-                .where(Conversation.status == "human",
+                .where(Conversation.status == ConversationStatus.HUMAN,
                        func.coalesce(Conversation.human_since, 0) < cutoff,
                        or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
-                .values(status="bot", assigned_agent=None, human_since=None)
+                .values(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
                 .returning(Conversation.id, Conversation.app, Conversation.openid))).all()
             if rows:
                 await s.execute(insert(ConversationEvent), [

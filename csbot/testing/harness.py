@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from csbot.app import create_app, services_of
 from csbot.config import AppConfig, Settings
 from csbot.routing import Router
+from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED
 from csbot.store import Message
 from csbot.testing.fake_wechat import FakeWeChat
 from csbot.testing.pushes import PushBuilder, SignedPush
@@ -152,8 +153,8 @@ class Harness:
         while True:
             async with sm() as s:
                 busy = (await s.execute(select(func.count()).select_from(Message).where(
-                    ((Message.direction == "in") & Message.status.in_(("pending", "inline")))
-                    | ((Message.direction == "out") & Message.status.in_(("queued", "sending", "in_doubt")))
+                    ((Message.direction == "in") & Message.status.in_(INBOUND_UNSETTLED))
+                    | ((Message.direction == "out") & Message.status.in_(OUTBOUND_UNSETTLED))
                 ))).scalar_one()
             if busy == 0:
                 return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from csbot.review import REVIEW_HUB
+from csbot.services import services_of
 from csbot.routing import Route, Router
 from csbot.testing.harness import Harness
 
@@ -34,7 +34,7 @@ def start(**overrides: Any) -> Any:
 
 
 def review_of(bot: Harness) -> Any:
-    return bot.app[REVIEW_HUB].review
+    return services_of(bot.app).review
 
 
 async def api(bot: Harness, method: str, path: str, *, headers: dict | None = None, **kw: Any) -> tuple[int, Any]:
