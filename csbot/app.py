@@ -12,6 +12,7 @@ import logging
 from aiohttp import web
 from sqlalchemy import text
 
+from csbot.cloud.database.store import DocumentStore
 from csbot.config import Settings
 from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
@@ -43,6 +44,9 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.engine = make_engine(settings.database_url)
         await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         services.sessionmaker = make_sessionmaker(services.engine)
+        services.database = DocumentStore(services.engine, max_document_size=settings.db_max_document_size,
+                                          indexes=settings.collection_indexes, metrics=metrics)
+        await services.database.ensure_indexes()
         services.writer = BatchWriter(services.sessionmaker)
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
@@ -51,7 +55,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               media_store=services.media, instance_id=instance_id, metrics=metrics)
+                               media_store=services.media, instance_id=instance_id, metrics=metrics,
+                               database=services.database)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
         if run_workers:
             await services.inbox.recover()

@@ -91,6 +91,11 @@ class Settings:
     #: seconds a conversation taken over by a person stays `human` without an agent reply before
     #: it returns to the bot (0: never); csbot.review
     human_timeout: float = 1800.0
+    #: cloud database (csbot.cloud.database): ``[collections.NAME]`` security rules (parsed) and
+    #: declared indexes, and the largest document in bytes
+    collection_rules: Mapping[str, Any] = field(default_factory=dict)
+    collection_indexes: Mapping[str, Any] = field(default_factory=dict)
+    db_max_document_size: int = 1024 * 1024
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -251,10 +256,11 @@ _GENERAL = {
     "api_timeout": "CSBOT_API_TIMEOUT",
     "admin_token": "CSBOT_ADMIN_TOKEN",
     "human_timeout": "CSBOT_HUMAN_TIMEOUT",  # csbot.review
+    "db_max_document_size": "CSBOT_DB_MAX_DOCUMENT_SIZE",  # csbot.cloud.database
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
-         "quota_enter_window_seconds"}
+         "quota_enter_window_seconds", "db_max_document_size"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout"}
 
@@ -287,7 +293,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "collections"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -358,7 +364,40 @@ def load_settings(
     if env.get("CSBOT_FAQ_FILE"):
         handler_opts.setdefault("faq", {})["file"] = env["CSBOT_FAQ_FILE"]
     kwargs["handler_options"] = handler_opts
+    kwargs["collection_rules"], kwargs["collection_indexes"] = _collections(data.get("collections", {}))
     return Settings(**kwargs)
+
+
+def _collections(tables: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[collections.NAME]``: security rules (``csbot.cloud.database.rules``) and ``indexes``."""
+    from csbot.cloud.database.errors import DatabaseError
+    from csbot.cloud.database.rules import RuleError, rules_from_config
+    from csbot.cloud.database.store import check_collection
+    from csbot.cloud.database.values import split_path
+
+    if not isinstance(tables, dict):
+        raise ConfigError("config file: [collections] must be a table of [collections.NAME] tables")
+    rules: dict[str, Any] = {}
+    indexes: dict[str, Any] = {}
+    for name, table in tables.items():
+        where = f"collections.{name}"
+        try:
+            check_collection(name)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where} must be a table")
+            rules[name] = rules_from_config(table, where=where)
+            declared = table.get("indexes", [])
+            if (not isinstance(declared, list) or len(declared) > 100
+                    or not all(isinstance(i, list) and 0 < len(i) <= 31 for i in declared)):
+                raise ConfigError(f"{where}.indexes must be a list of field lists, e.g. [[\"status\", \"createdAt\"]]")
+            for fields in declared:
+                for f in fields:
+                    split_path(f, where=f"{where}.indexes")
+            if declared:
+                indexes[name] = [list(i) for i in declared]
+        except (RuleError, DatabaseError) as exc:
+            raise ConfigError(str(exc)) from None
+    return rules, indexes
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

@@ -54,6 +54,8 @@ class Context:
     #: "push" for the normal path, "inline" when running before the webhook's answer
     SOURCE: str = "push"
     replies: list[Reply] = field(default_factory=list)
+    #: the app's cloud database collections, server side (csbot.cloud.database.Database)
+    db: Any = None
 
     async def reply(self, message: str | Reply) -> None:
         """Queue a reply to this user (text, or a csbot message object)."""

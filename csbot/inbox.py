@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
 from csbot.config import Settings
+from csbot.cloud.database.api import Database
 from csbot.context import ConversationInfo, Context, MessageInfo
 from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
@@ -258,6 +259,7 @@ class Inbox:
         media_store: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
+        database: Any = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -267,6 +269,8 @@ class Inbox:
         self.on_replies = on_replies or (lambda: None)
         self.media_store = media_store
         self.metrics = metrics
+        #: the cloud database's store (csbot.cloud.database): handlers get it as ``context.db``
+        self.database = database
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], _Lane] = {}
@@ -357,7 +361,8 @@ class Inbox:
                                        {"push_id": info.id, "app": app})
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
-                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source)
+                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
+                          db=Database(self.database, app) if self.database is not None else None)
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:

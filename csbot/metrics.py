@@ -29,5 +29,11 @@ class Metrics:
             "csbot_outbox_total", "Outbox delivery attempts, by resulting state",
             ["app", "state"], registry=self.registry)
 
+        self.cloud_db = Counter(
+            "csbot_cloud_db_operations_total",
+            "Cloud database operations, by app, collection, operation and outcome "
+            "(ok, invalid, denied, not_found, too_large, error)",
+            ["app", "collection", "operation", "outcome"], registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

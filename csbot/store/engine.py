@@ -7,12 +7,12 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine, AsyncSession
 
-from csbot.cloud.database.matcher import regexp_sql_function
-
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL, full fsync and a busy timeout."""
     if url.startswith("sqlite"):
+        from csbot.cloud.database.matcher import regexp_sql_function  # the cloud database's $regex
+
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
