@@ -208,8 +208,8 @@ def serialize_condition(cond: Any) -> Any:
         raise QueryError(f"{cond!r} is an update command; it cannot be used in a query")
     if isinstance(cond, dict):
         return {k: serialize_condition(v) for k, v in cond.items()}
-    if isinstance(cond, (list, tuple)):
-        return [serialize_value(v) for v in cond]
+    if isinstance(cond, (list, tuple)):  # a value, or the conditions of a logic operator
+        return [serialize_condition(v) for v in cond]
     return cond
 
 

@@ -79,19 +79,20 @@ class SqliteDialect:
                 path = (f"CASE json_type({node.expr},{node.path}) WHEN 'array' THEN '{base}[{int(key)}]' "
                         f"ELSE '{base}.\"{key}\"' END")
             else:
-                path = (f"CASE json_type({node.expr},{node.path}) WHEN 'array' THEN {node.path} || '[{int(key)}]' "
-                        f"ELSE {node.path} || '.\"{key}\"' END")
+                path = (f"(CASE json_type({node.expr},{node.path}) WHEN 'array' THEN {node.path} || '[{int(key)}]' "
+                        f"ELSE {node.path} || '.\"{key}\"' END)")
             return Node(node.expr, path)
         if self._lit(node.path):
             return Node(node.expr, f"'{node.path[1:-1]}.\"{key}\"'")
-        return Node(node.expr, f"({node.path} || '.\"{key}\"')")
+        # || binds tighter than any comparison: a flat chain keeps SQLite's parser stack shallow
+        return Node(node.expr, f"{node.path} || '.\"{key}\"'")
 
     def type_of(self, node: Node) -> str:
         return f"json_type({node.expr},{node.path})"
 
     def scalar(self, node: Node) -> Scalar:
         return Scalar(self.type_of(node), f"json_extract({node.expr},{node.path})",
-                      f"({node.expr} -> {node.path})")
+                      f"({node.expr} -> ({node.path}))")
 
     def is_type(self, t: str, k: str) -> str:
         return {"null": f"{t} = 'null'", "bool": f"{t} IN ('true','false')",
@@ -101,7 +102,7 @@ class SqliteDialect:
     def elements(self, node: Node, alias: str) -> tuple[str, Node, Scalar]:
         """FROM clause over an array's elements, each element as a node and as a scalar view."""
         frm = f"json_each({node.expr},{node.path}) AS {alias}"
-        return frm, Node(node.expr, f"({node.path} || '[' || {alias}.key || ']')"), \
+        return frm, Node(node.expr, f"{node.path} || '[' || {alias}.key || ']'"), \
             Scalar(f"{alias}.type", f"{alias}.value", f"{alias}.value")
 
     def guard_array(self, node: Node) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from csbot.cloud.database.errors import (
@@ -128,6 +128,21 @@ def present(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TOO_COMPLEX = ("parser stack overflow", "expression tree is too large", "stack depth limit exceeded",
+                "too many terms", "too many sql variables", "at most 64 tables in a join")
+
+
+async def _execute(conn: AsyncConnection, sql: str, params: Any) -> Any:
+    """Run a compiled statement; the engine's limits on a query's size become a QueryError."""
+    try:
+        return await conn.execute(text(sql), params)
+    except DBAPIError as exc:
+        if any(marker in str(exc.orig).lower() for marker in _TOO_COMPLEX):
+            raise QueryError("the query is too complex for the database (too deeply nested or too "
+                             "many conditions); simplify it") from None
+        raise
+
+
 class DocumentStore:
     """Operations on the ``cloud_documents`` table for one deployment (all apps)."""
 
@@ -227,7 +242,7 @@ class DocumentStore:
         sql = (f"SELECT {self._body_sql()} FROM cloud_documents WHERE {where} "
                f"ORDER BY {c.order_by(list(spec.order))} LIMIT {int(spec.limit)} OFFSET {int(spec.skip)}")
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(text(sql), c.params)).all()
+            rows = (await _execute(conn, sql, c.params)).all()
         docs = [present(self._load(r[0])) for r in rows]
         if spec.projection is not None:
             docs = [spec.projection.apply(d) for d in docs]
@@ -237,7 +252,7 @@ class DocumentStore:
         c = Compiler(self.dialect)
         sql = f"SELECT count(*) FROM cloud_documents WHERE {self._where(c, app, collection, query)}"
         async with self.engine.connect() as conn:
-            return int((await conn.execute(text(sql), c.params)).scalar_one())
+            return int((await _execute(conn, sql, c.params)).scalar_one())
 
     async def get(self, app: str, collection: str, doc_id: str) -> dict[str, Any] | None:
         self._scope(app, collection)
@@ -246,6 +261,22 @@ class DocumentStore:
                 f"SELECT {self._body_sql()} FROM cloud_documents WHERE app = :app AND collection = :c "
                 f"AND doc_id = :id"), {"app": app, "c": collection, "id": check_doc_id(doc_id)})).first()
         return present(self._load(row[0])) if row else None
+
+    async def iterate(self, app: str, collection: str, batch: int = 500):  # type: ignore[no-untyped-def]
+        """Every document in insertion order, fetched ``batch`` at a time (export)."""
+        self._scope(app, collection)
+        last = 0
+        while True:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(text(
+                    f"SELECT seq, {self._body_sql()} FROM cloud_documents WHERE app = :app AND collection = :c "
+                    f"AND seq > :last ORDER BY seq LIMIT {int(batch)}"),
+                    {"app": app, "c": collection, "last": last})).all()
+            for seq, raw in rows:
+                yield present(self._load(raw))
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
 
     async def collections(self, app: str) -> list[tuple[str, int]]:
         async with self.engine.connect() as conn:
@@ -320,8 +351,8 @@ class DocumentStore:
         now = time.time()
         async with self.engine.begin() as conn:
             await self._begin_write(conn)
-            rows = (await conn.execute(text(
-                f"SELECT seq, {self._body_sql()} FROM cloud_documents WHERE {where} ORDER BY seq{lock}"),
+            rows = (await _execute(
+                conn, f"SELECT seq, {self._body_sql()} FROM cloud_documents WHERE {where} ORDER BY seq{lock}",
                 c.params)).all()
             changes = []
             for seq, raw in rows:
@@ -400,8 +431,8 @@ class DocumentStore:
             await self._begin_write(conn)
             if check is not None:
                 lock = " FOR UPDATE" if self.is_pg else ""
-                rows = (await conn.execute(text(
-                    f"SELECT seq, {self._body_sql()} FROM cloud_documents WHERE {where}{lock}"),
+                rows = (await _execute(
+                    conn, f"SELECT seq, {self._body_sql()} FROM cloud_documents WHERE {where}{lock}",
                     c.params)).all()
                 for _, raw in rows:
                     result = check(present(self._load(raw)))
@@ -413,7 +444,7 @@ class DocumentStore:
                 await conn.execute(text("DELETE FROM cloud_documents WHERE seq = :seq"),
                                    [{"seq": s} for s in seqs])
                 return len(seqs)
-            result = await conn.execute(text(f"DELETE FROM cloud_documents WHERE {where}"), c.params)
+            result = await _execute(conn, f"DELETE FROM cloud_documents WHERE {where}", c.params)
             return int(result.rowcount or 0)
 
     # ------------------------------------------------------------------ declared indexes

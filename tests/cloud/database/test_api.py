@@ -245,3 +245,15 @@ def test_declared_indexes_are_created_and_used(backend):
             return " ".join(str(r[-1]) for r in rows)
 
     assert "ix_cdoc_" in t.run(plan())
+
+
+def test_a_query_too_complex_for_the_engine_is_a_query_error(t):
+    _ = t._
+    cond: dict = {"a.b.c.d.e.f.g": 1}
+    for _level in range(30):
+        cond = {"x.y.z": _.elem_match({"$nor": [cond]})}
+    seed(t, {"x": 1})
+    try:
+        t.run(t.coll().where(cond).get())
+    except QueryError as exc:
+        assert "too complex" in str(exc) or "nested too deeply" in str(exc)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csbot.cloud.database import query as q
+from csbot.cloud.database.errors import QueryError
 from csbot.cloud.database.matcher import lookup, matches
 from csbot.cloud.database.store import DocumentStore, FindSpec
 from csbot.cloud.database.values import normalize, sort_key
@@ -115,7 +116,11 @@ def check_backend(backend, docs, batch, order):
         backend.run(store.insert("default", collection, bodies))
     for query in batch:
         expected = [b["_id"] for b in bodies if matches(query, b)]
-        got = backend.run(store.find("default", collection, FindSpec(query=query, limit=1000)))
+        try:
+            got = backend.run(store.find("default", collection, FindSpec(query=query, limit=1000)))
+        except QueryError as exc:  # refused as too complex for the engine (a clear 400), never wrong
+            assert "too complex" in str(exc)
+            continue
         assert [d["_id"] for d in got] == expected, (backend.name, query, bodies)
         assert backend.run(store.count("default", collection, query)) == len(expected)
     got = backend.run(store.find("default", collection, FindSpec(order=order, limit=1000)))
