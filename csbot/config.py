@@ -91,6 +91,16 @@ class Settings:
     #: seconds a conversation taken over by a person stays `human` without an agent reply before
     #: it returns to the bot (0: never); csbot.review
     human_timeout: float = 1800.0
+    #: bearer key of the server API at /tcb/* (csbot.cloud); empty: /tcb answers 404
+    server_key: str = ""
+    #: the URL mini programs and browsers reach csbot at (temporary file URLs); empty: from the request
+    public_url: str = ""
+    #: csbot.cloud.storage: largest file accepted, in bytes
+    storage_max_file_size: int = 20 * 1024 * 1024
+    #: csbot.cloud.storage: HMAC key of temporary URLs; empty: a random key kept in data_dir/storage
+    storage_signing_key: str = ""
+    #: csbot.cloud.storage: ``[storage.rules]`` read/write (WeChat's storage security rules)
+    storage_rules: Mapping[str, Any] = field(default_factory=dict)
     #: cloud database (csbot.cloud.database): ``[collections.NAME]`` security rules (parsed) and
     #: declared indexes, and the largest document in bytes
     collection_rules: Mapping[str, Any] = field(default_factory=dict)
@@ -121,6 +131,9 @@ class Settings:
             "data_dir": str(self.data_dir),
             "token_source": self.token_source,
             "admin_token": mask(self.admin_token),
+            "server_key": mask(self.server_key),
+            "public_url": self.public_url,
+            "storage_max_file_size": self.storage_max_file_size,
             "apps": {},
         }
         for app in self.apps.values():
@@ -256,11 +269,16 @@ _GENERAL = {
     "api_timeout": "CSBOT_API_TIMEOUT",
     "admin_token": "CSBOT_ADMIN_TOKEN",
     "human_timeout": "CSBOT_HUMAN_TIMEOUT",  # csbot.review
+    "server_key": "CSBOT_SERVER_KEY",  # csbot.cloud (/tcb)
+    "public_url": "CSBOT_PUBLIC_URL",
+    "storage_max_file_size": "CSBOT_STORAGE_MAX_FILE_SIZE",  # csbot.cloud.storage
+    "storage_signing_key": "CSBOT_STORAGE_SIGNING_KEY",
     "db_max_document_size": "CSBOT_DB_MAX_DOCUMENT_SIZE",  # csbot.cloud.database
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
-         "quota_enter_window_seconds", "db_max_document_size"}
+         "quota_enter_window_seconds", "storage_max_file_size",
+         "db_max_document_size"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout"}
 
@@ -293,7 +311,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers", "collections"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "collections"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -302,7 +320,8 @@ def load_settings(
     for key, value in general.items():
         name = _GENERAL[key]
         if key in _INTS:
-            value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts") else 0)
+            value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts",
+                                                           "storage_max_file_size", "db_max_document_size") else 0)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:
@@ -364,6 +383,11 @@ def load_settings(
     if env.get("CSBOT_FAQ_FILE"):
         handler_opts.setdefault("faq", {})["file"] = env["CSBOT_FAQ_FILE"]
     kwargs["handler_options"] = handler_opts
+    kwargs["storage_rules"] = _storage_rules(data.get("storage", {}))
+    public_url = kwargs.get("public_url", "")
+    if public_url and not public_url.startswith(("http://", "https://")):
+        raise ConfigError("CSBOT_PUBLIC_URL must be an http:// or https:// URL")
+    kwargs["public_url"] = public_url.rstrip("/")
     kwargs["collection_rules"], kwargs["collection_indexes"] = _collections(data.get("collections", {}))
     return Settings(**kwargs)
 
@@ -398,6 +422,23 @@ def _collections(tables: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         except (RuleError, DatabaseError) as exc:
             raise ConfigError(str(exc)) from None
     return rules, indexes
+
+
+
+def _storage_rules(table: Any) -> dict[str, Any]:
+    """``[storage.rules]`` read/write, checked now so a bad rule stops the start with its name."""
+    from csbot.cloud.storage import StorageRules
+
+    if not isinstance(table, dict) or set(table) - {"rules"}:
+        raise ConfigError("config file: [storage] takes only a [storage.rules] table (read, write)")
+    rules = table.get("rules", {})
+    if not isinstance(rules, dict):
+        raise ConfigError("config file: [storage.rules] must be a table")
+    try:
+        StorageRules.from_mapping(rules)
+    except ValueError as exc:
+        raise ConfigError(f"config file: [storage.rules]: {exc}") from None
+    return dict(rules)
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

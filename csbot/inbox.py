@@ -102,13 +102,16 @@ class OutcomeOp:
     action_kind: str | None
     passive_reply: str | None = None
     media_path: str | None = None
+    #: fileID of the image the customer sent, kept in storage
+    file_id: str | None = None
     expect: str = PENDING
     batch_kind: str = "outcome"
 
     def _params(self, now: float) -> dict[str, Any]:
         return {"mid": self.message_id, "expect": self.expect, "status": self.status,
                 "handler": self.handler, "error": self.error, "handled_at": now,
-                "passive_reply": self.passive_reply, "media_path": self.media_path}
+                "passive_reply": self.passive_reply, "media_path": self.media_path,
+                "file_id": self.file_id}
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["OutcomeOp"]) -> list[bool]:
         from sqlalchemy import bindparam, func
@@ -120,7 +123,8 @@ class OutcomeOp:
             update(_MSG).where(_MSG.c.id == bindparam("mid"), _MSG.c.status == bindparam("expect"))
             .values(status=bindparam("status"), handler=bindparam("handler"), error=bindparam("error"),
                     handled_at=bindparam("handled_at"), passive_reply=bindparam("passive_reply"),
-                    media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path))))
+                    media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path),
+                    file_id=func.coalesce(bindparam("file_id"), _MSG.c.file_id))))
         # outcomes without replies: one executemany (nothing else depends on their row count)
         plain = [op for op in ops if not op.replies and op.conversation_id is not None]
         if plain:
@@ -256,7 +260,7 @@ class Inbox:
         *,
         openapi_for: Callable[[str], Any] | None = None,
         on_replies: Callable[[], None] | None = None,
-        media_store: Any = None,
+        storage: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
         database: Any = None,
@@ -267,7 +271,8 @@ class Inbox:
         self.router = router
         self.openapi_for = openapi_for or (lambda _app: None)
         self.on_replies = on_replies or (lambda: None)
-        self.media_store = media_store
+        #: csbot.cloud.storage.Storage: where images customers send are kept
+        self.storage = storage
         self.metrics = metrics
         #: the cloud database's store (csbot.cloud.database): handlers get it as ``context.db``
         self.database = database
@@ -362,6 +367,7 @@ class Inbox:
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
+                          storage=self.storage.for_app(app) if self.storage is not None else None,
                           db=Database(self.database, app) if self.database is not None else None)
             try:
                 value = await r.func(dict(event), ctx)
@@ -482,7 +488,7 @@ class Inbox:
         async with self.sessionmaker() as s:
             rows = (await s.execute(
                 select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
-                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path,
+                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path, _MSG.c.file_id,
                        _MSG.c.received_at, _CONV.c.status.label("conversation_status"))
                 .select_from(_MSG.outerjoin(_CONV, (_CONV.c.app == _MSG.c.app) & (_CONV.c.openid == _MSG.c.openid)))
                 .where(_MSG.c.direction == "in", _MSG.c.status == PENDING, _MSG.c.id > after_id)
@@ -561,12 +567,12 @@ class Inbox:
         event = json.loads(row.raw)
         app_cfg = self.settings.apps.get(row.app)
         appid = app_cfg.appid if app_cfg else ""
-        media_path = row.media_path
-        if row.msg_type == "image" and not media_path and self.media_store is not None:
-            media_path = await self._keep_image(row, event)
+        file_id = row.file_id
+        if row.msg_type == "image" and not file_id and not row.media_path and self.storage is not None:
+            file_id = await self._keep_image(row, event)
         info = MessageInfo(id=row.id, app=row.app, openid=row.openid, msg_type=row.msg_type,
                            event=row.event, text=row.text, dedup_key=row.dedup_key, status=PENDING,
-                           attempts=row.attempts, media_path=media_path)
+                           attempts=row.attempts, media_path=row.media_path, file_id=file_id)
         status = row.conversation_status or ConversationStatus.BOT
         conv = ConversationInfo(id=lane.conversation_id, status=status)
         routes = [r for r in self.router.candidates(event, human=status == ConversationStatus.HUMAN)
@@ -576,7 +582,7 @@ class Inbox:
             message_id=row.id, app=row.app, openid=row.openid, status=result.status,
             handler=result.handler, error=result.error, replies=result.replies,
             conversation_id=lane.conversation_id, action_at=row.received_at,
-            action_kind=user_action_kind(event), media_path=media_path,
+            action_kind=user_action_kind(event), file_id=file_id,
         ))
         if self.metrics is not None:
             self.metrics.handled.labels(row.app, result.status).inc()
@@ -584,14 +590,15 @@ class Inbox:
             self.on_replies()
 
     async def _keep_image(self, row: Message, event: dict[str, Any]) -> str | None:
-        """Fetch an image the user sent and keep it in the media store (WeChat's copy expires)."""
-        from csbot.media import fetch_user_image, media_key
+        """Fetch an image the user sent and keep it in storage (WeChat's copy expires); its fileID."""
+        from csbot.cloud.storage import StorageError
+        from csbot.media import fetch_user_image, keep_customer_media
 
         data = await fetch_user_image(self.openapi_for(row.app), event)
         if not data:
             return None
         try:
-            return await self.media_store.put(media_key(row.app, row.openid, row.id, data), data)
-        except OSError as exc:
+            return await keep_customer_media(self.storage, row.app, row.openid, row.id, data)
+        except (OSError, StorageError) as exc:
             log.warning("could not keep the image of push %s: %s", row.id, exc)
             return None

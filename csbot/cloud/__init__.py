@@ -1,4 +1,4 @@
-"""WeChat's cloud-development model on the operator's own server.
+"""WeChat's cloud-development model on the operator's own server: functions, database, storage.
 
 ``csbot.cloud.Database`` is the JSON document database for scripts (handlers get it as
 ``context.db``).

@@ -33,39 +33,64 @@ from csbot.cloud.database.store import (
     DocumentStore, FindSpec, Projection, check_collection, check_skip_limit, parse_order,
 )
 from csbot.cloud.database.update import parse_update, replacement
+from csbot.cloud.apidoc import TCB_PATHS, tcb_operation
+from csbot.cloud.http import TcbError, cloud_error, tcb_endpoint
 from csbot.services import services_of
 
 log = logging.getLogger("csbot.cloud.database")
 
 #: ``databasequery`` returns 10 documents unless the statement says ``limit()`` (WeChat's default)
 TCB_DEFAULT_LIMIT = 10
+TOO_LARGE = -502007
 TCB_MAX_BATCH = 1000
 
 
-def _store(request: web.Request) -> DocumentStore:
-    from csbot.cloud.errors import ERR_UNAVAILABLE, CloudError
+def _store(request: web.Request) -> DocumentStore | None:
+    return services_of(request).database
 
-    store = services_of(request).database
-    if store is None:
-        raise CloudError(503, ERR_UNAVAILABLE, "starting, retry shortly", headers={"Retry-After": "1"})
-    return store
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+
+async def _read_object(request: web.Request, limit: int) -> Any:
+    """The JSON body (an empty body is ``{}``), or an error response saying what is wrong."""
+    if request.content_length is not None and request.content_length > limit:
+        return cloud_error(413, f"request body larger than {limit} bytes", TOO_LARGE)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return cloud_error(413, f"request body larger than {limit} bytes", TOO_LARGE)
+    if len(raw) > limit:
+        return cloud_error(413, f"request body larger than {limit} bytes", TOO_LARGE)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return cloud_error(400, "the body is not a JSON object", InvalidParameter.code)
+    if not isinstance(body, dict):
+        return cloud_error(400, "the body must be a JSON object", InvalidParameter.code)
+    return body
 
 
 # ----------------------------------------------------------------------------- /cloud/db
 
 
 def _client_route(operation: str, *, with_body: bool = True):  # type: ignore[no-untyped-def]
-    async def route(request: web.Request) -> web.Response:
-        from csbot.cloud.errors import CloudError
-        from csbot.cloud.http import read_json_object
-        from csbot.cloud.sessions import require_session
+    async def route(request: web.Request) -> web.StreamResponse:
+        from csbot.cloud.sessions import require_session  # csbot.cloud.sessions: 401 when absent
 
         session = await require_session(request)
         services = services_of(request)
-        store = _store(request)
+        store = services.database
+        if store is None:
+            return cloud_error(503, "starting, retry shortly", -1)
         body: Any = {}
         if with_body:
-            body = await read_json_object(request, limit=store.max_document_size + 64 * 1024)
+            body = await _read_object(request, store.max_document_size + 64 * 1024)
+            if isinstance(body, web.Response):
+                return body
         client = ClientDatabase(store, services.settings.collection_rules, session.app, session.openid)
         collection = request.match_info["collection"]
         try:
@@ -73,8 +98,8 @@ def _client_route(operation: str, *, with_body: bool = True):  # type: ignore[no
         except DatabaseError as exc:
             log.info("cloud db %s %s/%s by %s refused (%s): %s", operation, session.app, collection,
                      session.openid, exc.status, exc.message)
-            raise CloudError(exc.status, exc.code, exc.message) from None
-        return web.json_response(result, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+            return cloud_error(exc.status, exc.message, exc.code)
+        return _json(result)
 
     return route
 
@@ -130,11 +155,11 @@ def _expect(st: ParsedStatement, *actions: str) -> None:
 
 
 def tcb_routes() -> list[web.RouteDef]:
-    from csbot.cloud.http import TcbError, tcb_endpoint
-
     def tcb(operation: str, handler: Any) -> Any:
         async def run(request: web.Request, app: str, payload: Any) -> dict[str, Any]:
             store = _store(request)
+            if store is None:
+                raise TcbError(-1, "starting, retry shortly", 503)
             st: ParsedStatement | None = None
             try:
                 st = statement_of(payload)
@@ -195,3 +220,37 @@ def tcb_routes() -> list[web.RouteDef]:
         web.post("/tcb/databaseupdate", tcb("update", update)),
         web.post("/tcb/databasedelete", tcb("delete", delete)),
     ]
+
+
+# ----------------------------------------------------------------------------- OpenAPI
+
+_QUERY_REQUEST = {
+    "type": "object", "required": ["env", "query"],
+    "properties": {
+        "env": {"type": "string", "description": "the csbot app (default: the CSBOT_* app)"},
+        "query": {"oneOf": [
+            {"type": "string", "description": "WeChat's statement, e.g. db.collection(\"geo\").where({done: true})"
+                                              ".limit(10).get(); parsed, never evaluated"},
+            {"type": "object", "description": "the same as JSON",
+             "properties": {"collection": {"type": "string"}, "where": {"type": "object"},
+                            "orderBy": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+                            "skip": {"type": "integer"}, "limit": {"type": "integer"},
+                            "field": {"type": "object"}, "doc": {"type": "string"}, "data": {}},
+             "required": ["collection"]}]},
+    },
+}
+_INT = {"type": "integer"}
+for _name, _summary, _answer in (
+    ("databasequery", "Query documents (… .get())",
+     {"required": ["pager", "data"], "properties": {
+         "pager": {"type": "object", "properties": {"Offset": _INT, "Limit": _INT, "Total": _INT}},
+         "data": {"type": "array", "items": {"type": "string", "description": "a document as a JSON string"}}}}),
+    ("databasecount", "Count documents (… .count())", {"required": ["count"], "properties": {"count": _INT}}),
+    ("databaseadd", "Add documents (… .add({data: [...]}))",
+     {"required": ["id_list"], "properties": {"id_list": {"type": "array", "items": {"type": "string"}}}}),
+    ("databaseupdate", "Update documents (… .update({data}) or .doc(id).set({data}))",
+     {"required": ["matched", "modified", "id"], "properties": {
+         "matched": _INT, "modified": _INT, "id": {"type": "string"}}}),
+    ("databasedelete", "Remove documents (… .remove())", {"required": ["deleted"], "properties": {"deleted": _INT}}),
+):
+    TCB_PATHS[f"/{_name}"] = tcb_operation(_name, _summary, _QUERY_REQUEST, _answer, tags=["database"])

@@ -224,7 +224,8 @@ def test_declared_indexes_are_created_and_used(backend):
     t.run(t.db.store.ensure_indexes())
     t.run(t.db.store.ensure_indexes())  # idempotent
     coll = t.db.collection("orders_ix")
-    t.run(coll.add([{"status": "paid" if i % 10 else "new", "createdAt": i} for i in range(300)]))
+    for start in range(0, 3000, 1000):
+        t.run(coll.add([{"status": "paid" if i % 100 else "new", "createdAt": i} for i in range(start, start + 1000)]))
     assert t.run(coll.where({"status": "new"}).count()) == {"total": 30}
     from sqlalchemy import text
 
