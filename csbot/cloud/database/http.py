@@ -122,9 +122,10 @@ def database_routes() -> list[web.RouteDef]:
 # ----------------------------------------------------------------------------- /tcb/database*
 
 
-def statement_of(payload: Any) -> ParsedStatement:
+def statement_of(payload: Any, action: str | None = None) -> ParsedStatement:
     """``query``: WeChat's statement string, or the same request as JSON: ``{"collection",
-    "where", "orderBy", "skip", "limit", "field", "doc", "data"}``."""
+    "where", "orderBy", "skip", "limit", "field", "doc", "data"}`` (the endpoint gives the
+    action: get, count, add, update or remove)."""
     query = payload.get("query") if isinstance(payload, dict) else None
     if isinstance(query, str):
         return parse_statement(query)
@@ -132,7 +133,8 @@ def statement_of(payload: Any) -> ParsedStatement:
         collection = query.get("collection")
         if not isinstance(collection, str):
             raise InvalidParameter("query.collection is required")
-        return ParsedStatement(collection=collection, where=query.get("where"), order=list(query.get("orderBy") or []),
+        return ParsedStatement(collection=collection, action=action, where=query.get("where"),
+                               order=list(query.get("orderBy") or []),
                                skip=query.get("skip"), limit=query.get("limit"), field=query.get("field"),
                                doc_id=query.get("doc"), data=query.get("data"))
     raise InvalidParameter("query is required: a statement such as db.collection(\"x\").get() or a JSON object")
@@ -155,14 +157,14 @@ def _expect(st: ParsedStatement, *actions: str) -> None:
 
 
 def tcb_routes() -> list[web.RouteDef]:
-    def tcb(operation: str, handler: Any) -> Any:
+    def tcb(operation: str, handler: Any, action: str) -> Any:
         async def run(request: web.Request, app: str, payload: Any) -> dict[str, Any]:
             store = _store(request)
             if store is None:
                 raise TcbError(-1, "starting, retry shortly", 503)
             st: ParsedStatement | None = None
             try:
-                st = statement_of(payload)
+                st = statement_of(payload, action)
                 check_collection(st.collection)
                 result = await handler(store, app, st)
             except DatabaseError as exc:
@@ -214,11 +216,11 @@ def tcb_routes() -> list[web.RouteDef]:
         return {"deleted": await store.remove_where(app, st.collection, _where(st))}
 
     return [
-        web.post("/tcb/databasequery", tcb("query", query)),
-        web.post("/tcb/databasecount", tcb("count", count)),
-        web.post("/tcb/databaseadd", tcb("add", add)),
-        web.post("/tcb/databaseupdate", tcb("update", update)),
-        web.post("/tcb/databasedelete", tcb("delete", delete)),
+        web.post("/tcb/databasequery", tcb("query", query, "get")),
+        web.post("/tcb/databasecount", tcb("count", count, "count")),
+        web.post("/tcb/databaseadd", tcb("add", add, "add")),
+        web.post("/tcb/databaseupdate", tcb("update", update, "update")),
+        web.post("/tcb/databasedelete", tcb("delete", delete, "remove")),
     ]
 
 
