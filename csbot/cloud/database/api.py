@@ -214,8 +214,8 @@ class Database:
     async def connect(cls, database_url: str | None = None, app: str = "default",
                       **store_options: Any) -> AsyncIterator["Database"]:
         """For scripts: ``async with Database.connect(url) as db: ...`` (``url`` defaults to
-        ``CSBOT_DATABASE_URL``; the schema must be current: ``csbot migrate``). Declared indexes
-        and limits come from the csbot settings when ``CSBOT_CONFIG`` names a config file."""
+        ``CSBOT_DATABASE_URL``; SQLite is migrated, PostgreSQL must be current: ``csbot
+        migrate``). ``store_options`` (``max_document_size``, ``indexes``) go to the store."""
         import os
 
         from csbot.store import make_engine

