@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from csbot.cloud.database.store import DocumentStore
+from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
@@ -24,6 +25,8 @@ from csbot.store.batch import BatchWriter
 from csbot.store.migrate import ensure_schema
 from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
 from csbot.review.service import Review
+from csbot.review.agents import Agents
+from csbot.review.audit import AuditLog
 from csbot.services import SERVICES, Services, services_of
 from csbot.webhook import add_routes
 
@@ -53,13 +56,16 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.storage = await start_storage(settings, services.sessionmaker, adopt_media=run_workers)  # csbot.cloud
+        services.sessions = SessionStore(settings, services.sessionmaker)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
                                storage=services.storage, instance_id=instance_id, metrics=metrics,
-                               database=services.database)
+                               services=services)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
+        services.agents = Agents(services.sessionmaker)
+        services.audit = AuditLog(services.sessionmaker)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
 from csbot.config import Settings
-from csbot.cloud.database.api import Database
 from csbot.context import ConversationInfo, Context, MessageInfo
 from csbot.messages import Reply, Text, as_reply, send_body
 from csbot.routing import NEXT, Route, Router
@@ -263,9 +262,11 @@ class Inbox:
         storage: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
-        database: Any = None,
+        services: Any = None,
     ) -> None:
         self.settings = settings
+        #: the running service, handed to handlers' contexts (context.call_function, decrypt)
+        self.services = services
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.router = router
@@ -274,8 +275,6 @@ class Inbox:
         #: csbot.cloud.storage.Storage: where images customers send are kept
         self.storage = storage
         self.metrics = metrics
-        #: the cloud database's store (csbot.cloud.database): handlers get it as ``context.db``
-        self.database = database
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
         self._lanes: dict[tuple[str, str], _Lane] = {}
@@ -368,7 +367,7 @@ class Inbox:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
                           storage=self.storage.for_app(app) if self.storage is not None else None,
-                          db=Database(self.database, app) if self.database is not None else None)
+                          services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:

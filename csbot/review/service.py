@@ -32,12 +32,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.config import Settings
 from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
-from csbot.review.models import ConversationEvent
+from csbot.review.audit import Actor, record
+from csbot.review.models import AuditEntry, ConversationEvent
 from csbot.review.search import matching_ids
 from csbot.statuses import ConversationStatus
 from csbot.store import Conversation, Message, Note
 
 STATUSES = tuple(ConversationStatus)
+#: audited actions whose thread item (the note, the message) already says who and when
+IN_THREAD_ALREADY = ("note", "reply", "image")
 EVENT_FOR_STATUS = {ConversationStatus.HUMAN: "takeover", ConversationStatus.BOT: "handback",
                     ConversationStatus.CLOSED: "close"}
 MAX_TEXT = 4000
@@ -63,6 +66,26 @@ class NotFound(ReviewError):
 
 class Invalid(ReviewError):
     status = 400
+
+
+class NotYours(ReviewError):
+    """An agent (not an admin) acting on a conversation another agent has."""
+
+    status = 403
+
+
+ASSIGNED_FILTERS = ("mine", "unassigned")
+
+
+def as_actor(by: Actor | None, name: str | None = None) -> Actor:
+    """Who acts: ``by`` when the caller knows (console, API token), else the admin-level ``name``."""
+    return by if by is not None else Actor(name=name or "api")
+
+
+def check_access(conv: Conversation, by: Actor | None) -> None:
+    """Agents see and act on conversations that are theirs or nobody's; admins on every one."""
+    if by is not None and not by.is_admin and conv.assigned_agent not in (None, by.name):
+        raise NotYours(f"this conversation is assigned to {conv.assigned_agent}; ask an admin to reassign it")
 
 
 # --------------------------------------------------------------------------- input parsing
@@ -181,6 +204,11 @@ def event_item(e: ConversationEvent) -> dict[str, Any]:
     return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": e.at}
 
 
+def audit_thread_item(e: AuditEntry) -> dict[str, Any]:
+    return {"kind": "audit", "id": e.id, "action": e.action, "agent": e.agent, "address": e.address,
+            "detail": e.detail, "at": e.at}
+
+
 def conversation_item(c: Conversation, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     stats = stats or {}
     return {
@@ -222,13 +250,20 @@ class Review:
 
     async def list_conversations(self, *, app: str | None = None, status: str | None = None,
                                  since: float | None = None, search: str | None = None,
-                                 limit: int = 50, cursor: str | None = None) -> Page:
-        """Newest activity first; ``cursor`` continues after the last page."""
+                                 limit: int = 50, cursor: str | None = None, assigned: str | None = None,
+                                 viewer: Actor | None = None) -> Page:
+        """Newest activity first; ``cursor`` continues after the last page.
+
+        ``assigned``: ``mine`` (the viewer's) or ``unassigned``; a ``viewer`` who is not an admin
+        sees only conversations that are theirs or nobody's."""
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        if assigned is not None and assigned not in ASSIGNED_FILTERS:
+            raise Invalid(f"assigned must be one of {', '.join(ASSIGNED_FILTERS)}")
         limit = max(1, min(int(limit), MAX_LIMIT))
         async with self.sessionmaker() as s:
-            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor)
+            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor,
+                                      assigned=assigned, viewer=viewer)
             q = q.limit(limit + 1)
             convs = list((await s.execute(q)).scalars().all())
             more = len(convs) > limit
@@ -241,9 +276,16 @@ class Review:
     @staticmethod
     async def list_query(s: AsyncSession, *, app: str | None = None, status: str | None = None,
                          since: float | None = None, search: str | None = None,
-                         cursor: str | None = None) -> Any:
+                         cursor: str | None = None, assigned: str | None = None,
+                         viewer: Actor | None = None) -> Any:
         """The SELECT of conversations behind :meth:`list_conversations` (without the limit)."""
         q = select(Conversation)
+        if viewer is not None and not viewer.is_admin:
+            q = q.where(or_(Conversation.assigned_agent.is_(None), Conversation.assigned_agent == viewer.name))
+        if assigned == "mine":
+            q = q.where(Conversation.assigned_agent == (viewer.name if viewer else ""))
+        elif assigned == "unassigned":
+            q = q.where(Conversation.assigned_agent.is_(None))
         if app:
             q = q.where(Conversation.app == app)
         if status:
@@ -284,7 +326,8 @@ class Review:
             }
         return out
 
-    async def _conversation(self, s: AsyncSession, app: str, openid: str, *, lock: bool = False) -> Conversation:
+    async def _conversation(self, s: AsyncSession, app: str, openid: str, *, lock: bool = False,
+                            viewer: Actor | None = None) -> Conversation:
         check_key(app, openid)
         q = select(Conversation).where(Conversation.app == app, Conversation.openid == openid)
         if lock:
@@ -292,6 +335,7 @@ class Review:
         conv = (await s.execute(q)).scalars().first()
         if conv is None:
             raise NotFound(f"no conversation with {openid} in app {app}")
+        check_access(conv, viewer)
         return conv
 
     async def conversations_for(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -304,9 +348,9 @@ class Review:
             stats = await self._stats(s, convs)
         return [conversation_item(c, stats.get((c.app, c.openid))) for c in convs]
 
-    async def conversation(self, app: str, openid: str) -> dict[str, Any]:
+    async def conversation(self, app: str, openid: str, *, viewer: Actor | None = None) -> dict[str, Any]:
         async with self.sessionmaker() as s:
-            conv = await self._conversation(s, app, openid)
+            conv = await self._conversation(s, app, openid, viewer=viewer)
             stats = await self._stats(s, [conv])
         return conversation_item(conv, stats.get((app, openid)))
 
@@ -317,13 +361,14 @@ class Review:
                                          .order_by(Conversation.app))).scalars())
 
     async def thread(self, app: str, openid: str, *, limit: int | None = None,
-                     before: int | None = None, after: int | None = None) -> dict[str, Any]:
+                     before: int | None = None, after: int | None = None,
+                     viewer: Actor | None = None) -> dict[str, Any]:
         """The conversation and its items (messages, notes, status events) in order.
 
         ``limit`` keeps the latest ones (``before``: older than that message id); ``after``
         gives only messages newer than that id (live updates)."""
         async with self.sessionmaker() as s:
-            conv = await self._conversation(s, app, openid)
+            conv = await self._conversation(s, app, openid, viewer=viewer)
             stats = await self._stats(s, [conv])
             q = select(Message).where(Message.app == app, Message.openid == openid)
             if before is not None:
@@ -339,9 +384,21 @@ class Review:
                                           .order_by(Note.id))).scalars().all())
             events = list((await s.execute(select(ConversationEvent).where(
                 ConversationEvent.conversation_id == conv.id).order_by(ConversationEvent.id))).scalars().all())
+            audits = list((await s.execute(select(AuditEntry).where(
+                AuditEntry.conversation_id == conv.id).order_by(AuditEntry.id))).scalars().all())
         truncated = limit is not None and len(messages) == limit
         start = messages[0].received_at if truncated and messages else float("-inf")
-        side = [note_item(n) for n in notes] + [event_item(e) for e in events]
+        # a status change made by someone shows once: its event, with the audit entry's address
+        event_items = [event_item(e) for e in events]
+        shown: set[int] = set()
+        for item in event_items:
+            for a in audits:
+                if a.id not in shown and a.action == item["event"] and abs(a.at - item["at"]) < 1.0:
+                    item["address"] = a.address
+                    shown.add(a.id)
+                    break
+        side = ([note_item(n) for n in notes] + event_items
+                + [audit_thread_item(a) for a in audits if a.id not in shown and a.action not in IN_THREAD_ALREADY])
         side = sorted((i for i in side if i["at"] >= start), key=lambda i: i["at"])
         items: list[dict[str, Any]] = []
         for m in messages:
@@ -411,58 +468,103 @@ class Review:
     # ---- acting
 
     async def set_status(self, app: str, openid: str, status: str, *, agent: str | None = None,
-                         actor: str | None = None) -> dict[str, Any]:
-        """takeover (``human``, with the agent), handback (``bot``) or close (``closed``)."""
+                         actor: str | None = None, by: Actor | None = None) -> dict[str, Any]:
+        """takeover (``human``, with the agent), handback (``bot``) or close (``closed``).
+
+        ``by`` (who acts, audited) defaults to an admin named ``agent``; an agent account always
+        takes over for itself."""
         if status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         if agent is not None:
             agent = check_name(agent)
+        by = as_actor(by, actor or agent)
+        if not by.is_admin:
+            agent = by.name
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid, lock=True)
-            await self._change(s, conv, status, agent=agent or actor, actor=actor or agent, now=now)
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            if await self._change(s, conv, status, agent=agent or actor, actor=by.name, now=now):
+                await record(s, EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app, openid=openid,
+                             detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent
+                             and agent != by.name
+                             else None, at=now)
         return await self.conversation(app, openid)
 
     async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
-                      actor: str | None, now: float, detail: str | None = None) -> None:
+                      actor: str | None, now: float, detail: str | None = None) -> bool:
+        """Whether the status changed."""
         if status == ConversationStatus.HUMAN:
             agent = agent or conv.assigned_agent or "agent"
             if conv.status == ConversationStatus.HUMAN and conv.assigned_agent == agent:
-                return
+                return False
             values: dict[str, Any] = dict(status=ConversationStatus.HUMAN, assigned_agent=agent, human_since=now, closed_at=None)
         elif status == ConversationStatus.BOT:
             if conv.status == ConversationStatus.BOT:
-                return
+                return False
             values = dict(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
         else:
             if conv.status == ConversationStatus.CLOSED:
-                return
+                return False
             values = dict(status=ConversationStatus.CLOSED, assigned_agent=None, human_since=None, closed_at=now)
         await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
         await s.execute(insert(ConversationEvent).values(
             conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
             detail=detail or (f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent != actor else None)))
+        return True
 
-    async def reply(self, app: str, openid: str, text: str, *, agent: str) -> int:
+    async def assign(self, app: str, openid: str, agent: str | None, *, by: Actor | None = None,
+                     known_agents: list[str] | None = None) -> dict[str, Any]:
+        """Give the conversation to ``agent`` (None: to nobody) without changing its status; a
+        ``human`` conversation can only be given to somebody (hand it back to free it)."""
+        by = as_actor(by)
+        if agent is not None:
+            agent = check_name(agent)
+            if known_agents is not None and agent not in known_agents:
+                raise Invalid(f"no enabled agent named {agent!r}")
+        if not by.is_admin and agent not in (None, by.name):
+            raise NotYours("only an admin assigns a conversation to somebody else")
+        async with self.sessionmaker() as s, s.begin():
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            if agent is None and conv.status == ConversationStatus.HUMAN:
+                raise Invalid("a conversation with an agent needs one: hand it back to the bot to unassign it")
+            if conv.assigned_agent != agent:
+                await s.execute(update(Conversation).where(Conversation.id == conv.id)
+                                .values(assigned_agent=agent))
+                await record(s, "assign", by, conversation_id=conv.id, app=app, openid=openid,
+                             detail=f"to {agent}" if agent else "unassigned")
+        return await self.conversation(app, openid)
+
+    async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None) -> int:
         """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
-        text = check_text(text)
-        agent = check_name(agent)
+        return await self.reply_with(app, openid, Text(check_text(text)), agent=agent, by=by, action="reply")
+
+    async def reply_with(self, app: str, openid: str, message: Reply, *, agent: str, by: Actor | None = None,
+                         action: str = "reply") -> int:
+        """An agent's reply of any kind (text, image), queued in the outbox, audited as ``action``."""
+        by = as_actor(by, agent)
+        agent = check_name(by.name if not by.is_admin else agent)
         if app not in self.settings.apps:
             raise NotFound(f"unknown app {app!r}")
         if self._enqueue is None:
             raise RuntimeError("this Review has no outbox")
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid, lock=True)
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
             if conv.status != ConversationStatus.HUMAN:
-                await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now)
-        message_id = await self._enqueue(app, openid, Text(text), author=f"agent:{agent}")
+                if await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
+                    await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
+                                 detail="by replying")
+            conv_id = conv.id
+        message_id = await self._enqueue(app, openid, message, author=f"agent:{agent}")
         async with self.sessionmaker() as s, s.begin():
             await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
                             .values(last_agent_reply_at=time.time(), last_message_at=time.time()))
+            await record(s, action, by, conversation_id=conv_id, app=app, openid=openid,
+                         detail=f"message {message_id}")
         return message_id
 
-    async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator") -> int:
+    async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator",
+                   by: Actor | None = None) -> int:
         """Any customer-service message (text, image, link, miniprogrampage) to a user, via the outbox."""
         if app not in self.settings.apps:
             raise NotFound(f"unknown app {app!r}")
@@ -471,18 +573,30 @@ class Review:
         reply = build_reply(message)
         if self._enqueue is None:
             raise RuntimeError("this Review has no outbox")
-        return await self._enqueue(app, touser, reply, author=author)
+        by = as_actor(by, author)
+        async with self.sessionmaker() as s:
+            conv = (await s.execute(select(Conversation).where(
+                Conversation.app == app, Conversation.openid == touser))).scalars().first()
+            if conv is not None:
+                check_access(conv, by)
+        message_id = await self._enqueue(app, touser, reply, author=author if by.is_admin else f"agent:{by.name}")
+        async with self.sessionmaker() as s, s.begin():
+            await record(s, "send", by, conversation_id=conv.id if conv else None, app=app, openid=touser,
+                         detail=f"message {message_id} ({reply.msgtype})")
+        return message_id
 
     async def set_tags(self, app: str, openid: str, *, tags: list[str] | None = None,
                        add: list[str] | None = None, remove: list[str] | None = None,
-                       actor: str | None = None) -> list[str]:
+                       actor: str | None = None, by: Actor | None = None) -> list[str]:
         for value in (tags, add, remove):
             if value is not None and (not isinstance(value, list) or
                                       not all(isinstance(t, str) for t in value)):
                 raise Invalid("tags, add and remove must be lists of strings")
+        by = as_actor(by, actor)
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid, lock=True)
-            current = tags_of(conv) if tags is None else []
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            before = tags_of(conv)
+            current = list(before) if tags is None else []
             for t in (tags or []) + (add or []):
                 t = t.strip()
                 if not t or len(t) > MAX_TAG_LENGTH or any(ord(c) < 32 for c in t):
@@ -495,17 +609,25 @@ class Review:
                 raise Invalid(f"at most {MAX_TAGS} tags")
             await s.execute(update(Conversation).where(Conversation.id == conv.id)
                             .values(tags=json.dumps(current, ensure_ascii=False)))
+            added = [t for t in current if t not in before]
+            removed = [t for t in before if t not in current]
+            if added or removed:
+                await record(s, "tag", by, conversation_id=conv.id, app=app, openid=openid,
+                             detail=" ".join([*(f"+{t}" for t in added), *(f"-{t}" for t in removed)]))
         return current
 
-    async def add_note(self, app: str, openid: str, text: str, *, author: str) -> dict[str, Any]:
+    async def add_note(self, app: str, openid: str, text: str, *, author: str,
+                       by: Actor | None = None) -> dict[str, Any]:
         text = check_text(text)
-        author = check_name(author, "author")
+        by = as_actor(by, author)
+        author = check_name(author if by.is_admin else by.name, "author")
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid)
+            conv = await self._conversation(s, app, openid, viewer=by)
             note = Note(conversation_id=conv.id, author=author, text=text, created_at=time.time())
             s.add(note)
             await s.flush()
             item = note_item(note)
+            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=f"note {note.id}")
         return item
 
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
@@ -594,5 +716,5 @@ def ago(ts: float | None, *, now: float | None = None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
 
 
-__all__ = ["Review", "ReviewError", "NotFound", "Invalid", "Page", "parse_time", "STATUSES",
+__all__ = ["Review", "ReviewError", "NotFound", "NotYours", "Invalid", "Page", "parse_time", "STATUSES",
            "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago"]

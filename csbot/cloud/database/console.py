@@ -5,7 +5,7 @@ wire format). The console owns sign-in and layout; this module only adds the two
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -15,12 +15,12 @@ from csbot.cloud.database.errors import DatabaseError
 PAGE = 50
 
 
-def add_database_pages(console: web.Application, services: Any, require: Callable[..., Any],
+def add_database_pages(console: web.Application, services: Any, require: Callable[..., Awaitable[Any]],
                        render: Callable[..., web.Response], base_ctx: Callable[[Any], dict[str, Any]]) -> None:
     settings = services.settings
 
     async def collections_page(request: web.Request) -> web.Response:
-        session = require(request, page=True)
+        session = await require(request, page=True)
         rows = []
         for app in settings.apps:
             if services.database is not None:
@@ -29,7 +29,7 @@ def add_database_pages(console: web.Application, services: Any, require: Callabl
         return render("db.html", **base_ctx(session), collections=rows, collection=None)
 
     async def documents_page(request: web.Request) -> web.Response:
-        session = require(request, page=True)
+        session = await require(request, page=True)
         app, name = request.match_info["app"], request.match_info["collection"]
         if app not in settings.apps or services.database is None:
             raise web.HTTPNotFound(reason=f"no app {app!r}")

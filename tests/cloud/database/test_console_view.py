@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 import aiohttp
 
 from csbot.cloud.database import Database
-from tests.review.support import ADMIN_TOKEN, start
+from tests.review.support import add_agent, console_sign_in, start
 
 
 async def signed_in(bot, session):
-    async with session.get(bot.url + "/admin/login") as resp:
-        csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text()).group(1)
-    async with session.post(bot.url + "/admin/login", data={"name": "ada", "token": ADMIN_TOKEN, "csrf": csrf},
-                            allow_redirects=False) as resp:
-        assert resp.status == 303
+    await add_agent(bot, "ada")
+    resp = await console_sign_in(bot, session, "ada")
+    assert resp.status == 303
 
 
 async def test_collections_and_documents_with_a_json_filter():

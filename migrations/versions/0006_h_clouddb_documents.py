@@ -6,7 +6,7 @@ id and by owner use plain indexes. Declared indexes (``[collections.NAME] indexe
 expression indexes created at start-up, not here: they come from configuration.
 
 Revision ID: h_clouddb_documents
-Revises: storage_files
+Revises: functions_sessions
 """
 from alembic import op
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 
 
 revision = 'h_clouddb_documents'
-down_revision = 'storage_files'
+down_revision = 'functions_sessions'
 branch_labels = None
 depends_on = None
 
