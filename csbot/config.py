@@ -19,6 +19,7 @@ DEFAULT_API_BASE = "https://api.weixin.qq.com"
 KNOWN_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 _APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _AES_KEY = re.compile(r"^[A-Za-z0-9]{43}$")
+APP_KINDS = ("miniprogram", "official_account")
 
 
 class ConfigError(ValueError):
@@ -36,10 +37,22 @@ class AppConfig:
     encoding_aes_key: str | None = None
     #: the previous EncodingAESKey, tried when the current one fails (key rotation)
     previous_aes_key: str | None = None
-    #: refuse plaintext pushes (only safe/compatible mode accepted)
-    require_encryption: bool = False
+    #: refuse plaintext pushes (only safe/compatible mode accepted). ``None`` (not said): true
+    #: whenever an EncodingAESKey is set, because a plaintext push's body is covered by no
+    #: signature, so accepting one lets anyone holding a signed URL post any body
+    require_encryption: bool | None = None
     #: text sent when a handler raises; empty: nothing is sent
     apology_text: str = ""
+    #: "miniprogram" or "official_account": what a passive reply may be (see the README)
+    kind: str = "miniprogram"
+
+    @property
+    def is_official_account(self) -> bool:
+        return self.kind == "official_account"
+
+    def __post_init__(self) -> None:
+        if self.require_encryption is None:
+            object.__setattr__(self, "require_encryption", bool(self.encoding_aes_key or self.previous_aes_key))
 
     @property
     def aes_keys(self) -> list[str]:
@@ -110,6 +123,10 @@ class Settings:
     #: csbot.cloud: callable-function calls per second per openid, and the burst allowed
     function_rate_per_second: float = 20.0
     function_rate_burst: int = 40
+    #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
+    keep_refused: int = 0
+    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.webhooks.WebhookConfig)
+    webhooks: Mapping[str, Any] = field(default_factory=dict)
     #: cloud database (csbot.cloud.database): ``[collections.NAME]`` security rules (parsed) and
     #: declared indexes, and the largest document in bytes
     collection_rules: Mapping[str, Any] = field(default_factory=dict)
@@ -127,6 +144,8 @@ class Settings:
 
     def masked(self) -> dict[str, Any]:
         """Effective settings with secrets masked, for display."""
+        from csbot.openapi.util import redact_url  # the openapi package imports this module
+
         out: dict[str, Any] = {
             "source": self.source,
             "database_url": mask_url(self.database_url),
@@ -138,7 +157,7 @@ class Settings:
             "max_body_size": self.max_body_size,
             "inline_budget": self.inline_budget,
             "data_dir": str(self.data_dir),
-            "token_source": self.token_source,
+            "token_source": redact_url(self.token_source),
             "admin_token": mask(self.admin_token),
             "server_key": mask(self.server_key),
             "public_url": self.public_url,
@@ -155,20 +174,25 @@ class Settings:
                 if app.encoding_aes_key and not app.require_encryption
                 else ("encrypted only" if app.encoding_aes_key else "plaintext only"),
                 "require_encryption": app.require_encryption,
+                "kind": app.kind,
             }
         return out
 
 
 def mask(secret: str) -> str:
+    """A secret for display: at most 4 of its characters (2 at each end), none when it is
+    shorter than 12, where 4 characters would be a third of it."""
     if not secret:
         return "(unset)"
-    if len(secret) <= 6:
+    if len(secret) < 12:
         return "***"
     return secret[:2] + "***" + secret[-2:]
 
 
 def mask_url(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A database URL for display: the user stays (operators need it), the password goes,
+    up to the authority's last '@' (a password may hold one)."""
+    return re.sub(r"(//[^:/@?#]+:)[^/?#]*@", r"\1***@", url, count=1)
 
 
 def _int(name: str, value: Any, minimum: int = 0) -> int:
@@ -226,7 +250,7 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
     if not _APP_NAME.match(name):
         raise ConfigError(f"{where}: app name {name!r} must be letters, digits, '-' or '_'")
     known = {"appid", "secret", "app_secret", "token", "encoding_aes_key", "previous_aes_key",
-             "require_encryption", "apology_text"}
+             "require_encryption", "apology_text", "kind"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -238,10 +262,15 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
         raise ConfigError(f"{where}: token is required (the Token of WeChat's message-push page)")
     aes = validate_aes_key(f"{where}.encoding_aes_key", data.get("encoding_aes_key"))
     prev = validate_aes_key(f"{where}.previous_aes_key", data.get("previous_aes_key"))
-    require = _bool(f"{where}.require_encryption", data.get("require_encryption", False))
+    said = data.get("require_encryption")
+    require = bool(aes) if said is None or said == "" else _bool(f"{where}.require_encryption", said)
     if require and not aes:
         raise ConfigError(f"{where}: require_encryption needs an encoding_aes_key")
+    kind = str(data.get("kind") or "miniprogram")
+    if kind not in APP_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(APP_KINDS)}, got {kind!r}")
     return AppConfig(
+        kind=kind,
         name=name,
         appid=appid,
         secret=str(data.get("secret") or data.get("app_secret") or ""),
@@ -286,11 +315,13 @@ _GENERAL = {
     "cloud_session_cache_seconds": "CSBOT_CLOUD_SESSION_CACHE",
     "function_rate_per_second": "CSBOT_FUNCTION_RATE",
     "function_rate_burst": "CSBOT_FUNCTION_BURST",
+    "keep_refused": "CSBOT_KEEP_REFUSED",  # csbot.refused
     "db_max_document_size": "CSBOT_DB_MAX_DOCUMENT_SIZE",  # csbot.cloud.database
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
          "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst",
+         "keep_refused",
          "db_max_document_size"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout", "cloud_session_lifetime", "cloud_session_cache_seconds",
@@ -325,7 +356,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "collections"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "webhooks", "collections"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -371,8 +402,9 @@ def load_settings(
         "token": env.get("CSBOT_TOKEN", ""),
         "encoding_aes_key": env.get("CSBOT_ENCODING_AES_KEY", ""),
         "previous_aes_key": env.get("CSBOT_PREVIOUS_AES_KEY", ""),
-        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", "false"),
+        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", ""),
         "apology_text": env.get("CSBOT_APOLOGY_TEXT", ""),
+        "kind": env.get("CSBOT_APP_KIND", ""),
     }
     if any(env.get(v) for v in ("CSBOT_APPID", "CSBOT_TOKEN", "CSBOT_APP_SECRET", "CSBOT_ENCODING_AES_KEY")):
         base = dict(toml_apps.get("default", {}))
@@ -384,10 +416,18 @@ def load_settings(
             raise ConfigError(
                 str(exc).replace(f"{where}.encoding_aes_key", "CSBOT_ENCODING_AES_KEY")
                 .replace(f"{where}: appid", "CSBOT_APPID").replace(f"{where}: token", "CSBOT_TOKEN")
+                .replace(f"{where}.kind", "CSBOT_APP_KIND")
             ) from None
     if not apps:
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")
     kwargs["apps"] = apps
+
+    from csbot.webhooks import WebhookError, parse_webhooks
+
+    try:
+        kwargs["webhooks"] = parse_webhooks(data.get("webhooks", {}))
+    except WebhookError as exc:
+        raise ConfigError(f"config file: {exc}") from None
 
     handler_opts = data.get("handlers", {})
     if not isinstance(handler_opts, dict):

@@ -219,6 +219,19 @@ class SubscribeConsent(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class PushNonce(Base):
+    """The body first seen for a plaintext push's (timestamp, nonce): see ``csbot.replay``."""
+
+    __tablename__ = "push_nonces"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of "timestamp nonce" (the nonce is the caller's, of any length)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of the body bytes
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class CloudDocument(Base):
     """A document of the cloud database (csbot.cloud.database): one row per app, collection
     and ``_id``; ``body`` is the whole document as JSON (JSONB on PostgreSQL)."""

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from csbot.app import create_app, services_of
 from csbot.config import AppConfig, Settings
 from csbot.routing import Router
+from csbot.server import Runner, start_site
 from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED
 from csbot.store import Message
 from csbot.testing.fake_wechat import FakeWeChat
@@ -99,16 +100,17 @@ class Harness:
                                          **overrides)
             if apps is not None:
                 settings = replace(settings, apps=dict(apps))
+            elif mode == "plaintext":  # playing a plaintext WeChat: the test app accepts plaintext
+                settings = replace(settings, apps={
+                    name: replace(cfg, require_encryption=False) for name, cfg in settings.apps.items()})
             if not settings.is_sqlite:  # `csbot serve` migrates only SQLite by itself
                 from csbot.store.migrate import upgrade_async
 
                 await upgrade_async(settings.database_url)
             app = create_app(settings, router=router)
-            runner = web.AppRunner(app, access_log=None)
+            runner = Runner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            _site, port = await start_site(runner, "127.0.0.1", 0)
             harness = cls(settings, fake, runner, f"http://127.0.0.1:{port}", app, mode=mode, fmt=fmt)
             try:
                 yield harness

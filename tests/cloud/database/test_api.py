@@ -245,6 +245,7 @@ def test_declared_indexes_are_created_and_used(backend):
                 await conn.execute(text("DROP INDEX ix_cloud_documents_order"))
                 await conn.execute(text("DROP INDEX ix_cloud_documents_owner"))
                 await conn.execute(text("ALTER TABLE cloud_documents DROP CONSTRAINT uq_cloud_documents_id"))
+                await conn.execute(text("ALTER TABLE cloud_documents DROP CONSTRAINT cloud_documents_pkey"))
                 await conn.execute(text("SET LOCAL enable_seqscan = off"))
             rows = (await conn.execute(text(f"{explain} SELECT body FROM cloud_documents WHERE {where}"),
                                        c.params)).all()

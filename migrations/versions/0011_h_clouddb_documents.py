@@ -6,7 +6,7 @@ id and by owner use plain indexes. Declared indexes (``[collections.NAME] indexe
 expression indexes created at start-up, not here: they come from configuration.
 
 Revision ID: h_clouddb_documents
-Revises: functions_sessions
+Revises: h_wire_push_nonces
 """
 from alembic import op
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 
 
 revision = 'h_clouddb_documents'
-down_revision = 'functions_sessions'
+down_revision = 'h_wire_push_nonces'
 branch_labels = None
 depends_on = None
 
