@@ -140,6 +140,7 @@ class TestRefusals:
         assert status == 400 and body["errMsg"]
 
     @pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe{}", b'{"data": {"x": "\\ud800"}}',
+                                     b'{"data": {"x": NaN}}', b'{"data": {"x": -Infinity}}',
                                      b'{"data":' * 100_000 + b"{}" + b"}" * 100_000])
     async def test_malformed_bodies_are_400(self, user: MiniProgram, raw: bytes) -> None:
         resp = await user.bot.session.post(f"{user.bot.url}/cloud/functions/echo", data=raw, headers=user.headers())
