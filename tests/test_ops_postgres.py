@@ -6,6 +6,7 @@ from csbot.testing.harness import Harness
 
 from tests.test_webhooks import Receiver, echo_router, hook, until
 
+
 async def test_undelivered_retry_webhooks_and_refused_pushes_on_postgresql(pg_url):
     async with Receiver() as receiver, Harness.start(router=echo_router(), database_url=pg_url, keep_refused=1,
                                                      webhooks=hook(receiver.url)) as bot:
