@@ -19,7 +19,7 @@ from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
 from csbot.outbox import Outbox
 from csbot.refused import RefusedKeeper
-from csbot.webhooks import Webhooks
+from csbot.outbound_webhooks import Webhooks
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
