@@ -154,6 +154,29 @@ def cmd_cloud_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cloud_logout(args: argparse.Namespace) -> int:
+    """``csbot cloud logout OPENID``: the user's tokens stop working (other running processes
+    stop accepting them within ``CSBOT_CLOUD_SESSION_CACHE`` seconds)."""
+    from csbot.cloud.sessions import SessionStore
+    from csbot.store import make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    if args.app not in settings.apps:
+        print(f"csbot: no app named {args.app!r}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        engine = make_engine(settings.database_url)
+        try:
+            return await SessionStore(settings, make_sessionmaker(engine)).revoke_user(args.app, args.openid)
+        finally:
+            await engine.dispose()
+
+    ended = asyncio.run(run())
+    print(f"ended {ended} session(s) of {args.openid} in app {args.app}")
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 
 
@@ -527,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     cloud_sub = p.add_subparsers(dest="cloud_command", required=True)
     c = cloud_sub.add_parser("client", help="print csbot-cloud.js, the wx.cloud-shaped client for the mini program")
     c.set_defaults(func=cmd_cloud_client)
+    c = cloud_sub.add_parser("logout", parents=[common],
+                             help="end every login session of a mini-program user (and forget their session_key)")
+    c.add_argument("openid")
+    c.add_argument("--app", default="default")
+    c.set_defaults(func=cmd_cloud_logout)
 
     from csbot.review.cli import add_commands  # csbot.review: conversations, reply, takeover, handback, close
     add_commands(sub, common)

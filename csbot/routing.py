@@ -222,6 +222,9 @@ class Router:
                 if isinstance(obj, ModuleType):
                     modules.append((ep.name, obj, opts))
                     routes.extend(_routes_of_module(obj, ep.name, opts))
+                elif hasattr(obj, "__csbot_function__") and not hasattr(obj, "__csbot_route__"):
+                    # a callable function (csbot.cloud) is found in its module, never a push fallback
+                    modules.append((ep.name, sys.modules[obj.__module__], opts))
                 elif hasattr(obj, "__csbot_route__"):
                     routes.append(Route(name=ep.name, func=obj, module=ep.name, options=opts,
                                         **obj.__csbot_route__))
