@@ -311,7 +311,7 @@ class Outbox:
     def _count(self, row: Message, state: str) -> None:
         if self.metrics is not None:
             self.metrics.sends.labels(row.app, state).inc()
-        if self.on_state is not None:  # outbound webhooks (csbot.webhooks): message.sent / .failed
+        if self.on_state is not None:  # outbound webhooks (csbot.outbound_webhooks): message.sent / .failed
             self.on_state(row, state)
 
     async def _deliver(self, row: Message) -> None:
