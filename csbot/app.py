@@ -20,8 +20,8 @@ from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore, MediaFetcher
 from csbot.outbox import Outbox
 from csbot.refused import RefusedKeeper
+from csbot.outbound_webhooks import Webhooks
 from csbot.replay import ReplayGuard
-from csbot.webhooks import Webhooks
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter

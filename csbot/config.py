@@ -125,7 +125,7 @@ class Settings:
     function_rate_burst: int = 40
     #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
     keep_refused: int = 0
-    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.webhooks.WebhookConfig)
+    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.outbound_webhooks.WebhookConfig)
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     #: cloud database (csbot.cloud.database): ``[collections.NAME]`` security rules (parsed) and
     #: declared indexes, and the largest document in bytes
@@ -422,7 +422,7 @@ def load_settings(
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")
     kwargs["apps"] = apps
 
-    from csbot.webhooks import WebhookError, parse_webhooks
+    from csbot.outbound_webhooks import WebhookError, parse_webhooks
 
     try:
         kwargs["webhooks"] = parse_webhooks(data.get("webhooks", {}))
