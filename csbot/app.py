@@ -12,6 +12,7 @@ import logging
 from aiohttp import web
 from sqlalchemy import text
 
+from csbot.cloud.database.store import DocumentStore
 from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.cloud.storage import start_storage
@@ -19,8 +20,8 @@ from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore, MediaFetcher
 from csbot.outbox import Outbox
 from csbot.refused import RefusedKeeper
+from csbot.outbound_webhooks import Webhooks
 from csbot.replay import ReplayGuard
-from csbot.webhooks import Webhooks
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
@@ -50,6 +51,9 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.engine = make_engine(settings.database_url)
         await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         services.sessionmaker = make_sessionmaker(services.engine)
+        services.database = DocumentStore(services.engine, max_document_size=settings.db_max_document_size,
+                                          indexes=settings.collection_indexes, metrics=metrics)
+        await services.database.ensure_indexes()
         services.writer = BatchWriter(services.sessionmaker)
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)

@@ -380,7 +380,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any, empty: str
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from csbot.review.service import ReviewError
-    from csbot.webhooks import list_deliveries, redeliver
+    from csbot.outbound_webhooks import list_deliveries, redeliver
 
     settings = _settings(args)
     if args.webhooks_command == "redeliver":
@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from csbot.review.cli import add_commands  # csbot.review: conversations, reply, takeover, handback, close
     add_commands(sub, common)
+    from csbot.cloud.database.cli import add_commands as add_db_commands  # csbot db ...
+    add_db_commands(sub, common)
     return parser
 
 

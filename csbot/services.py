@@ -66,7 +66,7 @@ class Services:
     audit: Any = None
     #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
     refused: Any = None
-    #: outbound webhooks (csbot.webhooks.Webhooks); None when none is configured
+    #: outbound webhooks (csbot.outbound_webhooks.Webhooks); None when none is configured
     webhooks: Any = None
 
     def __repr__(self) -> str:  # never the settings: they hold secrets
