@@ -19,14 +19,16 @@ import logging
 from aiohttp import web
 from sqlalchemy import text
 
+from csbot.cloud.database.store import DocumentStore
 from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
-from csbot.media import LocalMediaStore
+from csbot.media import LocalMediaStore, MediaFetcher
 from csbot.outbox import Outbox
 from csbot.refused import RefusedKeeper
-from csbot.webhooks import Webhooks
+from csbot.outbound_webhooks import Webhooks
+from csbot.replay import ReplayGuard
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
@@ -59,17 +61,23 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.engine = make_engine(settings.database_url)
         await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         services.sessionmaker = make_sessionmaker(services.engine)
+        services.database = DocumentStore(services.engine, max_document_size=settings.db_max_document_size,
+                                          indexes=settings.collection_indexes, metrics=metrics)
+        await services.database.ensure_indexes()
         services.writer = BatchWriter(services.sessionmaker, on_conflict=metrics.store_lock_conflicts.inc)
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker, instance_id=instance_id)
         services.media = LocalMediaStore(settings.data_dir / "media")
+        services.replay = ReplayGuard()
+        services.media_fetcher = MediaFetcher()
         services.storage = await start_storage(settings, services.sessionmaker, adopt_media=run_workers)  # csbot.cloud
         services.sessions = SessionStore(settings, services.sessionmaker)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               storage=services.storage, instance_id=instance_id, metrics=metrics,
+                               storage=services.storage, media_fetcher=services.media_fetcher,
+                               instance_id=instance_id, metrics=metrics,
                                services=services)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue,
                                  retry=services.outbox.retry)
@@ -103,6 +111,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         await services.storage.close()
         await services.writer.close()
         await services.openapi.close()
+        await services.media_fetcher.close()
         await services.engine.dispose()
         if services.serve_lock is not None:
             services.serve_lock.close()

@@ -37,8 +37,10 @@ class AppConfig:
     encoding_aes_key: str | None = None
     #: the previous EncodingAESKey, tried when the current one fails (key rotation)
     previous_aes_key: str | None = None
-    #: refuse plaintext pushes (only safe/compatible mode accepted)
-    require_encryption: bool = False
+    #: refuse plaintext pushes (only safe/compatible mode accepted). ``None`` (not said): true
+    #: whenever an EncodingAESKey is set, because a plaintext push's body is covered by no
+    #: signature, so accepting one lets anyone holding a signed URL post any body
+    require_encryption: bool | None = None
     #: text sent when a handler raises; empty: nothing is sent
     apology_text: str = ""
     #: "miniprogram" or "official_account": what a passive reply may be (see the README)
@@ -47,6 +49,10 @@ class AppConfig:
     @property
     def is_official_account(self) -> bool:
         return self.kind == "official_account"
+
+    def __post_init__(self) -> None:
+        if self.require_encryption is None:
+            object.__setattr__(self, "require_encryption", bool(self.encoding_aes_key or self.previous_aes_key))
 
     @property
     def aes_keys(self) -> list[str]:
@@ -124,8 +130,13 @@ class Settings:
     function_rate_burst: int = 40
     #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
     keep_refused: int = 0
-    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.webhooks.WebhookConfig)
+    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.outbound_webhooks.WebhookConfig)
     webhooks: Mapping[str, Any] = field(default_factory=dict)
+    #: cloud database (csbot.cloud.database): ``[collections.NAME]`` security rules (parsed) and
+    #: declared indexes, and the largest document in bytes
+    collection_rules: Mapping[str, Any] = field(default_factory=dict)
+    collection_indexes: Mapping[str, Any] = field(default_factory=dict)
+    db_max_document_size: int = 1024 * 1024
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -138,6 +149,8 @@ class Settings:
 
     def masked(self) -> dict[str, Any]:
         """Effective settings with secrets masked, for display."""
+        from csbot.openapi.util import redact_url  # the openapi package imports this module
+
         out: dict[str, Any] = {
             "source": self.source,
             "database_url": mask_url(self.database_url),
@@ -149,7 +162,7 @@ class Settings:
             "max_body_size": self.max_body_size,
             "inline_budget": self.inline_budget,
             "data_dir": str(self.data_dir),
-            "token_source": self.token_source,
+            "token_source": redact_url(self.token_source),
             "admin_token": mask(self.admin_token),
             "server_key": mask(self.server_key),
             "public_url": self.public_url,
@@ -172,15 +185,19 @@ class Settings:
 
 
 def mask(secret: str) -> str:
+    """A secret for display: at most 4 of its characters (2 at each end), none when it is
+    shorter than 12, where 4 characters would be a third of it."""
     if not secret:
         return "(unset)"
-    if len(secret) <= 6:
+    if len(secret) < 12:
         return "***"
     return secret[:2] + "***" + secret[-2:]
 
 
 def mask_url(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A database URL for display: the user stays (operators need it), the password goes,
+    up to the authority's last '@' (a password may hold one)."""
+    return re.sub(r"(//[^:/@?#]+:)[^/?#]*@", r"\1***@", url, count=1)
 
 
 def _int(name: str, value: Any, minimum: int = 0) -> int:
@@ -250,7 +267,8 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
         raise ConfigError(f"{where}: token is required (the Token of WeChat's message-push page)")
     aes = validate_aes_key(f"{where}.encoding_aes_key", data.get("encoding_aes_key"))
     prev = validate_aes_key(f"{where}.previous_aes_key", data.get("previous_aes_key"))
-    require = _bool(f"{where}.require_encryption", data.get("require_encryption", False))
+    said = data.get("require_encryption")
+    require = bool(aes) if said is None or said == "" else _bool(f"{where}.require_encryption", said)
     if require and not aes:
         raise ConfigError(f"{where}: require_encryption needs an encoding_aes_key")
     kind = str(data.get("kind") or "miniprogram")
@@ -305,11 +323,13 @@ _GENERAL = {
     "function_rate_per_second": "CSBOT_FUNCTION_RATE",
     "function_rate_burst": "CSBOT_FUNCTION_BURST",
     "keep_refused": "CSBOT_KEEP_REFUSED",  # csbot.refused
+    "db_max_document_size": "CSBOT_DB_MAX_DOCUMENT_SIZE",  # csbot.cloud.database
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
          "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst",
-         "keep_refused"}
+         "keep_refused",
+         "db_max_document_size"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout", "cloud_session_lifetime", "cloud_session_cache_seconds",
            "function_rate_per_second", "drain_seconds"}
@@ -344,7 +364,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "webhooks"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "webhooks", "collections"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -354,7 +374,8 @@ def load_settings(
         name = _GENERAL[key]
         if key in _INTS:
             value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts",
-                                                           "storage_max_file_size", "function_rate_burst") else 0)
+                                                           "storage_max_file_size", "function_rate_burst",
+                                                           "db_max_document_size") else 0)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:
@@ -392,7 +413,7 @@ def load_settings(
         "token": env.get("CSBOT_TOKEN", ""),
         "encoding_aes_key": env.get("CSBOT_ENCODING_AES_KEY", ""),
         "previous_aes_key": env.get("CSBOT_PREVIOUS_AES_KEY", ""),
-        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", "false"),
+        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", ""),
         "apology_text": env.get("CSBOT_APOLOGY_TEXT", ""),
         "kind": env.get("CSBOT_APP_KIND", ""),
     }
@@ -412,7 +433,7 @@ def load_settings(
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")
     kwargs["apps"] = apps
 
-    from csbot.webhooks import WebhookError, parse_webhooks
+    from csbot.outbound_webhooks import WebhookError, parse_webhooks
 
     try:
         kwargs["webhooks"] = parse_webhooks(data.get("webhooks", {}))
@@ -433,7 +454,41 @@ def load_settings(
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError("CSBOT_PUBLIC_URL must be an http:// or https:// URL")
     kwargs["public_url"] = public_url.rstrip("/")
+    kwargs["collection_rules"], kwargs["collection_indexes"] = _collections(data.get("collections", {}))
     return Settings(**kwargs)
+
+
+def _collections(tables: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[collections.NAME]``: security rules (``csbot.cloud.database.rules``) and ``indexes``."""
+    from csbot.cloud.database.errors import DatabaseError
+    from csbot.cloud.database.rules import RuleError, rules_from_config
+    from csbot.cloud.database.store import check_collection
+    from csbot.cloud.database.values import split_path
+
+    if not isinstance(tables, dict):
+        raise ConfigError("config file: [collections] must be a table of [collections.NAME] tables")
+    rules: dict[str, Any] = {}
+    indexes: dict[str, Any] = {}
+    for name, table in tables.items():
+        where = f"collections.{name}"
+        try:
+            check_collection(name)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where} must be a table")
+            rules[name] = rules_from_config(table, where=where)
+            declared = table.get("indexes", [])
+            if (not isinstance(declared, list) or len(declared) > 100
+                    or not all(isinstance(i, list) and 0 < len(i) <= 31 for i in declared)):
+                raise ConfigError(f"{where}.indexes must be a list of field lists, e.g. [[\"status\", \"createdAt\"]]")
+            for fields in declared:
+                for f in fields:
+                    split_path(f, where=f"{where}.indexes")
+            if declared:
+                indexes[name] = [list(i) for i in declared]
+        except (RuleError, DatabaseError) as exc:
+            raise ConfigError(str(exc)) from None
+    return rules, indexes
+
 
 
 def _storage_rules(table: Any) -> dict[str, Any]:

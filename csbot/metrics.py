@@ -46,6 +46,11 @@ class Metrics:
             "csbot_store_lock_conflicts_total",
             "Group commits retried after a deadlock or serialization failure (PostgreSQL)",
             registry=self.registry)
+        self.cloud_db = Counter(
+            "csbot_cloud_db_operations_total",
+            "Cloud database operations, by app, collection, operation and outcome "
+            "(ok, invalid, denied, not_found, too_large, error)",
+            ["app", "collection", "operation", "outcome"], registry=self.registry)
         #: read from the store just before each scrape (gauges of what the store holds)
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
 

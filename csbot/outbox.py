@@ -176,8 +176,9 @@ class Outbox:
                                        .where(Message.id == message_id, Message.direction == "out"))).first()
             if row is None:
                 raise KeyError(f"no outbound message {message_id}")
-            if row.status not in (QUEUED, SENDING, IN_DOUBT) or time.monotonic() >= deadline:
-                return {"status": str(row.status), "errcode": row.errcode, "errmsg": row.errmsg or row.error}
+            if row.status not in OUTBOUND_UNSETTLED or time.monotonic() >= deadline:
+                return {"status": OutboundStatus(row.status), "errcode": row.errcode,
+                        "errmsg": row.errmsg or row.error}
             await asyncio.sleep(0.05)
 
     def start(self) -> None:
@@ -363,7 +364,7 @@ class Outbox:
     def _count(self, row: Message, state: str) -> None:
         if self.metrics is not None:
             self.metrics.sends.labels(row.app, state).inc()
-        if self.on_state is not None:  # outbound webhooks (csbot.webhooks): message.sent / .failed
+        if self.on_state is not None:  # outbound webhooks (csbot.outbound_webhooks): message.sent / .failed
             self.on_state(row, state)
 
     async def _deliver(self, row: Message, lease: Lease) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGSERIAL.
@@ -215,4 +216,38 @@ class SubscribeConsent(Base):
     openid: Mapped[str] = mapped_column(String(128), primary_key=True)
     template_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     remaining: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PushNonce(Base):
+    """The body first seen for a plaintext push's (timestamp, nonce): see ``csbot.replay``."""
+
+    __tablename__ = "push_nonces"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of "timestamp nonce" (the nonce is the caller's, of any length)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of the body bytes
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class CloudDocument(Base):
+    """A document of the cloud database (csbot.cloud.database): one row per app, collection
+    and ``_id``; ``body`` is the whole document as JSON (JSONB on PostgreSQL)."""
+
+    __tablename__ = "cloud_documents"
+    __table_args__ = (
+        UniqueConstraint("app", "collection", "doc_id", name="uq_cloud_documents_id"),
+        Index("ix_cloud_documents_order", "app", "collection", "seq"),
+        Index("ix_cloud_documents_owner", "app", "collection", "openid"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    collection: Mapped[str] = mapped_column(String(64))
+    doc_id: Mapped[str] = mapped_column(String(128))
+    openid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    body: Mapped[str] = mapped_column(Text().with_variant(JSONB(), "postgresql"))
+    created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
