@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
                                media_store=services.media, instance_id=instance_id, metrics=metrics)
-        services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
+        services.review = Review(settings, services.sessionmaker, services.outbox)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
-from csbot.messages import Reply, as_reply
+from csbot.messages import Reply, as_reply, reply_from_send_body
 from csbot.statuses import ConversationStatus
 
 
@@ -33,13 +33,16 @@ class ConversationInfo:
     status: str = ConversationStatus.BOT
 
 
+#: queues one reply now: ``await send(reply, touser=None)``; True when it was queued
+Send = Callable[..., Awaitable[bool]]
+
+
 @dataclass
 class Context:
     """Passed as the second argument of ``main(event, context)``.
 
-    ``OPENID``, ``APPID`` and ``UNIONID`` mirror ``cloud.getWXContext()``. Replies given with
-    ``await context.reply(...)`` or returned are written to the outbox together with the
-    handler's outcome, so a re-run after a crash never sends them twice.
+    ``OPENID``, ``APPID`` and ``UNIONID`` mirror ``cloud.getWXContext()`` (``UNIONID`` when a push
+    carried it or the user logged in through ``wx.login`` with a bound account).
     """
 
     OPENID: str
@@ -53,13 +56,27 @@ class Context:
     UNIONID: str | None = None
     #: "push" for the normal path, "inline" when running before the webhook's answer
     SOURCE: str = "push"
+    #: what ``reply`` gave, when this context has no outbox behind it (unit tests of a handler)
     replies: list[Reply] = field(default_factory=list)
+    send: Send | None = field(default=None, repr=False)
 
     async def reply(self, message: str | Reply) -> None:
-        """Queue a reply to this user (text, or a csbot message object)."""
+        """Send ``message`` (text, or a csbot message object) to this user now.
+
+        The reply is committed to the outbox before this returns and the sender is woken, so a
+        "please wait" leaves while the handler goes on working. It is keyed by the push and its
+        place among this handler's replies: if the handler runs again after a crash, a reply it
+        had already given is not queued twice. While a person has the conversation, replies of
+        routes not declared ``while_human`` are not sent. A reply that cannot be sent raises
+        :class:`csbot.outbox.ReplyNotSendable`.
+        """
         reply = as_reply(message)
-        if reply is not None:
+        if reply is None:
+            return
+        if self.send is None:
             self.replies.append(reply)
+            return
+        await self.send(reply)
 
     async def typing(self, on: bool = True) -> None:
         """Show (or stop) "typing…" to the user. Failures are ignored: it is only a courtesy.
@@ -77,3 +94,37 @@ class Context:
     def getWXContext(self) -> dict[str, Any]:  # noqa: N802 - the cloud SDK's name
         return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
                 "SOURCE": self.SOURCE, "ENV": self.app}
+
+
+class HandlerOpenAPI:
+    """``context.openapi``: the app's WeChat API client, with customer-service sends queued.
+
+    A handler's ``customer_service_message.send(...)`` goes through the outbox like
+    ``context.reply`` (retries, the user's order, the quota count, the review thread) and
+    answers ``{"errcode": 0, "errmsg": "ok", "queued": true}`` once committed, not WeChat's answer.
+    Everything else is the plain client.
+    """
+
+    def __init__(self, api: Any, send: Send) -> None:
+        self._api = api
+        self.customer_service_message = _QueuedCustomerService(api.customer_service_message, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def __repr__(self) -> str:
+        return f"<HandlerOpenAPI {self._api!r}>"
+
+
+class _QueuedCustomerService:
+    def __init__(self, real: Any, send: Send) -> None:
+        self._real = real
+        self._send = send
+
+    async def send(self, *, touser: str, msgtype: str, **parts: Any) -> dict[str, Any]:
+        reply = reply_from_send_body({"msgtype": msgtype, **parts})
+        queued = await self._send(reply, touser)
+        return {"errcode": 0, "errmsg": "ok", "queued": queued}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)

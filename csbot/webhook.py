@@ -72,7 +72,11 @@ async def receive(request: web.Request) -> web.Response:
 
     inbox = services.inbox
     assert inbox is not None  # the app serves requests only once started
-    inline_routes = services.router.inline_routes(push.event)
+    try:
+        inline_routes = services.router.inline_routes(push.event)
+    except Exception:  # routing can never keep a push from being stored and acknowledged
+        log.exception("routing push %s for app %s failed; it takes the normal path", push.dedup_key, name)
+        inline_routes = []
     try:
         accepted = await inbox.accept(
             name, push, status=InboundStatus.INLINE if inline_routes else InboundStatus.PENDING)

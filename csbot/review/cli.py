@@ -91,10 +91,10 @@ async def open_review(settings: Settings, *, with_outbox: bool = False) -> Async
     try:
         await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         sm = make_sessionmaker(engine)
-        enqueue = None
-        if with_outbox:  # only its enqueue: the running service's sender delivers
-            enqueue = Outbox(settings, sm, None, lambda _app: None).enqueue  # type: ignore[arg-type]
-        yield Review(settings, sm, enqueue)
+        outbox = None
+        if with_outbox:  # only to queue: the running service's sender delivers (it is woken by its poll)
+            outbox = Outbox(settings, sm, None, lambda _app: None)  # type: ignore[arg-type]
+        yield Review(settings, sm, outbox)
     finally:
         await engine.dispose()
 

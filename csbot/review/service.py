@@ -10,9 +10,10 @@ Status of a conversation (one per app and openid):
   (except routes declared ``while_human=True``), pushes are shown to agents. An agent's reply
   takes the conversation over if it was not already.
 - ``closed``: done. The bot still answers a customer who writes again, and that message
-  reopens the conversation as ``bot`` (done by the inbox when it records the push's outcome).
+  reopens the conversation as ``bot`` (recorded with the push's outcome).
 
-Every change made here is recorded as a ``conversation_events`` row and shows on the thread.
+The transitions themselves live in :mod:`csbot.conversations`, shared with the inbox. Every
+change made here is recorded as a ``conversation_events`` row and shows on the thread.
 Everything here is async; nothing blocks the event loop.
 """
 
@@ -25,31 +26,27 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
-from sqlalchemy import and_, case, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from csbot import conversations
 from csbot.config import Settings
-from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
+from csbot.messages import MAX_TEXT, Reply, Text, reply_from_send_body
+from csbot.outbox import outbound_message, queue_messages
 from csbot.review.models import ConversationEvent
 from csbot.review.search import matching_ids
 from csbot.statuses import ConversationStatus
 from csbot.store import Conversation, Message, Note
 
 STATUSES = tuple(ConversationStatus)
-EVENT_FOR_STATUS = {ConversationStatus.HUMAN: "takeover", ConversationStatus.BOT: "handback",
-                    ConversationStatus.CLOSED: "close"}
-MAX_TEXT = 4000
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 32
 MAX_NAME = 64
 MAX_LIMIT = 500
 #: fields of an inbound push that are about the envelope, not what the customer sent
 _ENVELOPE = {"ToUserName", "FromUserName", "CreateTime", "MsgType", "Encrypt", "MsgId"}
-
-Enqueue = Callable[..., Awaitable[int]]
-
 
 class ReviewError(Exception):
     """Something the caller asked for cannot be done; the message says why (safe to show)."""
@@ -213,10 +210,11 @@ class Review:
     """Queries and actions on conversations, over one store."""
 
     def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
-                 enqueue: Enqueue | None = None) -> None:
+                 outbox: Any = None) -> None:
+        """``outbox`` (a :class:`~csbot.outbox.Outbox`) is needed only to send."""
         self.settings = settings
         self.sessionmaker = sessionmaker
-        self._enqueue = enqueue
+        self._outbox = outbox
 
     # ---- reading
 
@@ -345,7 +343,7 @@ class Review:
         side = sorted((i for i in side if i["at"] >= start), key=lambda i: i["at"])
         items: list[dict[str, Any]] = []
         for m in messages:
-            while side and side[0]["at"] < m.received_at:
+            while side and side[0]["at"] <= m.received_at:  # an event at the same instant caused it
                 items.append(side.pop(0))
             items.append(message_item(m))
         if after is None:
@@ -420,47 +418,34 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True)
-            await self._change(s, conv, status, agent=agent or actor, actor=actor or agent, now=now)
+            await conversations.change(s, conv, status, agent=agent or actor, actor=actor or agent, now=now)
         return await self.conversation(app, openid)
 
-    async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
-                      actor: str | None, now: float, detail: str | None = None) -> None:
-        if status == ConversationStatus.HUMAN:
-            agent = agent or conv.assigned_agent or "agent"
-            if conv.status == ConversationStatus.HUMAN and conv.assigned_agent == agent:
-                return
-            values: dict[str, Any] = dict(status=ConversationStatus.HUMAN, assigned_agent=agent, human_since=now, closed_at=None)
-        elif status == ConversationStatus.BOT:
-            if conv.status == ConversationStatus.BOT:
-                return
-            values = dict(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
-        else:
-            if conv.status == ConversationStatus.CLOSED:
-                return
-            values = dict(status=ConversationStatus.CLOSED, assigned_agent=None, human_since=None, closed_at=now)
-        await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
-        await s.execute(insert(ConversationEvent).values(
-            conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
-            detail=detail or (f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent != actor else None)))
-
     async def reply(self, app: str, openid: str, text: str, *, agent: str) -> int:
-        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
+        """An agent's text reply; the conversation is taken over by ``agent`` if it was not already.
+
+        One transaction: the takeover, the queued reply and the agent-reply time commit together.
+        """
         text = check_text(text)
         agent = check_name(agent)
         if app not in self.settings.apps:
             raise NotFound(f"unknown app {app!r}")
-        if self._enqueue is None:
-            raise RuntimeError("this Review has no outbox")
+        outbox = self._require_outbox()
+        message = outbound_message(app, openid, Text(text), author=f"agent:{agent}")
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True)
             if conv.status != ConversationStatus.HUMAN:
-                await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now)
-        message_id = await self._enqueue(app, openid, Text(text), author=f"agent:{agent}")
-        async with self.sessionmaker() as s, s.begin():
-            await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
-                            .values(last_agent_reply_at=time.time(), last_message_at=time.time()))
-        return message_id
+                await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now)
+            (message_id,) = await queue_messages(await s.connection(), [message], now=now)
+            await conversations.record_agent_reply(s, conv, now)
+        outbox.wake()
+        return message_id  # type: ignore[return-value]  # a new key is never a duplicate
+
+    def _require_outbox(self) -> Any:
+        if self._outbox is None:
+            raise RuntimeError("this Review has no outbox")
+        return self._outbox
 
     async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator") -> int:
         """Any customer-service message (text, image, link, miniprogrampage) to a user, via the outbox."""
@@ -469,9 +454,7 @@ class Review:
         if not isinstance(touser, str) or not 0 < len(touser) <= 128:
             raise Invalid("touser must be an openid")
         reply = build_reply(message)
-        if self._enqueue is None:
-            raise RuntimeError("this Review has no outbox")
-        return await self._enqueue(app, touser, reply, author=author)
+        return await self._require_outbox().enqueue(app, touser, reply, author=author)
 
     async def set_tags(self, app: str, openid: str, *, tags: list[str] | None = None,
                        add: list[str] | None = None, remove: list[str] | None = None,
@@ -511,50 +494,16 @@ class Review:
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
         """``human`` conversations with no agent reply for ``timeout`` seconds go back to the bot."""
         now = time.time() if now is None else now
-        cutoff = now - timeout
         async with self.sessionmaker() as s, s.begin():
-            rows = (await s.execute(
-                update(Conversation)
-                .where(Conversation.status == ConversationStatus.HUMAN,
-                       func.coalesce(Conversation.human_since, 0) < cutoff,
-                       or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
-                .values(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
-                .returning(Conversation.id, Conversation.app, Conversation.openid))).all()
-            if rows:
-                await s.execute(insert(ConversationEvent), [
-                    dict(conversation_id=r.id, at=now, kind="timeout", actor=None,
-                         detail=f"no agent reply for {int(timeout)} s: back to the bot") for r in rows])
-        return [(r.app, r.openid) for r in rows]
+            return await conversations.return_idle_to_bot(s, timeout, now)
 
 
 def build_reply(message: dict[str, Any]) -> Reply:
     """A message object from an openapi send body's ``msgtype`` and typed part."""
-    if not isinstance(message, dict):
-        raise Invalid("the message must be a JSON object")
-    msgtype = message.get("msgtype")
-    part = message.get(msgtype) if isinstance(msgtype, str) else None
-    if msgtype not in ("text", "image", "link", "miniprogrampage"):
-        raise Invalid("msgtype must be one of text, image, link, miniprogrampage")
-    if not isinstance(part, dict):
-        raise Invalid(f"a {msgtype} message needs a {msgtype!r} object")
-
-    def field(name: str, *, optional: bool = False, limit: int = 2048) -> Any:
-        value = part.get(name)
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or (not value and not optional) or len(value) > limit:
-            raise Invalid(f"{msgtype}.{name} must be a non-empty string of at most {limit} characters")
-        return value
-
-    if msgtype == "text":
-        return Text(check_text(part.get("content"), "text.content"))
-    if msgtype == "image":
-        return Image(media_id=field("media_id"))
-    if msgtype == "link":
-        return Link(title=field("title"), description=field("description"), url=field("url"),
-                    thumb_url=field("thumb_url"))
-    return MiniProgramPage(title=field("title"), pagepath=field("pagepath"),
-                           thumb_media_id=field("thumb_media_id"), appid=field("appid", optional=True))
+    try:
+        return reply_from_send_body(message)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
 
 
 EXPORT_FIELDS = ["id", "app", "openid", "direction", "type", "event", "text", "status", "handler", "author",
