@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from csbot.config import Settings
+from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
 from csbot.outbox import Outbox
@@ -47,11 +48,12 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
+        services.storage = await start_storage(settings, services.sessionmaker, adopt_media=run_workers)  # csbot.cloud
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               media_store=services.media, instance_id=instance_id, metrics=metrics)
+                               storage=services.storage, instance_id=instance_id, metrics=metrics)
         services.review = Review(settings, services.sessionmaker, services.outbox)
         if run_workers:
             await services.inbox.recover()
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.ready = False
         await services.inbox.close()
         await services.outbox.close()
+        await services.storage.close()
         await services.writer.close()
         await services.openapi.close()
         await services.engine.dispose()
@@ -87,6 +90,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     add_routes(app)
+    from csbot.cloud.http import setup_cloud  # csbot.cloud: /cloud/..., /tcb/...
+    setup_cloud(app)
     from csbot.review import setup_review  # csbot.review: /api/, /admin, human-timeout task
     setup_review(app, services, run_workers=run_workers)
     return app

@@ -94,6 +94,16 @@ class Settings:
     #: seconds a conversation taken over by a person stays `human` without an agent reply before
     #: it returns to the bot (0: never); csbot.review
     human_timeout: float = 1800.0
+    #: bearer key of the server API at /tcb/* (csbot.cloud); empty: /tcb answers 404
+    server_key: str = ""
+    #: the URL mini programs and browsers reach csbot at (temporary file URLs); empty: from the request
+    public_url: str = ""
+    #: csbot.cloud.storage: largest file accepted, in bytes
+    storage_max_file_size: int = 20 * 1024 * 1024
+    #: csbot.cloud.storage: HMAC key of temporary URLs; empty: a random key kept in data_dir/storage
+    storage_signing_key: str = ""
+    #: csbot.cloud.storage: ``[storage.rules]`` read/write (WeChat's storage security rules)
+    storage_rules: Mapping[str, Any] = field(default_factory=dict)
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -119,6 +129,9 @@ class Settings:
             "data_dir": str(self.data_dir),
             "token_source": self.token_source,
             "admin_token": mask(self.admin_token),
+            "server_key": mask(self.server_key),
+            "public_url": self.public_url,
+            "storage_max_file_size": self.storage_max_file_size,
             "apps": {},
         }
         for app in self.apps.values():
@@ -255,10 +268,14 @@ _GENERAL = {
     "api_timeout": "CSBOT_API_TIMEOUT",
     "admin_token": "CSBOT_ADMIN_TOKEN",
     "human_timeout": "CSBOT_HUMAN_TIMEOUT",  # csbot.review
+    "server_key": "CSBOT_SERVER_KEY",  # csbot.cloud (/tcb)
+    "public_url": "CSBOT_PUBLIC_URL",
+    "storage_max_file_size": "CSBOT_STORAGE_MAX_FILE_SIZE",  # csbot.cloud.storage
+    "storage_signing_key": "CSBOT_STORAGE_SIGNING_KEY",
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts", "max_handler_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
-         "quota_enter_window_seconds"}
+         "quota_enter_window_seconds", "storage_max_file_size"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout"}
 
@@ -291,7 +308,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "storage"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -301,7 +318,8 @@ def load_settings(
         name = _GENERAL[key]
         if key in _INTS:
             value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts",
-                                                           "max_handler_attempts") else 0)
+                                                           "max_handler_attempts", "storage_max_file_size")
+                                                           else 0)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:
@@ -365,7 +383,28 @@ def load_settings(
     if env.get("CSBOT_FAQ_FILE"):
         handler_opts.setdefault("faq", {})["file"] = env["CSBOT_FAQ_FILE"]
     kwargs["handler_options"] = handler_opts
+    kwargs["storage_rules"] = _storage_rules(data.get("storage", {}))
+    public_url = kwargs.get("public_url", "")
+    if public_url and not public_url.startswith(("http://", "https://")):
+        raise ConfigError("CSBOT_PUBLIC_URL must be an http:// or https:// URL")
+    kwargs["public_url"] = public_url.rstrip("/")
     return Settings(**kwargs)
+
+
+def _storage_rules(table: Any) -> dict[str, Any]:
+    """``[storage.rules]`` read/write, checked now so a bad rule stops the start with its name."""
+    from csbot.cloud.storage import StorageRules
+
+    if not isinstance(table, dict) or set(table) - {"rules"}:
+        raise ConfigError("config file: [storage] takes only a [storage.rules] table (read, write)")
+    rules = table.get("rules", {})
+    if not isinstance(rules, dict):
+        raise ConfigError("config file: [storage.rules] must be a table")
+    try:
+        StorageRules.from_mapping(rules)
+    except ValueError as exc:
+        raise ConfigError(f"config file: [storage.rules]: {exc}") from None
+    return dict(rules)
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

@@ -23,7 +23,9 @@ class MessageInfo:
     dedup_key: str | None
     status: str
     attempts: int = 0
-    #: key of the kept media (images) in the media store
+    #: fileID (``cloud://…``) of the image the customer sent, kept in storage
+    file_id: str | None = None
+    #: messages stored before cloud storage: key of the image under ``CSBOT_DATA_DIR/media``
     media_path: str | None = None
 
 
@@ -56,6 +58,8 @@ class Context:
     UNIONID: str | None = None
     #: "push" for the normal path, "inline" when running before the webhook's answer
     SOURCE: str = "push"
+    #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
+    storage: Any = None
     #: what ``reply`` gave, when this context has no outbox behind it (unit tests of a handler)
     replies: list[Reply] = field(default_factory=list)
     send: Send | None = field(default=None, repr=False)

@@ -109,6 +109,8 @@ class OutcomeOp:
     while_human: bool = False
     passive_reply: str | None = None
     media_path: str | None = None
+    #: fileID of the image the customer sent, kept in storage
+    file_id: str | None = None
     expect: str = PENDING
     batch_kind: str = "outcome"
     #: set when applied: replies were queued / withheld because a person has the conversation
@@ -118,7 +120,8 @@ class OutcomeOp:
     def _params(self, now: float) -> dict[str, Any]:
         return {"mid": self.message_id, "expect": self.expect, "status": self.status,
                 "handler": self.handler, "error": self.error, "handled_at": now,
-                "passive_reply": self.passive_reply, "media_path": self.media_path}
+                "passive_reply": self.passive_reply, "media_path": self.media_path,
+                "file_id": self.file_id}
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["OutcomeOp"]) -> list[bool]:
         from sqlalchemy import bindparam, func
@@ -130,7 +133,8 @@ class OutcomeOp:
             update(_MSG).where(_MSG.c.id == bindparam("mid"), _MSG.c.status == bindparam("expect"))
             .values(status=bindparam("status"), handler=bindparam("handler"), error=bindparam("error"),
                     handled_at=bindparam("handled_at"), passive_reply=bindparam("passive_reply"),
-                    media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path))))
+                    media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path),
+                    file_id=func.coalesce(bindparam("file_id"), _MSG.c.file_id))))
         # inline: the lane (and so the conversation row) may not exist yet
         await conversations.ensure(conn, [(op.activity.app, op.activity.openid) for op in ops
                                           if op.expect != PENDING], now)
@@ -404,7 +408,7 @@ class Inbox:
         *,
         openapi_for: Callable[[str], Any] | None = None,
         on_replies: Callable[[], None] | None = None,
-        media_store: Any = None,
+        storage: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
     ) -> None:
@@ -414,7 +418,8 @@ class Inbox:
         self.router = router
         self.openapi_for = openapi_for or (lambda _app: None)
         self.on_replies = on_replies or (lambda: None)
-        self.media_store = media_store
+        #: csbot.cloud.storage.Storage: where images customers send are kept
+        self.storage = storage
         self.metrics = metrics
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
@@ -555,7 +560,8 @@ class Inbox:
             send = replies.sender(r)
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=HandlerOpenAPI(openapi, send) if openapi is not None else None,
-                          options=r.options, UNIONID=unionid, SOURCE=source, send=send)
+                          options=r.options, UNIONID=unionid, SOURCE=source, send=send,
+                          storage=self.storage.for_app(app) if self.storage is not None else None)
             try:
                 value = await r.func(dict(event), ctx)
                 if value is NEXT:
@@ -675,7 +681,7 @@ class Inbox:
         async with self.sessionmaker() as s:
             rows = (await s.execute(
                 select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
-                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path,
+                       _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path, _MSG.c.file_id,
                        _MSG.c.received_at, _CONV.c.status.label("conversation_status"))
                 .select_from(_MSG.outerjoin(_CONV, (_CONV.c.app == _MSG.c.app) & (_CONV.c.openid == _MSG.c.openid)))
                 .where(_MSG.c.direction == "in", _MSG.c.status == PENDING, _MSG.c.id > after_id)
@@ -766,7 +772,7 @@ class Inbox:
         appid = app_cfg.appid if app_cfg else ""
         info = MessageInfo(id=row.id, app=row.app, openid=row.openid, msg_type=row.msg_type,
                            event=row.event, text=row.text, dedup_key=row.dedup_key, status=PENDING,
-                           attempts=claim.attempts, media_path=row.media_path)
+                           attempts=claim.attempts, media_path=row.media_path, file_id=row.file_id)
         activity = Activity(row.app, row.openid, user_message=user_action_kind(event) == "message")
         if claim.attempts > self.settings.max_handler_attempts:
             last = claim.last_error or "the process stopped or lost the push during handling"
@@ -774,8 +780,8 @@ class Inbox:
             log.error("push %s of %s/%s %s", row.id, row.app, row.openid, error)
             result = HandlerResult(FAILED, None, error[:2000], self._apology(_Replies(self, info, "push"), "push"))
         else:
-            if row.msg_type == "image" and not info.media_path and self.media_store is not None:
-                info.media_path = await self._keep_image(row, event)
+            if row.msg_type == "image" and not info.file_id and not row.media_path and self.storage is not None:
+                info.file_id = await self._keep_image(row, event)
             conv = ConversationInfo(id=lane.conversation_id, status=claim.conversation_status)
             human = claim.conversation_status == ConversationStatus.HUMAN
             routes = [r for r in self.router.candidates(event, human=human) if not r.inline]
@@ -783,7 +789,7 @@ class Inbox:
                                             unionid=claim.unionid)
         op = OutcomeOp(message_id=row.id, status=result.status, handler=result.handler, error=result.error,
                        replies=result.replies, while_human=result.while_human, activity=activity,
-                       media_path=info.media_path)
+                       file_id=info.file_id)
         try:
             await self.writer.run(op)
         except asyncio.CancelledError:
@@ -799,14 +805,15 @@ class Inbox:
         return True
 
     async def _keep_image(self, row: Message, event: dict[str, Any]) -> str | None:
-        """Fetch an image the user sent and keep it in the media store (WeChat's copy expires)."""
-        from csbot.media import fetch_user_image, media_key
+        """Fetch an image the user sent and keep it in storage (WeChat's copy expires); its fileID."""
+        from csbot.cloud.storage import StorageError
+        from csbot.media import fetch_user_image, keep_customer_media
 
         data = await fetch_user_image(self.openapi_for(row.app), event)
         if not data:
             return None
         try:
-            return await self.media_store.put(media_key(row.app, row.openid, row.id, data), data)
-        except OSError as exc:
+            return await keep_customer_media(self.storage, row.app, row.openid, row.id, data)
+        except (OSError, StorageError) as exc:
             log.warning("could not keep the image of push %s: %s", row.id, exc)
             return None

@@ -4,10 +4,14 @@ import asyncio
 import time
 import json
 import random
+import re
+
+from sqlalchemy import update
 
 from csbot import Link, TransferCustomerService
 from csbot.routing import NEXT, Route, Router
-from csbot.testing.harness import Harness, test_app
+from csbot.store import Message, make_engine, make_sessionmaker
+from csbot.testing.harness import Harness, test_app, test_settings
 
 
 async def test_pushes_of_one_user_are_handled_in_order_one_at_a_time_and_users_in_parallel():
@@ -167,11 +171,11 @@ async def test_users_and_conversations_are_recorded():
         assert [(c.openid, c.status) for c in convs] == [("oA", "bot"), ("oB", "bot")]
 
 
-async def test_an_image_the_user_sends_is_kept_in_the_media_store():
+async def test_an_image_the_user_sends_is_kept_in_storage_by_file_id():
     seen = {}
 
     async def look(event, context):
-        seen["media_path"] = context.message.media_path
+        seen["file_id"] = context.message.file_id
 
     async with Harness.start(router=Router([Route("look", look, fallback=True)])) as bot:
         png = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
@@ -179,9 +183,40 @@ async def test_an_image_the_user_sends_is_kept_in_the_media_store():
         await bot.send(bot.builder.image("oImg", media_id))
         await bot.wait_idle()
         [row] = await bot.messages(direction="in")
-        assert row.media_path and row.media_path.endswith(".png") and seen["media_path"] == row.media_path
-        assert await bot.services.media.get(row.media_path) == png
-        assert (bot.settings.data_dir / "media" / row.media_path).read_bytes() == png
+        assert row.file_id == seen["file_id"] and row.media_path is None
+        assert re.fullmatch(rf"cloud://default/inbox/oImg/{row.id}-[0-9a-f]{{16}}\.png", row.file_id)
+        storage = bot.services.storage
+        assert await storage.for_app("default").download(row.file_id) == png
+        stored = await storage.for_app("default").stat(row.file_id)
+        assert stored.owner_openid is None and stored.content_type == "image/png"
+        # the customer cannot delete or overwrite what they sent (it is the server side's file)
+        [denied] = await storage.delete_many([row.file_id], openid="oImg")
+        assert denied["errMsg"].startswith("STORAGE_EXCEED_AUTHORITY")
+
+
+async def test_images_kept_before_storage_are_moved_into_it_at_start(tmp_path):
+    from csbot.media import LocalMediaStore
+
+    settings = test_settings(tmp_path / "csbot.db", "http://127.0.0.1:9")
+    async with Harness.start(router=Router([]), settings=settings) as bot:
+        await bot.send_text("oOld", "placeholder")
+        await bot.wait_idle()
+        [row] = await bot.messages(direction="in")
+    # as an older csbot left it: the image under data/media, its key in media_path
+    legacy = LocalMediaStore(settings.data_dir / "media")
+    await legacy.put(f"default/oOld/{row.id}.png", b"\x89PNG old")
+    engine = make_engine(settings.database_url)
+    async with make_sessionmaker(engine)() as s, s.begin():
+        await s.execute(update(Message).where(Message.id == row.id).values(media_path=f"default/oOld/{row.id}.png"))
+    await engine.dispose()
+    async with Harness.start(router=Router([]), settings=settings) as bot:
+        for _ in range(200):
+            [row] = await bot.messages(direction="in")
+            if row.file_id:
+                break
+            await asyncio.sleep(0.02)
+        assert row.file_id and row.file_id.startswith(f"cloud://default/inbox/oOld/{row.id}-")
+        assert await bot.services.storage.for_app("default").download(row.file_id) == b"\x89PNG old"
 
 
 async def test_a_push_abandoned_inline_by_a_dead_process_is_handled_by_a_live_one(monkeypatch):

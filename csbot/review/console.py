@@ -287,8 +287,25 @@ def build_console(services: Services) -> web.Application:
         except ValueError:
             raise web.HTTPNotFound() from None
         row = await services.review.media(message_id)
-        if row is None or row.direction != "in" or not row.media_path:
+        if row is None or row.direction != "in" or not (row.file_id or row.media_path):
             raise web.HTTPNotFound(reason="no stored media for this message")
+        if row.file_id:  # kept in cloud storage
+            from csbot.cloud.storage import StorageError
+
+            storage = services.storage
+            try:
+                stored, stream = await storage.open(*storage.resolve(row.file_id))
+            except StorageError:
+                raise web.HTTPNotFound(reason="the stored media file is missing") from None
+            ctype = stored.content_type if stored.content_type.startswith("image/") else "application/octet-stream"
+            response = web.StreamResponse(headers={"Content-Type": ctype, "X-Content-Type-Options": "nosniff",
+                                                   "Cache-Control": "private, max-age=3600"})
+            response.content_length = stored.size
+            await response.prepare(request)
+            async for chunk in stream:
+                await response.write(chunk)
+            await response.write_eof()
+            return response
         try:
             data = await services.media.get(row.media_path)
         except (OSError, ValueError):
@@ -337,7 +354,7 @@ def build_console(services: Services) -> web.Application:
                         if m.status in UNSETTLED:
                             unsettled[m.id] = m.status
                     for m in await services.review.messages_by_id(list(unsettled)):
-                        if m.status != unsettled[m.id] or m.media_path:
+                        if m.status != unsettled[m.id] or m.media_path or m.file_id:
                             await send("update", message_item(m))
                         if m.status in UNSETTLED:
                             unsettled[m.id] = m.status

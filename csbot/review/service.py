@@ -163,7 +163,7 @@ def message_item(m: Message) -> dict[str, Any]:
     if m.direction == "in":
         item.update(handler=m.handler, error=m.error,
                     transferred=bool(m.passive_reply and "transfer_customer_service" in m.passive_reply),
-                    media_stored=bool(m.media_path))
+                    media_stored=bool(m.media_path or m.file_id), file_id=m.file_id)
     else:
         item.update(author=m.author, in_reply_to=m.in_reply_to, attempts=m.attempts, errcode=m.errcode,
                     errmsg=m.errmsg, error=m.error, sent_at=m.sent_at)

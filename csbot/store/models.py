@@ -117,8 +117,10 @@ class Message(Base):
     handled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: inbound: the passive reply body given by an inline handler (re-served on retries)
     passive_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
-    #: inbound: path of stored media in the media store
+    #: inbound, before storage existed: key of the media under ``CSBOT_DATA_DIR/media``
     media_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: inbound: fileID (``cloud://app/path``) of the image the customer sent, kept in storage
+    file_id: Mapped[str | None] = mapped_column(String(1200), nullable=True)
 
 
 class Note(Base):
@@ -159,3 +161,23 @@ class MediaCache(Base):
     media_type: Mapped[str] = mapped_column(String(16))
     media_id: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class StorageFile(Base):
+    """A file kept by cloudPath (csbot.cloud.storage): the metadata; the bytes are in the backend."""
+
+    __tablename__ = "storage_files"
+    __table_args__ = (UniqueConstraint("app", "cloud_path", name="uq_storage_files_app_path"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    cloud_path: Mapped[str] = mapped_column(String(1024))
+    #: the backend's key of the current version (a new one per upload; the old one is removed)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: openid of the mini-program user who uploaded it; NULL when the server side wrote it
+    owner_openid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
