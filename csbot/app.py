@@ -23,6 +23,8 @@ from csbot.store.batch import BatchWriter
 from csbot.store.migrate import ensure_schema
 from csbot.metrics import CONTENT_TYPE_LATEST, Metrics
 from csbot.review.service import Review
+from csbot.review.agents import Agents
+from csbot.review.audit import AuditLog
 from csbot.services import SERVICES, Services, services_of
 from csbot.webhook import add_routes
 
@@ -55,6 +57,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
                                storage=services.storage, instance_id=instance_id, metrics=metrics)
         services.review = Review(settings, services.sessionmaker, services.outbox)
+        services.agents = Agents(services.sessionmaker)
+        services.audit = AuditLog(services.sessionmaker)
         if run_workers:
             await services.inbox.recover()
             await services.outbox.recover()

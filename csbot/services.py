@@ -56,7 +56,9 @@ class Services:
     functions: Any = None
     database: Any = None
     storage: Any = None
+    #: console agent accounts, sessions, API tokens (csbot.review.agents) and the audit log (csbot.review.audit)
     agents: Any = None
+    audit: Any = None
 
     def __repr__(self) -> str:  # never the settings: they hold secrets
         return f"<Services {self.instance_id} ready={self.ready}>"

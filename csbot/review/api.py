@@ -1,8 +1,11 @@
 """The review HTTP API under ``/api/``: JSON, bearer-token authenticated, described at /api/openapi.json.
 
 Mounted only when ``CSBOT_ADMIN_TOKEN`` is set (otherwise ``/api/`` is a plain 404). Every call
-needs ``Authorization: Bearer <token>``; a missing or wrong token gets 401, compared in constant
-time. Every error is a short JSON ``{"error": "..."}`` with a 4xx status; nothing else leaks.
+needs ``Authorization: Bearer <token>``: the admin token (compared in constant time; acts as an
+admin named by the body's ``agent``/``author``, default ``api``) or an agent's API token from
+``csbot agents token NAME`` (acts as that agent, with that agent's role; the body's names are
+ignored). A missing or wrong token gets 401. Every error is a short JSON ``{"error": "..."}``
+with a 4xx status; nothing else leaks.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from csbot.review.audit import Actor
 from csbot.review.cli import format_batch
-from csbot.review.service import STATUSES, Invalid, ReviewError, parse_time
+from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, NotYours, ReviewError, parse_time
 from csbot.services import Services
 
 log = logging.getLogger("csbot.review.api")
@@ -36,13 +40,25 @@ def bearer_ok(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
 
 
-def make_middlewares(token: str) -> list[Any]:
+ACTOR: Any = web.RequestKey("csbot_actor", Actor) if hasattr(web, "RequestKey") else "csbot_actor"
+
+
+def actor_for(request: web.Request, name: str | None = None) -> Actor:
+    """Who this request acts as: its agent token's agent, or (admin token) an admin called ``name``."""
+    actor: Actor = request[ACTOR]
+    if actor.agent_id is None:
+        return Actor(name=name or "api", role="admin", address=actor.address)
+    return actor
+
+
+def make_middlewares(token: str, services: Services | None = None) -> list[Any]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except ReviewError as exc:
-            return json_error(exc.status, str(exc))
+            headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else {}
+            return json_error(exc.status, str(exc), **headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -56,10 +72,18 @@ def make_middlewares(token: str) -> list[Any]:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not bearer_ok(request, token):
+        if bearer_ok(request, token):
+            request[ACTOR] = Actor(name="api", role="admin", address=request.remote)
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        agent = None
+        if services is not None and scheme.lower() == "bearer" and given.strip():
+            agent = await services.agents.by_token(given.strip(), address=request.remote)
+        if agent is None:
             log.warning("review API: refused %s %s from %s: missing or wrong bearer token",
                         request.method, request.path, request.remote)
             return json_error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+        request[ACTOR] = agent
         return await handler(request)
 
     return [errors, auth]
@@ -100,7 +124,7 @@ def optional_str(data: dict[str, Any], name: str) -> str | None:
 
 def build_api(services: Services) -> web.Application:
     """The ``/api`` sub-application; ``services.review`` is the started service's :class:`Review`."""
-    api = web.Application(middlewares=make_middlewares(services.settings.admin_token))
+    api = web.Application(middlewares=make_middlewares(services.settings.admin_token, services))
     routes = web.RouteTableDef()
 
     @routes.get("/conversations")
@@ -109,10 +133,13 @@ def build_api(services: Services) -> web.Application:
         status = q.get("status") or None
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        assigned = q.get("assigned") or None
+        if assigned is not None and assigned not in ASSIGNED_FILTERS:
+            raise Invalid(f"assigned must be one of {', '.join(ASSIGNED_FILTERS)}")
         page = await services.review.list_conversations(
             app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
             search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
-            cursor=q.get("cursor") or None)
+            cursor=q.get("cursor") or None, assigned=assigned, viewer=request[ACTOR])
         return web.json_response({"conversations": page.conversations, "next_cursor": page.next_cursor})
 
     @routes.get("/conversations/{app}/{openid}")
@@ -120,7 +147,7 @@ def build_api(services: Services) -> web.Application:
         limit = int_param(request, "limit", 500, 1, 5000)
         before = int_param(request, "before", None, 1, 2**62)
         result = await services.review.thread(request.match_info["app"], request.match_info["openid"],
-                                         limit=limit, before=before)
+                                         limit=limit, before=before, viewer=request[ACTOR])
         return web.json_response({k: result[k] for k in ("conversation", "items", "truncated")})
 
     @routes.post("/conversations/{app}/{openid}/reply")
@@ -128,7 +155,8 @@ def build_api(services: Services) -> web.Application:
         data = await read_object(request)
         agent = optional_str(data, "agent") or "api"
         app, openid = request.match_info["app"], request.match_info["openid"]
-        message_id = await services.review.reply(app, openid, data.get("text"), agent=agent)
+        by = actor_for(request, agent)
+        message_id = await services.review.reply(app, openid, data.get("text"), agent=by.name, by=by)
         conv = await services.review.conversation(app, openid)
         return web.json_response({"message_id": message_id, "status": "queued", "conversation": conv},
                                  status=202)
@@ -139,27 +167,43 @@ def build_api(services: Services) -> web.Application:
         if data.get("status") not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         agent = optional_str(data, "agent")
+        by = actor_for(request, agent)
         conv = await services.review.set_status(request.match_info["app"], request.match_info["openid"],
-                                           data["status"], agent=agent or "api")
+                                           data["status"], agent=by.name, by=by)
+        return web.json_response({"conversation": conv})
+
+    @routes.post("/conversations/{app}/{openid}/assign")
+    async def assign(request: web.Request) -> web.Response:
+        data = await read_object(request)
+        if "agent" not in data:
+            raise Invalid("give agent: a name, or null to unassign")
+        agent = optional_str(data, "agent")
+        by = actor_for(request, optional_str(data, "by"))
+        conv = await services.review.assign(request.match_info["app"], request.match_info["openid"], agent or None,
+                                       by=by, known_agents=await services.agents.names())
         return web.json_response({"conversation": conv})
 
     @routes.post("/conversations/{app}/{openid}/tags")
     async def tags(request: web.Request) -> web.Response:
         data = await read_object(request)
         result = await services.review.set_tags(request.match_info["app"], request.match_info["openid"],
-                                           tags=data.get("tags"), add=data.get("add"), remove=data.get("remove"))
+                                           tags=data.get("tags"), add=data.get("add"), remove=data.get("remove"),
+                                           by=actor_for(request, optional_str(data, "agent")))
         return web.json_response({"tags": result})
 
     @routes.post("/conversations/{app}/{openid}/notes")
     async def notes(request: web.Request) -> web.Response:
         data = await read_object(request)
         author = optional_str(data, "author") or "api"
+        by = actor_for(request, author)
         note = await services.review.add_note(request.match_info["app"], request.match_info["openid"],
-                                         data.get("text"), author=author)
+                                         data.get("text"), author=by.name, by=by)
         return web.json_response({"note": note}, status=201)
 
     @routes.get("/export")
     async def export(request: web.Request) -> web.StreamResponse:
+        if not request[ACTOR].is_admin:
+            raise NotYours("only an admin exports every conversation")
         q = request.query
         fmt = q.get("format") or "jsonl"
         if fmt not in ("jsonl", "csv"):
@@ -186,8 +230,19 @@ def build_api(services: Services) -> web.Application:
         app, touser = data.get("app", "default"), data.get("touser")
         if not isinstance(app, str):
             raise Invalid("app must be a string")
-        message_id = await services.review.send(app, touser, data, author="operator")
+        message_id = await services.review.send(app, touser, data, author="operator", by=actor_for(request, "operator"))
         return web.json_response({"message_id": message_id, "status": "queued"}, status=202)
+
+    @routes.get("/audit")
+    async def audit(request: web.Request) -> web.Response:
+        if not request[ACTOR].is_admin:
+            raise NotYours("only an admin reads the audit log")
+        q = request.query
+        entries = await services.audit.entries(since=parse_time(q.get("since")), until=parse_time(q.get("until")),
+                                          action=q.get("action") or None, agent=q.get("agent") or None,
+                                          app=q.get("app") or None, openid=q.get("openid") or None,
+                                          limit=int_param(request, "limit", 1000, 1, 10000) or 1000)
+        return web.json_response({"entries": entries})
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:
@@ -245,7 +300,10 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
                                                                 "default": 50}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                     "description": "next_cursor of the previous page"}],
+                     "description": "next_cursor of the previous page"},
+                    {"name": "assigned", "in": "query",
+                     "schema": {"type": "string", "enum": ["mine", "unassigned"]},
+                     "description": "mine: assigned to the token's agent; unassigned: to nobody"}],
                 "responses": {"200": _json({"type": "object", "required": ["conversations", "next_cursor"],
                                             "properties": {"conversations": {"type": "array",
                                                                              "items": _ref("Conversation")},
@@ -259,7 +317,7 @@ def openapi_document() -> dict[str, Any]:
                      "description": "the latest this many messages"},
                     {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1},
                      "description": "only messages older than this id (paging back)"}],
-                "responses": {"200": _json(_ref("Thread"), "the thread"), **_errors(400, 401, 404)}}},
+                "responses": {"200": _json(_ref("Thread"), "the thread"), **_errors(400, 401, 403, 404)}}},
             "/conversations/{app}/{openid}/reply": {**conv_ops, "post": {
                 "operationId": "reply", "summary": "an agent's text reply through the outbox; takes the "
                                                    "conversation over",
@@ -270,7 +328,7 @@ def openapi_document() -> dict[str, Any]:
                                             "properties": {"message_id": {"type": "integer"},
                                                            "status": {"type": "string", "enum": ["queued"]},
                                                            "conversation": _ref("Conversation")}},
-                                           "queued"), **_errors(400, 401, 404, 413)}}},
+                                           "queued"), **_errors(400, 401, 403, 404, 413)}}},
             "/conversations/{app}/{openid}/status": {**conv_ops, "post": {
                 "operationId": "setStatus", "summary": "take over (human), hand back (bot) or close",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -278,7 +336,18 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"status": {"type": "string", "enum": list(STATUSES)}, "agent": NAME}}}}},
                 "responses": {"200": _json({"type": "object", "required": ["conversation"],
                                             "properties": {"conversation": _ref("Conversation")}}, "changed"),
-                              **_errors(400, 401, 404, 413)}}},
+                              **_errors(400, 401, 403, 404, 413)}}},
+            "/conversations/{app}/{openid}/assign": {**conv_ops, "post": {
+                "operationId": "assign", "summary": "give the conversation to an agent (null: to nobody); "
+                                                    "the status does not change",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["agent"],
+                    "properties": {"agent": {**NAME, "nullable": True,
+                                             "description": "an enabled agent's name, or null"},
+                                   "by": NAME}}}}},
+                "responses": {"200": _json({"type": "object", "required": ["conversation"],
+                                            "properties": {"conversation": _ref("Conversation")}}, "assigned"),
+                              **_errors(400, 401, 403, 404, 413)}}},
             "/conversations/{app}/{openid}/tags": {**conv_ops, "post": {
                 "operationId": "setTags", "summary": "replace (tags) and/or add and remove tags",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -288,14 +357,14 @@ def openapi_document() -> dict[str, Any]:
                         "remove": {"type": "array", "items": {"type": "string"}}}}}}},
                 "responses": {"200": _json({"type": "object", "required": ["tags"],
                                             "properties": {"tags": {"type": "array", "items": {"type": "string"}}}},
-                                           "the tags now"), **_errors(400, 401, 404, 413)}}},
+                                           "the tags now"), **_errors(400, 401, 403, 404, 413)}}},
             "/conversations/{app}/{openid}/notes": {**conv_ops, "post": {
                 "operationId": "addNote", "summary": "a private note (never sent to the customer)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["text"], "properties": {"text": TEXT, "author": NAME}}}}},
                 "responses": {"201": _json({"type": "object", "required": ["note"],
                                             "properties": {"note": _ref("Note")}}, "added"),
-                              **_errors(400, 401, 404, 413)}}},
+                              **_errors(400, 401, 403, 404, 413)}}},
             "/export": {"get": {
                 "operationId": "export", "summary": "every message in a time range, as JSON lines or CSV",
                 "parameters": [
@@ -306,23 +375,39 @@ def openapi_document() -> dict[str, Any]:
                                                                  "default": "jsonl"}}],
                 "responses": {"200": {"description": "the messages, oldest first", "content": {
                     "application/x-ndjson": {"schema": {"type": "string"}},
-                    "text/csv": {"schema": {"type": "string"}}}}, **_errors(400, 401)}}},
+                    "text/csv": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403)}}},
             "/send": {"post": {
                 "operationId": "send", "summary": "any customer-service message to a user, through the outbox",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SendBody")}}},
                 "responses": {"202": _json({"type": "object", "required": ["message_id", "status"],
                                             "properties": {"message_id": {"type": "integer"},
                                                            "status": {"type": "string", "enum": ["queued"]}}},
-                                           "queued"), **_errors(400, 401, 404, 413)}}},
+                                           "queued"), **_errors(400, 401, 403, 404, 413)}}},
+            "/audit": {"get": {
+                "operationId": "audit", "summary": "the audit log, oldest first (admin token or an admin's token)",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": time_param},
+                    {"name": "until", "in": "query", "schema": time_param},
+                    {"name": "action", "in": "query", "schema": {"type": "string"}},
+                    {"name": "agent", "in": "query", "schema": {"type": "string"}},
+                    {"name": "app", "in": "query", "schema": {"type": "string"}},
+                    {"name": "openid", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                                                "default": 1000}}],
+                "responses": {"200": _json({"type": "object", "required": ["entries"], "properties": {
+                    "entries": {"type": "array", "items": _ref("AuditEntry")}}}, "entries"),
+                    **_errors(400, 401, 403)}}},
             "/openapi.json": {"get": {"operationId": "openapi", "summary": "this document",
                                       "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document"),
                                                     **_errors(401)}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "CSBOT_ADMIN_TOKEN"}},
+                                           "description": "CSBOT_ADMIN_TOKEN, or an agent's token from "
+                                                          "`csbot agents token NAME` (acts as that agent)"}},
             "responses": {f"E{c}": _json(_ref("Error"), d) for c, d in (
                 (400, "bad input"), (401, "missing or wrong bearer token"),
+                (403, "an agent's token: not this agent's conversation, or an admin's action"),
                 (404, "no such conversation or app"), (413, "body too large"))},
             "schemas": SCHEMAS,
         },
@@ -331,6 +416,13 @@ def openapi_document() -> dict[str, Any]:
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "AuditEntry": {
+        "type": "object", "required": ["kind", "id", "action", "agent", "at", "address", "app", "openid", "detail"],
+        "properties": {"kind": {"type": "string", "enum": ["audit"]}, "id": {"type": "integer"},
+                       "action": {"type": "string"}, "agent": NULLABLE_STRING,
+                       "at": {"type": "string", "description": "ISO 8601 with offset"}, "ts": {"type": "number"},
+                       "address": NULLABLE_STRING, "app": NULLABLE_STRING, "openid": NULLABLE_STRING,
+                       "detail": NULLABLE_STRING}},
     "LastMessage": {"type": "object", "nullable": True, "required": ["id", "direction", "type", "summary", "at"],
                     "properties": {"id": {"type": "integer"}, "direction": {"type": "string", "enum": ["in", "out"]},
                                    "type": {"type": "string"}, "summary": {"type": "string"},
@@ -355,9 +447,11 @@ SCHEMAS: dict[str, Any] = {
     "Item": {
         "type": "object", "required": ["kind", "id", "at"],
         "description": "a message (kind=message: inbound push or outbound reply with its delivery state), "
-                       "a private note (kind=note) or a status change (kind=event)",
+                       "a private note (kind=note), a status change (kind=event, with the address it came "
+                       "from) or another audited action on the conversation (kind=audit: assign, tag, retry, ...)",
         "properties": {
-            "kind": {"type": "string", "enum": ["message", "note", "event"]}, "id": {"type": "integer"},
+            "kind": {"type": "string", "enum": ["message", "note", "event", "audit"]}, "id": {"type": "integer"},
+            "action": {"type": "string"}, "agent": NULLABLE_STRING, "address": NULLABLE_STRING,
             "at": {"type": "number"}, "direction": {"type": "string", "enum": ["in", "out"]},
             "type": {"type": "string", "description": "WeChat MsgType or the reply's msgtype"},
             "event": NULLABLE_STRING, "text": NULLABLE_STRING,

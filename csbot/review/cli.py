@@ -1,4 +1,5 @@
-"""``csbot conversations list|show|export``, ``csbot reply`` and ``csbot takeover|handback|close``.
+"""``csbot conversations list|show|export``, ``csbot reply``, ``csbot takeover|handback|close``,
+``csbot agents ...`` and ``csbot audit``.
 
 They work on the store directly (``CSBOT_DATABASE_URL``), so they need no running service; a
 reply is queued in the store's outbox and the running service's sender delivers it (its outbox
@@ -19,7 +20,8 @@ from datetime import datetime
 from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
-from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, parse_time
+from csbot.review.audit import ACTIONS, Actor
+from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time
 from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
 
 
@@ -69,6 +71,43 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("--agent", help="your name (default: your login name)")
         p.set_defaults(func=_run(cmd_status), status=status)
 
+    agents = sub.add_parser("agents", parents=[common], help="console agent accounts and their API tokens")
+    asub = agents.add_subparsers(dest="agents_command", required=True)
+    p = asub.add_parser("add", parents=[common], help="a new agent (asks for the password)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=("admin", "agent"), default="agent",
+                   help="agent: answers and takes over; admin: also sees every conversation and manages "
+                        "agents and saved replies (default: agent)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=_run(cmd_agents_add))
+    p = asub.add_parser("list", parents=[common], help="every agent, with role and state")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_run(cmd_agents_list))
+    for name, what in (("disable", "sign the agent out everywhere, revoke their API tokens, refuse sign-in"),
+                       ("enable", "allow a disabled agent to sign in again")):
+        p = asub.add_parser(name, parents=[common], help=what)
+        p.add_argument("name")
+        p.set_defaults(func=_run(cmd_agents_disable), disable=name == "disable")
+    p = asub.add_parser("reset-password", parents=[common], help="a new password (signs the agent out everywhere)")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=_run(cmd_agents_password))
+    p = asub.add_parser("token", parents=[common],
+                        help="print a new API token acting as this agent (Authorization: Bearer on /api/)")
+    p.add_argument("name")
+    p.set_defaults(func=_run(cmd_agents_token))
+
+    p = sub.add_parser("audit", parents=[common], help="who did what, when, from where",
+                       description="Actions: " + "; ".join(f"{k}: {v}" for k, v in ACTIONS.items()))
+    p.add_argument("--since", default="1d", help="2h, 1d, 2026-11-20, 2026-11-20T10:00 (default: 1d)")
+    p.add_argument("--until", help="same forms as --since")
+    p.add_argument("--action", choices=sorted(ACTIONS))
+    p.add_argument("--agent")
+    p.add_argument("--app")
+    p.add_argument("--openid")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_run(cmd_audit))
+
 
 def _run(coro_func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
@@ -117,8 +156,8 @@ async def _pick_app(review: Review, openid: str, app: str | None) -> str:
     return apps[0]
 
 
-def _line(obj: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+def _line(obj: dict[str, Any], out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _when(ts: float | None) -> str:
@@ -169,6 +208,9 @@ def describe_item(item: dict[str, Any]) -> str:
         who = f" by {item['actor']}" if item.get("actor") else ""
         detail = f" ({item['detail']})" if item.get("detail") else ""
         return f"{when}  * {item['event']}{who}{detail}"
+    if item["kind"] == "audit":
+        detail = f" ({item['detail']})" if item.get("detail") else ""
+        return f"{when}  * {item['action']} by {item.get('agent') or '?'}{detail}"
     if item["direction"] == "in":
         kind = item["type"] if item["type"] != "event" else f"event {item.get('event') or ''}".strip()
         line = f"{when}  < customer [{kind}] {describe_inbound(item)}"
@@ -299,11 +341,16 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 # --------------------------------------------------------------------------- acting
 
 
+def cli_actor(agent: str) -> Actor:
+    """The command line acts with an admin's rights (it has the database); audited as ``cli``."""
+    return Actor(name=agent, role="admin", address="cli")
+
+
 async def cmd_reply(args: argparse.Namespace, settings: Settings) -> int:
     agent = args.agent or default_agent()
     async with open_review(settings, with_outbox=True) as review:
         app = await _pick_app(review, args.openid, args.app)
-        message_id = await review.reply(app, args.openid, args.text, agent=agent)
+        message_id = await review.reply(app, args.openid, args.text, agent=agent, by=cli_actor(agent))
     print(f"reply {message_id} queued for {args.openid} (agent {agent}); the running csbot sends it "
           f"and the conversation is now yours (`csbot handback {args.openid}` to return it to the bot)")
     return 0
@@ -313,9 +360,106 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     agent = args.agent or default_agent()
     async with open_review(settings) as review:
         app = await _pick_app(review, args.openid, args.app)
-        conv = await review.set_status(app, args.openid, args.status, agent=agent)
+        conv = await review.set_status(app, args.openid, args.status, agent=agent, by=cli_actor(agent))
     who = f" (agent {conv['assigned_agent']})" if conv["assigned_agent"] else ""
     print(f"{args.openid} in app {app}: {conv['status']}{who}")
+    return 0
+
+
+# --------------------------------------------------------------------------- agents and audit
+
+
+def read_password(args: argparse.Namespace, name: str) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        raise ReviewError("the two passwords differ")
+    return first
+
+
+async def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
+    from csbot.review.agents import Agents
+
+    password = read_password(args, args.name)
+    async with open_review(settings) as review:
+        agent = await Agents(review.sessionmaker).add(args.name, password, role=args.role,
+                                                      by=cli_actor(default_agent()))
+    print(f"agent {agent['name']} added ({agent['role']}); they sign in at /admin")
+    return 0
+
+
+async def cmd_agents_list(args: argparse.Namespace, settings: Settings) -> int:
+    from csbot.review.agents import Agents
+
+    async with open_review(settings) as review:
+        agents = await Agents(review.sessionmaker).list()
+    if args.json:
+        for a in agents:
+            _line({**a, "created_at": iso(a["created_at"]), "password_changed_at": iso(a["password_changed_at"])})
+        return 0
+    if not agents:
+        print("no agents (the first admin: `csbot agents add NAME --role admin`)")
+        return 0
+    print(f"{'NAME':<24} {'ROLE':<6} {'STATE':<9} CREATED")
+    for a in agents:
+        print(f"{_short(a['name'], 24):<24} {a['role']:<6} {'disabled' if a['disabled'] else 'enabled':<9} "
+              f"{_when(a['created_at'])}")
+    return 0
+
+
+async def cmd_agents_disable(args: argparse.Namespace, settings: Settings) -> int:
+    from csbot.review.agents import Agents
+
+    async with open_review(settings) as review:
+        await Agents(review.sessionmaker).set_disabled(args.name, args.disable, by=cli_actor(default_agent()))
+    print(f"{args.name} disabled: signed out everywhere, API tokens revoked" if args.disable
+          else f"{args.name} enabled")
+    return 0
+
+
+async def cmd_agents_password(args: argparse.Namespace, settings: Settings) -> int:
+    from csbot.review.agents import Agents
+
+    password = read_password(args, args.name)
+    async with open_review(settings) as review:
+        await Agents(review.sessionmaker).reset_password(args.name, password, by=cli_actor(default_agent()))
+    print(f"new password for {args.name}; they are signed out everywhere")
+    return 0
+
+
+async def cmd_agents_token(args: argparse.Namespace, settings: Settings) -> int:
+    from csbot.review.agents import Agents
+
+    async with open_review(settings) as review:
+        token = await Agents(review.sessionmaker).issue_token(args.name, by=cli_actor(default_agent()))
+    print(token)
+    print(f"(an API token acting as {args.name}: Authorization: Bearer <token> on /api/; shown only now; "
+          f"`csbot agents disable {args.name}` revokes it)", file=sys.stderr)
+    return 0
+
+
+async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from csbot.review.audit import AuditLog
+
+    async with open_review(settings) as review:
+        entries = await AuditLog(review.sessionmaker).entries(
+            since=parse_time(args.since), until=parse_time(args.until), action=args.action, agent=args.agent,
+            app=args.app, openid=args.openid)
+    if args.json:
+        for e in entries:
+            e.pop("kind")
+            e.pop("ts")
+            _line(e)
+        return 0
+    if not entries:
+        print("no audit entries in that range")
+        return 0
+    for e in entries:
+        where = f" {e['app']}/{e['openid']}" if e["openid"] else ""
+        detail = f" ({e['detail']})" if e["detail"] else ""
+        print(f"{_when(e['ts'])}  {_short(e['agent'] or '-', 20):<20} {e['action']:<15}{where}{detail}"
+              f"  [{e['address'] or '-'}]")
     return 0
 
 

@@ -1,13 +1,15 @@
-"""The web console at ``/admin``: sign in with the admin token, read conversations, step in, hand back.
+"""The web console at ``/admin``: agents sign in, read conversations, step in, hand back.
 
 Server-rendered with Jinja2 (autoescaped) and a little plain JavaScript (``static/console.js``,
 no build step). Security:
 
-- sign-in with ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a display name, then a
-  signed session cookie (HMAC with a key derived from the token: changing the token signs
-  everyone out), ``HttpOnly``, ``SameSite=Strict``, ``Secure`` when served over HTTPS;
-- a CSRF token (bound to the session) on every form and POST; the sign-in form itself uses a
-  double-submit cookie;
+- sign-in with an agent's name and password (:mod:`csbot.review.agents`: argon2id, rate-limited
+  per name and per address); while no agent exists, the sign-in page creates the first admin
+  from ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a name and password;
+- a server-side session (random cookie, ``HttpOnly``, ``SameSite=Strict``, ``Secure`` over
+  HTTPS; the store keeps its hash): disabling an agent or resetting their password ends it;
+- a CSRF token (random, kept with the session) on every form and POST; the sign-in form itself
+  uses a double-submit cookie;
 - customer text is only ever rendered as text: Jinja2 autoescape on the server, ``textContent``
   in the live updates, and a Content-Security-Policy without inline scripts.
 
@@ -18,8 +20,6 @@ messages newer than the last one it has, every half second.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
 import json
 import logging
@@ -34,7 +34,8 @@ from urllib.parse import quote, urlencode
 import jinja2
 from aiohttp import web
 
-from csbot.review.service import STATUSES, ReviewError, ago, check_name, message_item
+from csbot.review.agents import ConsoleSession, RateLimited, SESSION_TTL
+from csbot.review.service import STATUSES, ReviewError, ago, message_item
 from csbot.services import Services
 from csbot.statuses import UNSETTLED, as_json as statuses_json
 
@@ -43,53 +44,14 @@ log = logging.getLogger("csbot.review.console")
 HERE = Path(__file__).parent
 SESSION_COOKIE = "csbot_session"
 LOGIN_COOKIE = "csbot_login"
-SESSION_TTL = 12 * 3600
+#: a live-update stream re-checks its session this often (a signed-out agent stops receiving)
+SESSION_RECHECK = 3.0
 POLL_SECONDS = 0.5
 THREAD_LIMIT = 300
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class Sessions:
-    """Stateless signed sessions: ``payload.signature``, payload = {agent, expiry, nonce}."""
-
-    def __init__(self, token: str) -> None:
-        self.key = hmac.new(token.encode("utf-8"), b"csbot-console-session-v1", hashlib.sha256).digest()
-
-    def _sign(self, data: bytes) -> str:
-        return _b64(hmac.new(self.key, data, hashlib.sha256).digest())
-
-    def issue(self, agent: str) -> str:
-        payload = _b64(json.dumps({"a": agent, "e": int(time.time() + SESSION_TTL),
-                                   "n": secrets.token_hex(16)}).encode())
-        return f"{payload}.{self._sign(payload.encode())}"
-
-    def read(self, cookie: str | None) -> dict[str, Any] | None:
-        if not cookie or "." not in cookie or len(cookie) > 1024:
-            return None
-        payload, _, sig = cookie.partition(".")
-        if not hmac.compare_digest(sig.encode(), self._sign(payload.encode()).encode()):
-            return None
-        try:
-            data = json.loads(_unb64(payload))
-        except ValueError:
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("e"), int) or data["e"] < time.time():
-            return None
-        return data
-
-    def csrf(self, session: dict[str, Any]) -> str:
-        return self._sign(b"csrf:" + str(session.get("n", "")).encode())
 
 
 def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -114,13 +76,12 @@ def is_http_url(value: Any) -> bool:
 def build_console(services: Services) -> web.Application:
     """The ``/admin`` sub-application."""
     settings = services.settings
-    sessions = Sessions(settings.admin_token)
     env = make_env()
     env.globals["is_http_url"] = is_http_url
     env.globals["statuses"] = statuses_json()
 
-    def render(name: str, http_status: int = 200, **ctx: Any) -> web.Response:
-        return web.Response(text=env.get_template(name).render(**ctx), status=http_status,
+    def render(template: str, http_status: int = 200, **ctx: Any) -> web.Response:
+        return web.Response(text=env.get_template(template).render(**ctx), status=http_status,
                             content_type="text/html", charset="utf-8")
 
     def error_page(status: int, message: str) -> web.Response:
@@ -137,6 +98,8 @@ def build_console(services: Services) -> web.Application:
                 resp = error_page(exc.status, exc.reason)
         except ReviewError as exc:
             resp = error_page(exc.status, str(exc))
+            if isinstance(exc, RateLimited):
+                resp.headers["Retry-After"] = str(exc.retry_after)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
@@ -155,22 +118,22 @@ def build_console(services: Services) -> web.Application:
 
     console = web.Application(middlewares=[middleware])
 
-    def session_of(request: web.Request) -> dict[str, Any] | None:
-        return sessions.read(request.cookies.get(SESSION_COOKIE))
+    async def session_of(request: web.Request) -> ConsoleSession | None:
+        return await services.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote)
 
-    def require(request: web.Request, *, page: bool = False) -> dict[str, Any]:
-        session = session_of(request)
+    async def require(request: web.Request, *, page: bool = False) -> ConsoleSession:
+        session = await session_of(request)
         if session is None:
             if page:
                 raise web.HTTPSeeOther("/admin/login?" + urlencode({"next": request.path_qs}))
             raise web.HTTPUnauthorized(reason="sign in first")
         return session
 
-    async def require_post(request: web.Request) -> tuple[dict[str, Any], Any]:
-        session = require(request)
+    async def require_post(request: web.Request) -> tuple[ConsoleSession, Any]:
+        session = await require(request)
         form = await request.post()
         given = str(form.get("csrf") or request.headers.get("X-CSRF-Token") or "")
-        if not given or not hmac.compare_digest(given.encode(), sessions.csrf(session).encode()):
+        if not given or not hmac.compare_digest(given.encode(), session.csrf.encode()):
             log.warning("console: refused %s %s: missing or wrong CSRF token", request.method, request.path)
             raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
         return session, form
@@ -178,23 +141,25 @@ def build_console(services: Services) -> web.Application:
     def secure(request: web.Request) -> bool:
         return request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
 
-    def base_ctx(session: dict[str, Any]) -> dict[str, Any]:
-        return {"agent": session["a"], "csrf": sessions.csrf(session), "apps": list(settings.apps),
-                "statuses": STATUSES}
+    def base_ctx(session: ConsoleSession) -> dict[str, Any]:
+        return {"agent": session.actor.name, "role": session.actor.role, "csrf": session.csrf,
+                "apps": list(settings.apps), "statuses": STATUSES}
 
     # ---- sign in / out
 
-    async def login_form(request: web.Request, *, status: int = 200, message: str = "") -> web.Response:
+    async def login_form(request: web.Request, *, status: int = 200, message: str = "",
+                         name: str = "") -> web.Response:
         nonce = secrets.token_urlsafe(24)
         nxt = request.query.get("next", "/admin/")
-        resp = render("login.html", http_status=status, csrf=nonce, message=message,
+        resp = render("login.html", http_status=status, csrf=nonce, message=message, name=name,
+                      bootstrap=await services.agents.count() == 0,
                       next=nxt if nxt.startswith("/admin/") else "/admin/")
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/admin",
                         secure=secure(request), max_age=3600)
         return resp
 
     async def login_page(request: web.Request) -> web.Response:
-        if session_of(request) is not None:
+        if await session_of(request) is not None:
             raise web.HTTPSeeOther("/admin/")
         return await login_form(request)
 
@@ -205,48 +170,67 @@ def build_console(services: Services) -> web.Application:
         if not given_csrf or not cookie_csrf or not hmac.compare_digest(given_csrf.encode(), cookie_csrf.encode()):
             log.warning("console: refused sign-in from %s: missing or wrong CSRF token", request.remote)
             raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
-        token = str(form.get("token") or "")
-        if not hmac.compare_digest(token.encode("utf-8"), settings.admin_token.encode("utf-8")):
-            log.warning("console: failed sign-in from %s", request.remote)
-            await asyncio.sleep(0.5)  # slows guessing
-            return await login_form(request, status=401, message="That is not the admin token.")
+        name = str(form.get("name") or "")[:64]
+        password = str(form.get("password") or "")
         try:
-            agent = check_name(str(form.get("name") or ""), "your name")
+            if await services.agents.count() == 0:
+                session = await bootstrap(request, form, name, password)
+            else:
+                session = await services.agents.sign_in(name, password, address=request.remote)
+        except RateLimited:
+            raise
         except ReviewError as exc:
-            return await login_form(request, status=400, message=str(exc))
+            log.warning("console: failed sign-in as %r from %s: %s", name, request.remote, exc)
+            return await login_form(request, status=exc.status, message=str(exc), name=name)
         nxt = str(form.get("next") or "/admin/")
         resp = web.HTTPSeeOther(nxt if nxt.startswith("/admin/") else "/admin/")
-        resp.set_cookie(SESSION_COOKIE, sessions.issue(agent), httponly=True, samesite="Strict", path="/",
+        resp.set_cookie(SESSION_COOKIE, session.cookie or "", httponly=True, samesite="Strict", path="/admin",
                         secure=secure(request), max_age=SESSION_TTL)
         resp.del_cookie(LOGIN_COOKIE, path="/admin")
-        log.info("console: %s signed in from %s", agent, request.remote)
+        log.info("console: %s signed in from %s", session.actor.name, request.remote)
         raise resp
 
+    async def bootstrap(request: web.Request, form: Any, name: str, password: str) -> ConsoleSession:
+        """No agent yet: the admin token makes the first admin (and nothing else)."""
+        from csbot.review.agents import SignInRefused
+
+        token = str(form.get("token") or "")
+        if not hmac.compare_digest(token.encode("utf-8"), settings.admin_token.encode("utf-8")):
+            async with services.sessionmaker() as s, s.begin():
+                from csbot.review.audit import record
+
+                await record(s, "failed_sign_in", None, agent=name, address=request.remote,
+                             detail="first admin: wrong admin token")
+            await asyncio.sleep(0.5)  # slows guessing
+            raise SignInRefused("That is not the admin token.")
+        return await services.agents.bootstrap(name, password, address=request.remote)
+
     async def logout(request: web.Request) -> web.Response:
-        await require_post(request)
+        session, _form = await require_post(request)
+        await services.agents.sign_out(session)
         resp = web.HTTPSeeOther("/admin/login")
-        resp.del_cookie(SESSION_COOKIE, path="/")
+        resp.del_cookie(SESSION_COOKIE, path="/admin")
         raise resp
 
     # ---- pages
 
     async def list_page(request: web.Request) -> web.Response:
-        session = require(request, page=True)
+        session = await require(request, page=True)
         q = request.query
         status = q.get("status") if q.get("status") in STATUSES else None
         search = (q.get("q") or "").strip()[:200]
         app = q.get("app") if q.get("app") in settings.apps else None
         page = await services.review.list_conversations(app=app, status=status, search=search or None, limit=50,
-                                                   cursor=q.get("cursor") or None)
+                                                   cursor=q.get("cursor") or None, viewer=session.actor)
         after = await services.review.max_message_id()
         return render("list.html", **base_ctx(session), conversations=page.conversations,
                       next_cursor=page.next_cursor, status=status, search=search, app=app, after=after,
                       filtered=bool(search or app or q.get("cursor")), now=time.time())
 
     async def thread_page(request: web.Request) -> web.Response:
-        session = require(request, page=True)
+        session = await require(request, page=True)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        thread = await services.review.thread(app, openid, limit=THREAD_LIMIT)
+        thread = await services.review.thread(app, openid, limit=THREAD_LIMIT, viewer=session.actor)
         last_id = max((i["id"] for i in thread["items"] if i["kind"] == "message"), default=0)
         return render("thread.html", **base_ctx(session), c=thread["conversation"], items=thread["items"],
                       truncated=thread["truncated"], after=last_id, now=time.time())
@@ -257,13 +241,15 @@ def build_console(services: Services) -> web.Application:
     async def reply(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await services.review.reply(app, openid, str(form.get("text") or ""), agent=session["a"])
+        await services.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
+                               by=session.actor)
         raise back_to_thread(app, openid)
 
     async def set_status(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await services.review.set_status(app, openid, str(form.get("status") or ""), agent=session["a"])
+        await services.review.set_status(app, openid, str(form.get("status") or ""), agent=session.actor.name,
+                                    by=session.actor)
         raise back_to_thread(app, openid)
 
     async def tags(request: web.Request) -> web.Response:
@@ -271,17 +257,18 @@ def build_console(services: Services) -> web.Application:
         app, openid = request.match_info["app"], request.match_info["openid"]
         add = [t for t in str(form.get("add") or "").split(",") if t.strip()]
         remove = [str(form["remove"])] if form.get("remove") else []
-        await services.review.set_tags(app, openid, add=add, remove=remove)
+        await services.review.set_tags(app, openid, add=add, remove=remove, by=session.actor)
         raise back_to_thread(app, openid)
 
     async def notes(request: web.Request) -> web.Response:
         session, form = await require_post(request)
         app, openid = request.match_info["app"], request.match_info["openid"]
-        await services.review.add_note(app, openid, str(form.get("text") or ""), author=session["a"])
+        await services.review.add_note(app, openid, str(form.get("text") or ""), author=session.actor.name,
+                                  by=session.actor)
         raise back_to_thread(app, openid)
 
     async def media(request: web.Request) -> web.Response:
-        require(request)
+        await require(request)
         try:
             message_id = int(request.match_info["id"])
         except ValueError:
@@ -319,7 +306,7 @@ def build_console(services: Services) -> web.Application:
     # ---- live updates
 
     async def events(request: web.Request) -> web.StreamResponse:
-        require(request)
+        session = await require(request)
         app = request.query.get("app") or None
         openid = request.query.get("openid") or None
         try:
@@ -339,13 +326,18 @@ def build_console(services: Services) -> web.Application:
                 unsettled[int(part)] = "?"  # shown unsettled on the page: send its state once
         waiting: set[tuple[str, str]] = set()
         conv_state: tuple[Any, ...] | None = None
-        last_ping = time.monotonic()
+        last_ping = last_check = time.monotonic()
         try:
             await resp.write(b"retry: 2000\n\n")
             while not services.closing.is_set():
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break
+                if time.monotonic() - last_check > SESSION_RECHECK:
+                    last_check = time.monotonic()
+                    if await services.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote) is None:
+                        await send("signed_out", {})
+                        break
                 if openid and app:
                     new = await services.review.new_messages(after, app=app, openid=openid)
                     for m in new:
@@ -377,7 +369,8 @@ def build_console(services: Services) -> web.Application:
                     if waiting:
                         for conv in await services.review.conversations_for(list(waiting)):
                             waiting.discard((conv["app"], conv["openid"]))
-                            await send("conversation", conv)
+                            if session.actor.is_admin or conv["assigned_agent"] in (None, session.actor.name):
+                                await send("conversation", conv)
                 if time.monotonic() - last_ping > 15:
                     await resp.write(b": ping\n\n")
                     last_ping = time.monotonic()

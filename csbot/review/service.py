@@ -35,12 +35,15 @@ from csbot import conversations
 from csbot.config import Settings
 from csbot.messages import MAX_TEXT, Reply, Text, reply_from_send_body
 from csbot.outbox import outbound_message, queue_messages
-from csbot.review.models import ConversationEvent
+from csbot.review.audit import Actor, record
+from csbot.review.models import AuditEntry, ConversationEvent
 from csbot.review.search import matching_ids
 from csbot.statuses import ConversationStatus
 from csbot.store import Conversation, Message, Note
 
 STATUSES = tuple(ConversationStatus)
+#: audited actions whose thread item (the note, the message) already says who and when
+IN_THREAD_ALREADY = ("note", "reply", "image")
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 32
 MAX_NAME = 64
@@ -60,6 +63,26 @@ class NotFound(ReviewError):
 
 class Invalid(ReviewError):
     status = 400
+
+
+class NotYours(ReviewError):
+    """An agent (not an admin) acting on a conversation another agent has."""
+
+    status = 403
+
+
+ASSIGNED_FILTERS = ("mine", "unassigned")
+
+
+def as_actor(by: Actor | None, name: str | None = None) -> Actor:
+    """Who acts: ``by`` when the caller knows (console, API token), else the admin-level ``name``."""
+    return by if by is not None else Actor(name=name or "api")
+
+
+def check_access(conv: Conversation, by: Actor | None) -> None:
+    """Agents see and act on conversations that are theirs or nobody's; admins on every one."""
+    if by is not None and not by.is_admin and conv.assigned_agent not in (None, by.name):
+        raise NotYours(f"this conversation is assigned to {conv.assigned_agent}; ask an admin to reassign it")
 
 
 # --------------------------------------------------------------------------- input parsing
@@ -178,6 +201,11 @@ def event_item(e: ConversationEvent) -> dict[str, Any]:
     return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": e.at}
 
 
+def audit_thread_item(e: AuditEntry) -> dict[str, Any]:
+    return {"kind": "audit", "id": e.id, "action": e.action, "agent": e.agent, "address": e.address,
+            "detail": e.detail, "at": e.at}
+
+
 def conversation_item(c: Conversation, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     stats = stats or {}
     return {
@@ -220,13 +248,20 @@ class Review:
 
     async def list_conversations(self, *, app: str | None = None, status: str | None = None,
                                  since: float | None = None, search: str | None = None,
-                                 limit: int = 50, cursor: str | None = None) -> Page:
-        """Newest activity first; ``cursor`` continues after the last page."""
+                                 limit: int = 50, cursor: str | None = None, assigned: str | None = None,
+                                 viewer: Actor | None = None) -> Page:
+        """Newest activity first; ``cursor`` continues after the last page.
+
+        ``assigned``: ``mine`` (the viewer's) or ``unassigned``; a ``viewer`` who is not an admin
+        sees only conversations that are theirs or nobody's."""
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+        if assigned is not None and assigned not in ASSIGNED_FILTERS:
+            raise Invalid(f"assigned must be one of {', '.join(ASSIGNED_FILTERS)}")
         limit = max(1, min(int(limit), MAX_LIMIT))
         async with self.sessionmaker() as s:
-            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor)
+            q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor,
+                                      assigned=assigned, viewer=viewer)
             q = q.limit(limit + 1)
             convs = list((await s.execute(q)).scalars().all())
             more = len(convs) > limit
@@ -239,9 +274,16 @@ class Review:
     @staticmethod
     async def list_query(s: AsyncSession, *, app: str | None = None, status: str | None = None,
                          since: float | None = None, search: str | None = None,
-                         cursor: str | None = None) -> Any:
+                         cursor: str | None = None, assigned: str | None = None,
+                         viewer: Actor | None = None) -> Any:
         """The SELECT of conversations behind :meth:`list_conversations` (without the limit)."""
         q = select(Conversation)
+        if viewer is not None and not viewer.is_admin:
+            q = q.where(or_(Conversation.assigned_agent.is_(None), Conversation.assigned_agent == viewer.name))
+        if assigned == "mine":
+            q = q.where(Conversation.assigned_agent == (viewer.name if viewer else ""))
+        elif assigned == "unassigned":
+            q = q.where(Conversation.assigned_agent.is_(None))
         if app:
             q = q.where(Conversation.app == app)
         if status:
@@ -282,7 +324,8 @@ class Review:
             }
         return out
 
-    async def _conversation(self, s: AsyncSession, app: str, openid: str, *, lock: bool = False) -> Conversation:
+    async def _conversation(self, s: AsyncSession, app: str, openid: str, *, lock: bool = False,
+                            viewer: Actor | None = None) -> Conversation:
         check_key(app, openid)
         q = select(Conversation).where(Conversation.app == app, Conversation.openid == openid)
         if lock:
@@ -290,6 +333,7 @@ class Review:
         conv = (await s.execute(q)).scalars().first()
         if conv is None:
             raise NotFound(f"no conversation with {openid} in app {app}")
+        check_access(conv, viewer)
         return conv
 
     async def conversations_for(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -302,9 +346,9 @@ class Review:
             stats = await self._stats(s, convs)
         return [conversation_item(c, stats.get((c.app, c.openid))) for c in convs]
 
-    async def conversation(self, app: str, openid: str) -> dict[str, Any]:
+    async def conversation(self, app: str, openid: str, *, viewer: Actor | None = None) -> dict[str, Any]:
         async with self.sessionmaker() as s:
-            conv = await self._conversation(s, app, openid)
+            conv = await self._conversation(s, app, openid, viewer=viewer)
             stats = await self._stats(s, [conv])
         return conversation_item(conv, stats.get((app, openid)))
 
@@ -315,13 +359,14 @@ class Review:
                                          .order_by(Conversation.app))).scalars())
 
     async def thread(self, app: str, openid: str, *, limit: int | None = None,
-                     before: int | None = None, after: int | None = None) -> dict[str, Any]:
+                     before: int | None = None, after: int | None = None,
+                     viewer: Actor | None = None) -> dict[str, Any]:
         """The conversation and its items (messages, notes, status events) in order.
 
         ``limit`` keeps the latest ones (``before``: older than that message id); ``after``
         gives only messages newer than that id (live updates)."""
         async with self.sessionmaker() as s:
-            conv = await self._conversation(s, app, openid)
+            conv = await self._conversation(s, app, openid, viewer=viewer)
             stats = await self._stats(s, [conv])
             q = select(Message).where(Message.app == app, Message.openid == openid)
             if before is not None:
@@ -337,9 +382,21 @@ class Review:
                                           .order_by(Note.id))).scalars().all())
             events = list((await s.execute(select(ConversationEvent).where(
                 ConversationEvent.conversation_id == conv.id).order_by(ConversationEvent.id))).scalars().all())
+            audits = list((await s.execute(select(AuditEntry).where(
+                AuditEntry.conversation_id == conv.id).order_by(AuditEntry.id))).scalars().all())
         truncated = limit is not None and len(messages) == limit
         start = messages[0].received_at if truncated and messages else float("-inf")
-        side = [note_item(n) for n in notes] + [event_item(e) for e in events]
+        # a status change made by someone shows once: its event, with the audit entry's address
+        event_items = [event_item(e) for e in events]
+        shown: set[int] = set()
+        for item in event_items:
+            for a in audits:
+                if a.id not in shown and a.action == item["event"] and abs(a.at - item["at"]) < 1.0:
+                    item["address"] = a.address
+                    shown.add(a.id)
+                    break
+        side = ([note_item(n) for n in notes] + event_items
+                + [audit_thread_item(a) for a in audits if a.id not in shown and a.action not in IN_THREAD_ALREADY])
         side = sorted((i for i in side if i["at"] >= start), key=lambda i: i["at"])
         items: list[dict[str, Any]] = []
         for m in messages:
@@ -409,36 +466,77 @@ class Review:
     # ---- acting
 
     async def set_status(self, app: str, openid: str, status: str, *, agent: str | None = None,
-                         actor: str | None = None) -> dict[str, Any]:
-        """takeover (``human``, with the agent), handback (``bot``) or close (``closed``)."""
+                         actor: str | None = None, by: Actor | None = None) -> dict[str, Any]:
+        """takeover (``human``, with the agent), handback (``bot``) or close (``closed``).
+
+        ``by`` (who acts, audited) defaults to an admin named ``agent``; an agent account always
+        takes over for itself."""
         if status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         if agent is not None:
             agent = check_name(agent)
+        by = as_actor(by, actor or agent)
+        if not by.is_admin:
+            agent = by.name
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid, lock=True)
-            await conversations.change(s, conv, status, agent=agent or actor, actor=actor or agent, now=now)
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            if await conversations.change(s, conv, status, agent=agent or actor, actor=by.name, now=now):
+                await record(s, conversations.EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app,
+                             openid=openid, detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN
+                             and agent and agent != by.name else None, at=now)
         return await self.conversation(app, openid)
 
-    async def reply(self, app: str, openid: str, text: str, *, agent: str) -> int:
-        """An agent's text reply; the conversation is taken over by ``agent`` if it was not already.
+    async def assign(self, app: str, openid: str, agent: str | None, *, by: Actor | None = None,
+                     known_agents: list[str] | None = None) -> dict[str, Any]:
+        """Give the conversation to ``agent`` (None: to nobody) without changing its status; a
+        ``human`` conversation can only be given to somebody (hand it back to free it)."""
+        by = as_actor(by)
+        if agent is not None:
+            agent = check_name(agent)
+            if known_agents is not None and agent not in known_agents:
+                raise Invalid(f"no enabled agent named {agent!r}")
+        if not by.is_admin and agent not in (None, by.name):
+            raise NotYours("only an admin assigns a conversation to somebody else")
+        async with self.sessionmaker() as s, s.begin():
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            if agent is None and conv.status == ConversationStatus.HUMAN:
+                raise Invalid("a conversation with an agent needs one: hand it back to the bot to unassign it")
+            if conv.assigned_agent != agent:
+                await s.execute(update(Conversation).where(Conversation.id == conv.id)
+                                .values(assigned_agent=agent))
+                await record(s, "assign", by, conversation_id=conv.id, app=app, openid=openid,
+                             detail=f"to {agent}" if agent else "unassigned")
+        return await self.conversation(app, openid)
 
-        One transaction: the takeover, the queued reply and the agent-reply time commit together.
+    async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None) -> int:
+        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
+        return await self.reply_with(app, openid, Text(check_text(text)), agent=agent, by=by, action="reply")
+
+    async def reply_with(self, app: str, openid: str, message: Reply, *, agent: str, by: Actor | None = None,
+                         action: str = "reply") -> int:
+        """An agent's reply of any kind (text, image), audited as ``action``; takes the conversation over.
+
+        One transaction: the takeover, the queued reply, the agent-reply time and the audit entry
+        commit together (or none of them does).
         """
-        text = check_text(text)
-        agent = check_name(agent)
+        by = as_actor(by, agent)
+        agent = check_name(by.name if not by.is_admin else agent)
         if app not in self.settings.apps:
             raise NotFound(f"unknown app {app!r}")
         outbox = self._require_outbox()
-        message = outbound_message(app, openid, Text(text), author=f"agent:{agent}")
+        outbound = outbound_message(app, openid, message, author=f"agent:{agent}")
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid, lock=True)
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
             if conv.status != ConversationStatus.HUMAN:
-                await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now)
-            (message_id,) = await queue_messages(await s.connection(), [message], now=now)
+                if await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
+                    await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
+                                 detail="by replying")
+            (message_id,) = await queue_messages(await s.connection(), [outbound], now=now)
             await conversations.record_agent_reply(s, conv, now)
+            await record(s, action, by, conversation_id=conv.id, app=app, openid=openid,
+                         detail=f"message {message_id}")
         outbox.wake()
         return message_id  # type: ignore[return-value]  # a new key is never a duplicate
 
@@ -447,25 +545,41 @@ class Review:
             raise RuntimeError("this Review has no outbox")
         return self._outbox
 
-    async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator") -> int:
+    async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator",
+                   by: Actor | None = None) -> int:
         """Any customer-service message (text, image, link, miniprogrampage) to a user, via the outbox."""
         if app not in self.settings.apps:
             raise NotFound(f"unknown app {app!r}")
         if not isinstance(touser, str) or not 0 < len(touser) <= 128:
             raise Invalid("touser must be an openid")
         reply = build_reply(message)
-        return await self._require_outbox().enqueue(app, touser, reply, author=author)
+        outbox = self._require_outbox()
+        by = as_actor(by, author)
+        async with self.sessionmaker() as s:
+            conv = (await s.execute(select(Conversation).where(
+                Conversation.app == app, Conversation.openid == touser))).scalars().first()
+            if conv is not None:
+                check_access(conv, by)
+        outbound = outbound_message(app, touser, reply, author=author if by.is_admin else f"agent:{by.name}")
+        async with self.sessionmaker() as s, s.begin():  # the message and its audit entry together
+            (message_id,) = await queue_messages(await s.connection(), [outbound])
+            await record(s, "send", by, conversation_id=conv.id if conv else None, app=app, openid=touser,
+                         detail=f"message {message_id} ({reply.msgtype})")
+        outbox.wake()
+        return message_id  # type: ignore[return-value]
 
     async def set_tags(self, app: str, openid: str, *, tags: list[str] | None = None,
                        add: list[str] | None = None, remove: list[str] | None = None,
-                       actor: str | None = None) -> list[str]:
+                       actor: str | None = None, by: Actor | None = None) -> list[str]:
         for value in (tags, add, remove):
             if value is not None and (not isinstance(value, list) or
                                       not all(isinstance(t, str) for t in value)):
                 raise Invalid("tags, add and remove must be lists of strings")
+        by = as_actor(by, actor)
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid, lock=True)
-            current = tags_of(conv) if tags is None else []
+            conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            before = tags_of(conv)
+            current = list(before) if tags is None else []
             for t in (tags or []) + (add or []):
                 t = t.strip()
                 if not t or len(t) > MAX_TAG_LENGTH or any(ord(c) < 32 for c in t):
@@ -478,17 +592,25 @@ class Review:
                 raise Invalid(f"at most {MAX_TAGS} tags")
             await s.execute(update(Conversation).where(Conversation.id == conv.id)
                             .values(tags=json.dumps(current, ensure_ascii=False)))
+            added = [t for t in current if t not in before]
+            removed = [t for t in before if t not in current]
+            if added or removed:
+                await record(s, "tag", by, conversation_id=conv.id, app=app, openid=openid,
+                             detail=" ".join([*(f"+{t}" for t in added), *(f"-{t}" for t in removed)]))
         return current
 
-    async def add_note(self, app: str, openid: str, text: str, *, author: str) -> dict[str, Any]:
+    async def add_note(self, app: str, openid: str, text: str, *, author: str,
+                       by: Actor | None = None) -> dict[str, Any]:
         text = check_text(text)
-        author = check_name(author, "author")
+        by = as_actor(by, author)
+        author = check_name(author if by.is_admin else by.name, "author")
         async with self.sessionmaker() as s, s.begin():
-            conv = await self._conversation(s, app, openid)
+            conv = await self._conversation(s, app, openid, viewer=by)
             note = Note(conversation_id=conv.id, author=author, text=text, created_at=time.time())
             s.add(note)
             await s.flush()
             item = note_item(note)
+            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=f"note {note.id}")
         return item
 
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
@@ -543,5 +665,5 @@ def ago(ts: float | None, *, now: float | None = None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
 
 
-__all__ = ["Review", "ReviewError", "NotFound", "Invalid", "Page", "parse_time", "STATUSES",
+__all__ = ["Review", "ReviewError", "NotFound", "NotYours", "Invalid", "Page", "parse_time", "STATUSES",
            "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago"]

@@ -46,3 +46,29 @@ async def api(bot: Harness, method: str, path: str, *, headers: dict | None = No
         return resp.status, await resp.text()
 
 
+
+
+PASSWORD = "correct horse battery"
+
+
+def agents_of(bot: Harness) -> Any:
+    return services_of(bot.app).agents
+
+
+async def add_agent(bot: Harness, name: str, *, role: str = "agent", password: str = PASSWORD) -> None:
+    await agents_of(bot).add(name, password, role=role)
+
+
+async def login_csrf(bot: Harness, session: Any) -> str:
+    import re
+
+    async with session.get(bot.url + "/admin/login") as resp:
+        html = await resp.text()
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+async def console_sign_in(bot: Harness, session: Any, name: str, password: str = PASSWORD, **extra: str) -> Any:
+    """Post the sign-in form (with its CSRF cookie); returns the response (not followed)."""
+    csrf = await login_csrf(bot, session)
+    return await session.post(bot.url + "/admin/login", data={"name": name, "password": password,
+                                                               "csrf": csrf, **extra}, allow_redirects=False)

@@ -72,9 +72,9 @@ async def test_reply_status_tags_and_notes_act_on_the_conversation(bot):
 
     status, thread = await api(bot, "GET", "/api/conversations/default/oAnn")
     assert status == 200
-    kinds = [(i["kind"], i.get("event") or i.get("direction")) for i in thread["items"]]
+    kinds = [(i["kind"], i.get("event") or i.get("action") or i.get("direction")) for i in thread["items"]]
     assert kinds == [("message", "in"), ("message", "out"), ("event", "takeover"), ("message", "out"),
-                     ("note", None), ("event", "handback")]
+                     ("audit", "tag"), ("note", None), ("event", "handback")]
     reply = thread["items"][3]
     assert (reply["author"], reply["status"], reply["text"]) == ("agent:ada", "sent", "您好，我是客服")
 

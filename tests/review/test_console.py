@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import ADMIN_TOKEN, review_of, start
+from .support import ADMIN_TOKEN, PASSWORD, add_agent, agents_of, console_sign_in, review_of, start
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).parents[2] / "test-output"
@@ -46,7 +46,9 @@ async def browser():
             await b.close()
 
 
-async def signed_in_page(browser, bot, name="Alice"):
+async def signed_in_page(browser, bot, name="Alice", role="admin"):
+    if name not in [a["name"] for a in await agents_of(bot).list()]:
+        await add_agent(bot, name, role=role)
     context = await browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
     page = await context.new_page()
     dialogs: list[str] = []
@@ -54,7 +56,7 @@ async def signed_in_page(browser, bot, name="Alice"):
     await page.goto(bot.url + "/admin")
     assert "/admin/login" in page.url
     await page.fill("input[name=name]", name)
-    await page.fill("input[name=token]", ADMIN_TOKEN)
+    await page.fill("input[name=password]", PASSWORD)
     await page.click("button[type=submit]")
     await page.wait_for_url(re.compile(r"/admin/$"))
     return page, dialogs
@@ -181,19 +183,18 @@ async def test_requests_without_a_session_or_csrf_token_are_refused():
                     assert r.status == 401, path
             async with anon.post(base + "/c/default/oAnn/reply", data={"text": "x"}) as r:
                 assert r.status == 401
-            async with anon.post(base + "/login", data={"name": "mallory", "token": ADMIN_TOKEN}) as r:
+            async with anon.post(base + "/login", data={"name": "mallory", "password": PASSWORD,
+                                                        "token": ADMIN_TOKEN}) as r:
                 assert r.status == 403  # no sign-in CSRF token
-            csrf = await form_csrf(bot, anon, "/admin/login")
-            async with anon.post(base + "/login", data={"name": "mallory", "token": "guess", "csrf": csrf}) as r:
-                assert r.status == 401 and "csbot_session" not in r.cookies
+            await add_agent(bot, "ada")
+            r = await console_sign_in(bot, anon, "mallory", password="guess guess")
+            assert r.status == 401 and "csbot_session" not in r.cookies
 
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as agent:
-            csrf = await form_csrf(bot, agent, "/admin/login")
-            async with agent.post(base + "/login", data={"name": "ada", "token": ADMIN_TOKEN, "csrf": csrf},
-                                  allow_redirects=False) as r:
-                assert r.status == 303
-                cookie = r.headers["Set-Cookie"]
-                assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and ADMIN_TOKEN not in cookie
+            r = await console_sign_in(bot, agent, "ada")
+            assert r.status == 303
+            cookie = r.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and PASSWORD not in cookie
             for data in ({"text": "x"}, {"text": "x", "csrf": "forged"}):
                 async with agent.post(base + "/c/default/oAnn/reply", data=data) as r:
                     assert r.status == 403
