@@ -411,8 +411,11 @@ class Inbox:
         storage: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
+        services: Any = None,
     ) -> None:
         self.settings = settings
+        #: the running service, handed to handlers' contexts (context.call_function, decrypt)
+        self.services = services
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.router = router
@@ -560,8 +563,7 @@ class Inbox:
             send = replies.sender(r)
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=HandlerOpenAPI(openapi, send) if openapi is not None else None,
-                          options=r.options, UNIONID=unionid, SOURCE=source, send=send,
-                          storage=self.storage.for_app(app) if self.storage is not None else None)
+                          options=r.options, UNIONID=unionid, SOURCE=source, send=send, services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
                 if value is NEXT:

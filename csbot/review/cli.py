@@ -232,7 +232,8 @@ def describe_inbound(item: dict[str, Any]) -> str:
     if t == "text":
         return str(c.get("Content", item.get("text") or ""))
     if t == "image":
-        stored = "kept in the media store" if item.get("media_stored") else "not stored"
+        stored = (f"kept as {item['file_id']}" if item.get("file_id")
+                  else "kept in the media store" if item.get("media_stored") else "not stored")
         return f"image MediaId={c.get('MediaId', '?')} ({stored})"
     if t == "miniprogrampage":
         return f"mini program card {c.get('Title', '')!r} → {c.get('PagePath', '')} (appid {c.get('AppId', '')})"
