@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
 from csbot.cloud.opendata import ILLEGAL_AES_KEY, OpenDataError, decrypt_open_data, raw_data_signature_ok
 from csbot.messages import Reply, as_reply, reply_from_send_body
 from csbot.statuses import ConversationStatus
+
+
+class PushLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A handler's logger: every line starts with ``[push ID app/openid]`` so it can be found."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[push {extra.get('push_id')} {extra.get('app')}/{extra.get('openid')}] {msg}", kwargs
 
 
 @dataclass
@@ -63,6 +73,9 @@ class Context:
     #: "push" for the normal path, "inline" when running before the webhook's answer; for
     #: callable functions "wx_client" (mini program), "wx_http" (server API), "csbot" (a handler)
     SOURCE: str = "push"
+    #: the ``re.Match`` of the route's ``regex`` on the text (``context.match.group(1)``); None for
+    #: routes without a regex
+    match: re.Match[str] | None = None
     #: what ``reply`` gave, when this context has no outbox behind it (unit tests of a handler)
     replies: list[Reply] = field(default_factory=list)
     send: Send | None = field(default=None, repr=False)

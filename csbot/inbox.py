@@ -30,9 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot import conversations
-from csbot.context import ConversationInfo, Context, HandlerOpenAPI, MessageInfo
+from csbot.context import ConversationInfo, Context, HandlerOpenAPI, MessageInfo, PushLogger
 from csbot.conversations import Activity
-from csbot.messages import Text, TransferCustomerService
+from csbot.messages import (OFFICIAL_ACCOUNT_ONLY, PASSIVE_TYPES, Image, PassiveReply, Reply, Text,
+                            TransferCustomerService, as_reply)
 from csbot.outbox import OutboundMessage, ReplyNotSendable, outbound_message, queue_messages
 from csbot.routing import NEXT, Route, Router
 from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED, ConversationStatus, InboundStatus
@@ -371,6 +372,9 @@ class _Replies:
 
     def prepare(self, reply: Any, *, author: str, openid: str | None = None,
                 key_suffix: str | None = None) -> OutboundMessage:
+        message = as_reply(reply)
+        if message is not None:
+            self.inbox._check_kind(self.info.app, message)  # e.g. an Official-Account-only type
         if key_suffix is None:
             key_suffix = str(self._next)
             self._next += 1
@@ -506,7 +510,7 @@ class Inbox:
             message_id=message_id, status=result.status, handler=result.handler, error=result.error,
             replies=result.replies, while_human=result.while_human,
             activity=Activity(app, push.openid, user_message=user_action_kind(push.event) == "message",
-                              transferred=passive is not None),
+                              transferred=isinstance(result.passive, TransferCustomerService)),
             passive_reply=json.dumps(passive, ensure_ascii=False) if passive is not None else None,
             expect=INLINE)
         applied = await self.writer.run(op)
@@ -556,14 +560,16 @@ class Inbox:
         app's apology: an exception, a reply that cannot be sent, a transfer outside an inline
         route. Replies given with ``context.reply`` are queued as they are given.
         """
-        logger = logging.LoggerAdapter(logging.getLogger("csbot.handler"), {"push_id": info.id, "app": app})
+        logger = PushLogger(logging.getLogger("csbot.handler"),
+                            {"push_id": info.id, "app": app, "openid": info.openid})
         replies = _Replies(self, info, source)
         openapi = self.openapi_for(app)
         for r in routes:
             send = replies.sender(r)
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=HandlerOpenAPI(openapi, send) if openapi is not None else None,
-                          options=r.options, UNIONID=unionid, SOURCE=source, send=send, services=self.services)
+                          options=r.options, UNIONID=unionid, SOURCE=source, send=send,
+                          match=r.match(event), services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
                 if value is NEXT:
@@ -581,7 +587,12 @@ class Inbox:
                     else:
                         passive = value
                 elif value is not None:
-                    final.append(replies.prepare(value, author=r.name))
+                    reply = as_reply(value)
+                    if reply is not None and source == "inline" and self._passive_allowed(app, reply):
+                        self._check_kind(app, reply)
+                        passive = PassiveReply(reply)  # an Official Account answers in the webhook's response
+                    elif reply is not None:
+                        final.append(replies.prepare(reply, author=r.name))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -600,6 +611,28 @@ class Inbox:
         if not apology or source == "inline":
             return []
         return [replies.prepare(Text(apology), author="apology", key_suffix="apology")]
+
+    def _is_official_account(self, app: str) -> bool:
+        cfg = self.settings.apps.get(app)
+        return cfg is not None and cfg.is_official_account
+
+    def _passive_allowed(self, app: str, reply: Reply) -> bool:
+        """Official Accounts answer inline routes with a passive reply (text, image by media_id,
+        voice, video, music, news); Mini Programs only with transfer_customer_service."""
+        if not self._is_official_account(app) or not isinstance(reply, PASSIVE_TYPES):
+            return False
+        return not (isinstance(reply, Image) and reply.media_id is None)
+
+    def _check_kind(self, app: str, reply: Reply) -> None:
+        error = self._kind_error(app, reply)
+        if error:
+            raise HandlerMisuse(error)
+
+    def _kind_error(self, app: str, reply: Reply) -> str | None:
+        if isinstance(reply, OFFICIAL_ACCOUNT_ONLY) and not self._is_official_account(app):
+            return (f"a {reply.msgtype} message is for Official Account apps only; app {app} is a Mini Program "
+                    "(kind = \"miniprogram\"), whose send API takes text, image, link and miniprogrampage")
+        return None
 
     # ---- the worker side
 

@@ -170,7 +170,7 @@ class Functions:
         self.clock = clock
         self._limiters: OrderedDict[tuple[str, str], AsyncLimiter] = OrderedDict()
 
-    def allow(self, app: str, openid: str) -> bool:
+    async def allow(self, app: str, openid: str) -> bool:
         """Take one call from the user's allowance (``rate_per_second``, burst ``burst``)."""
         if self.rate_per_second <= 0:
             return True
@@ -184,7 +184,7 @@ class Functions:
             self._limiters.move_to_end(key)
         if not limiter.has_capacity():
             return False
-        limiter._level += 1  # what acquire() does when there is capacity, without a coroutine
+        await limiter.acquire()  # there is capacity: this does not wait
         return True
 
     def observe(self, name: str, outcome: str, seconds: float) -> None:

@@ -26,16 +26,17 @@ import logging
 import mimetypes
 import secrets
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from csbot.review.agents import ConsoleSession, RateLimited, SESSION_TTL
-from csbot.review.service import STATUSES, ReviewError, ago, message_item
+from csbot.review.service import STATUSES, ReviewError, ago, iso, message_item, timestamp
 from csbot.services import Services
 from csbot.statuses import UNSETTLED, as_json as statuses_json
 
@@ -54,15 +55,26 @@ CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src '
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    return datetime.fromtimestamp(ts).strftime(fmt) if ts else ""
+def time_tag(at: str | float | None, *, mode: str = "datetime") -> Markup:
+    """A ``<time>`` the browser shows in its own zone (``console.js``), with the offset on hover.
+
+    The text inside is the UTC fallback for a browser without JavaScript; ``mode`` ``ago``
+    shows "3 min ago" instead of the date.
+    """
+    ts = timestamp(at)
+    if ts is None:
+        return Markup("")
+    utc = datetime.fromtimestamp(ts, timezone.utc)
+    text = ago(ts) if mode == "ago" else utc.strftime("%Y-%m-%d %H:%M UTC")
+    return Markup('<time datetime="{}" data-local="{}" title="{}">{}</time>').format(
+        iso(ts), mode, utc.strftime("%Y-%m-%d %H:%M:%S UTC"), text)
 
 
 def make_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("csbot.review", "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-    env.filters["when"] = _when
-    env.filters["ago"] = ago
+    env.filters["when"] = time_tag
+    env.filters["ago"] = lambda at: time_tag(at, mode="ago")
     env.filters["q"] = lambda s: quote(str(s), safe="")
     for name in env.list_templates():  # loaded once, at start-up: no file reads while serving
         env.get_template(name)
@@ -267,6 +279,15 @@ def build_console(services: Services) -> web.Application:
                                   by=session.actor)
         raise back_to_thread(app, openid)
 
+    async def retry(request: web.Request) -> web.Response:
+        session, _form = await require_post(request)
+        try:
+            message_id = int(request.match_info["id"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        item = await services.review.retry(message_id, by=session.actor)
+        raise back_to_thread(item["app"], item["openid"])
+
     async def media(request: web.Request) -> web.Response:
         await require(request)
         try:
@@ -395,6 +416,7 @@ def build_console(services: Services) -> web.Application:
     console.router.add_post("/c/{app}/{openid}/status", set_status)
     console.router.add_post("/c/{app}/{openid}/tags", tags)
     console.router.add_post("/c/{app}/{openid}/notes", notes)
+    console.router.add_post("/messages/{id}/retry", retry)
     console.router.add_get("/media/{id}", media)
     console.router.add_get("/events", events)
     console.router.add_static("/static", HERE / "static", append_version=True)

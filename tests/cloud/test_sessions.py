@@ -183,6 +183,19 @@ class TestSessionLookup:
             assert (await s.execute(select(func.count()).select_from(CloudSessionRecord))).scalar_one() == 1
 
 
+    async def test_expired_sessions_of_every_user_are_purged(self, bot: Harness) -> None:
+        store: SessionStore = bot.services.sessions
+        now = [1_000_000.0]
+        store.clock = lambda: now[0]
+        await store.create("default", "oGone1", None)
+        await store.create("default", "oGone2", None)
+        now[0] += store.lifetime / 2
+        kept = await store.create("default", "oStays", None)
+        now[0] += store.lifetime / 2 + 1
+        assert await store.purge_expired() == 2
+        assert await store.lookup(kept) is not None
+
+
 class TestLogout:
     async def test_logout_ends_the_session(self, bot: Harness) -> None:
         mp = MiniProgram(bot, OPENID)

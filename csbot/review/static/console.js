@@ -12,15 +12,53 @@
 
   function pad(n) { return n < 10 ? '0' + n : String(n); }
 
-  function when(ts) {
-    if (!ts) return '';
-    var d = new Date(ts * 1000);
+  // Times come from the server as ISO 8601 with an offset; every one is shown in this
+  // browser's zone, with the full time and the zone's offset on hover.
+  function toDate(at) {
+    if (at === null || at === undefined || at === '') return null;
+    var d = typeof at === 'number' ? new Date(at * 1000) : new Date(at);
+    return isNaN(d.getTime()) ? null : d;
+  }
+
+  function offset(d) {
+    var m = -d.getTimezoneOffset();
+    var sign = m >= 0 ? '+' : '-';
+    m = Math.abs(m);
+    return 'UTC' + sign + pad(Math.floor(m / 60)) + ':' + pad(m % 60);
+  }
+
+  function when(at) {
+    var d = toDate(at);
+    if (!d) return '';
     return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
       pad(d.getHours()) + ':' + pad(d.getMinutes());
   }
 
-  function ago(ts) {
-    var s = Math.max(0, Date.now() / 1000 - ts);
+  function fullWhen(d) {
+    return when(d) + ':' + pad(d.getSeconds()) + ' ' + offset(d);
+  }
+
+  function localize(node) {
+    var d = toDate(node.getAttribute('datetime'));
+    if (!d) return;
+    node.textContent = node.getAttribute('data-local') === 'ago' ? ago(d) : when(d);
+    node.title = fullWhen(d);
+  }
+
+  function timeEl(at, mode, className) {
+    var t = el('time', className);
+    var d = toDate(at);
+    if (!d) return t;
+    t.setAttribute('datetime', d.toISOString());
+    t.setAttribute('data-local', mode || 'datetime');
+    localize(t);
+    return t;
+  }
+
+  function ago(at) {
+    var d = toDate(at);
+    if (!d) return '';
+    var s = Math.max(0, (Date.now() - d.getTime()) / 1000);
     if (s < 60) return 'just now';
     if (s < 3600) return Math.floor(s / 60) + ' min ago';
     if (s < 86400) return Math.floor(s / 3600) + ' h ago';
@@ -47,6 +85,21 @@
     if (['failed', 'dead', 'quota_exceeded', 'in_doubt'].indexOf(item.status) >= 0 && (item.errmsg || item.error)) {
       frag.appendChild(el('span', 'delivery-error', [item.errmsg, item.error].filter(Boolean).join(' — ')));
     }
+    var csrf = document.querySelector('input[name="csrf"]');
+    if (item.retryable && csrf) {
+      var form = el('form', 'retry-form');
+      form.method = 'post';
+      form.action = '/admin/messages/' + encodeURIComponent(item.id) + '/retry';
+      var hidden = el('input');
+      hidden.type = 'hidden';
+      hidden.name = 'csrf';
+      hidden.value = csrf.value;
+      form.appendChild(hidden);
+      var button = el('button', 'btn btn-sm retry', 'Retry');
+      button.type = 'submit';
+      form.appendChild(button);
+      frag.appendChild(form);
+    }
     return frag;
   }
 
@@ -66,7 +119,7 @@
         ? 'Customer opened the chat' + (c.SessionFrom ? ' from “' + c.SessionFrom + '”' : '')
         : 'Event ' + (item.event || '');
       node.appendChild(el('span', null, label));
-      node.appendChild(el('time', null, when(item.at)));
+      node.appendChild(timeEl(item.at));
       handlerError(item, node);
     } else {
       var inbound = item.direction === 'in';
@@ -98,7 +151,7 @@
       node.appendChild(bubble);
       var meta = el('div', 'meta');
       if (inbound) {
-        meta.appendChild(el('time', null, when(item.at)));
+        meta.appendChild(timeEl(item.at));
         if (['pending', 'inline', 'handling'].indexOf(item.status) >= 0) {
           meta.appendChild(document.createTextNode(' · '));
           meta.appendChild(el('span', 'pill pill-queued', item.status));
@@ -110,7 +163,7 @@
         handlerError(item, node);
       } else {
         meta.appendChild(document.createTextNode((agent ? item.author.slice(6) : 'bot · ' + (item.author || 'handler')) + ' · '));
-        meta.appendChild(el('time', null, when(item.at)));
+        meta.appendChild(timeEl(item.at));
         meta.appendChild(document.createTextNode(' · '));
         meta.appendChild(pill(item));
         node.appendChild(meta);
@@ -179,6 +232,7 @@
     top.appendChild(el('span', 'openid', conv.openid));
     top.appendChild(el('span', 'badge status-' + conv.status, conv.status));
     if (conv.unanswered) top.appendChild(el('span', 'badge unanswered', 'unanswered'));
+    if (conv.undelivered) top.appendChild(el('span', 'badge undelivered', 'undelivered'));
     if (conv.transferred_at) top.appendChild(el('span', 'badge transferred', 'transferred'));
     (conv.tags || []).forEach(function (t) { top.appendChild(el('span', 'tag', t)); });
     main.appendChild(top);
@@ -189,9 +243,7 @@
     main.appendChild(line);
     a.appendChild(main);
     var side = el('span', 'conv-side');
-    var t = el('time', 'when', ago(conv.last_message_at));
-    t.setAttribute('data-ts', String(conv.last_message_at));
-    side.appendChild(t);
+    side.appendChild(timeEl(conv.last_message_at, 'ago'));
     if (conv.assigned_agent) side.appendChild(el('span', 'agent-name', conv.assigned_agent));
     a.appendChild(side);
     li.appendChild(a);
@@ -219,13 +271,12 @@
       list.insertBefore(row, list.firstChild);
     });
     setInterval(function () {
-      list.querySelectorAll('time.when[data-ts]').forEach(function (t) {
-        t.textContent = ago(parseFloat(t.getAttribute('data-ts')));
-      });
+      list.querySelectorAll('time[data-local="ago"]').forEach(localize);
     }, 30000);
   }
 
   document.addEventListener('DOMContentLoaded', function () {
+    document.querySelectorAll('time[datetime]').forEach(localize);
     var thread = document.getElementById('thread');
     if (thread) {
       startThread(thread);

@@ -4,14 +4,14 @@ WeChat's reply window and quota are counted from the user's pushes themselves (t
 reads them from ``messages``), so these copies were dead weight on the hot path.
 
 Revision ID: h_inbox_drop_dead_columns
-Revises: functions_sessions
+Revises: h_ops_refused_webhooks
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_inbox_drop_dead_columns'
-down_revision = 'functions_sessions'
+down_revision = 'h_ops_refused_webhooks'
 branch_labels = None
 depends_on = None
 
