@@ -92,7 +92,7 @@ def post_json(url: str, payload: Any) -> Any:
 
 
 def run_wrk(url: str, token: str, body_file: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s", "--latency",
+    cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration:g}s", "--timeout", "5s", "--latency",
            "-s", str(HERE / "wrk_function.lua"), url, "--", token, str(body_file)]
     started = time.process_time()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 30)

@@ -196,6 +196,30 @@ class TestSessionLookup:
         assert await store.lookup(kept) is not None
 
 
+class TestStoreDown:
+    @staticmethod
+    def break_store(monkeypatch, store: SessionStore) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        def unavailable():
+            raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(store, "sessionmaker", unavailable)
+
+    async def test_login_is_503_with_retry_after(self, bot: Harness, monkeypatch) -> None:
+        self.break_store(monkeypatch, bot.services.sessions)
+        status, body, headers = await login(bot, {"code": bot.fake.issue_login_code(TEST_APPID, OPENID)})
+        assert status == 503 and set(body) == {"errCode", "errMsg"} and headers["Retry-After"]
+
+    async def test_a_call_with_an_uncached_session_is_503_not_401(self, bot: Harness, monkeypatch) -> None:
+        mp = MiniProgram(bot, OPENID)
+        await mp.login()
+        bot.services.sessions._cache.clear()
+        self.break_store(monkeypatch, bot.services.sessions)
+        resp = await mp.call("echo")
+        assert resp.status == 503 and resp.headers["Retry-After"]
+
+
 class TestLogout:
     async def test_logout_ends_the_session(self, bot: Harness) -> None:
         mp = MiniProgram(bot, OPENID)

@@ -4,14 +4,14 @@ WeChat's reply window and quota are counted from the user's pushes themselves (t
 reads them from ``messages``), so these copies were dead weight on the hot path.
 
 Revision ID: h_inbox_drop_dead_columns
-Revises: h_ops_refused_webhooks
+Revises: h_wire_push_nonces
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_inbox_drop_dead_columns'
-down_revision = 'h_ops_refused_webhooks'
+down_revision = 'h_wire_push_nonces'
 branch_labels = None
 depends_on = None
 
