@@ -412,6 +412,8 @@ def build_console(services: Services) -> web.Application:
     console.router.add_post("/login", login)
     console.router.add_post("/logout", logout)
     console.router.add_get("/c/{app}/{openid}", thread_page)
+    from csbot.cloud.database.console import add_database_pages  # csbot.cloud.database: /admin/db
+    add_database_pages(console, services, require, render, base_ctx)
     console.router.add_post("/c/{app}/{openid}/reply", reply)
     console.router.add_post("/c/{app}/{openid}/status", set_status)
     console.router.add_post("/c/{app}/{openid}/tags", tags)

@@ -4,14 +4,14 @@ WeChat's reply window and quota are counted from the user's pushes themselves (t
 reads them from ``messages``), so these copies were dead weight on the hot path.
 
 Revision ID: h_inbox_drop_dead_columns
-Revises: h_wire_push_nonces
+Revises: h_clouddb_documents
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = 'h_inbox_drop_dead_columns'
-down_revision = 'h_wire_push_nonces'
+down_revision = 'h_clouddb_documents'
 branch_labels = None
 depends_on = None
 
