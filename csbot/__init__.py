@@ -3,10 +3,12 @@
 What handlers import::
 
     from csbot import route, NEXT, Text, Image, Link, MiniProgramPage, TransferCustomerService
+    from csbot import function          # callable functions (csbot.cloud)
 """
 
 from csbot.messages import Image, Link, MiniProgramPage, Reply, Text, TransferCustomerService
 from csbot.routing import NEXT, route
+from csbot.cloud.functions import function
 
 __version__ = "0.1.0"
-__all__ = ["Image", "Link", "MiniProgramPage", "NEXT", "Reply", "Text", "TransferCustomerService", "route"]
+__all__ = ["Image", "Link", "MiniProgramPage", "NEXT", "Reply", "Text", "TransferCustomerService", "function", "route"]

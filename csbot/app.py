@@ -12,6 +12,7 @@ import logging
 from aiohttp import web
 from sqlalchemy import text
 
+from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
@@ -51,11 +52,13 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
         services.storage = await start_storage(settings, services.sessionmaker, adopt_media=run_workers)  # csbot.cloud
+        services.sessions = SessionStore(settings, services.sessionmaker)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               storage=services.storage, instance_id=instance_id, metrics=metrics)
+                               storage=services.storage, instance_id=instance_id, metrics=metrics,
+                               services=services)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
         services.agents = Agents(services.sessionmaker)
         services.audit = AuditLog(services.sessionmaker)

@@ -104,11 +104,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         for r in router.routes:
             kind = "fallback" if r.fallback else f"priority {r.priority}"
             print(f"  - {r.name} ({kind}{', inline' if r.inline else ''})")
+        _print_functions(router)
     except Exception as exc:
         print(f"handlers: FAILED to load: {exc}")
         ok = False
     print("configuration OK" if ok else "configuration has problems")
     return 0 if ok else 1
+
+
+def _print_functions(router: Any) -> None:
+    """``csbot check``: the callable functions (csbot.cloud) and who may call them."""
+    from csbot.cloud.functions import FunctionRegistry
+
+    functions = list(FunctionRegistry.from_router(router))
+    print(f"callable functions: {len(functions)} (POST /cloud/functions/NAME)")
+    for spec in functions:
+        who = "mini program and server" if spec.client else "server only"
+        print(f"  - {spec.name} ({who}, timeout {spec.timeout:g}s, in {spec.module})")
+
+
+# --------------------------------------------------------------------------- cloud
+
+
+def cmd_cloud_client(args: argparse.Namespace) -> int:
+    """Print the mini program's client: ``csbot cloud client > miniprogram/utils/csbot-cloud.js``."""
+    from importlib import resources
+
+    sys.stdout.write(resources.files("csbot.cloud").joinpath("client/csbot-cloud.js").read_text(encoding="utf-8"))
+    return 0
 
 
 # --------------------------------------------------------------------------- simulate
@@ -374,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bot's replies")
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("cloud", help="the mini program's side of csbot's cloud functions")
+    cloud_sub = p.add_subparsers(dest="cloud_command", required=True)
+    c = cloud_sub.add_parser("client", help="print csbot-cloud.js, the wx.cloud-shaped client for the mini program")
+    c.set_defaults(func=cmd_cloud_client)
 
     from csbot.review.cli import add_commands  # csbot.review: conversations, reply, takeover, handback, close
     add_commands(sub, common)

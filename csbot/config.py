@@ -101,6 +101,15 @@ class Settings:
     storage_signing_key: str = ""
     #: csbot.cloud.storage: ``[storage.rules]`` read/write (WeChat's storage security rules)
     storage_rules: Mapping[str, Any] = field(default_factory=dict)
+    #: csbot.cloud: seconds a /cloud/login session token lives (WeChat never says how long a
+    #: session_key lives; the client logs in again on a 401)
+    cloud_session_lifetime: float = 7 * 86400
+    #: csbot.cloud: seconds a process trusts its cached session lookup (bounds how long another
+    #: process may still accept a session revoked elsewhere)
+    cloud_session_cache_seconds: float = 30.0
+    #: csbot.cloud: callable-function calls per second per openid, and the burst allowed
+    function_rate_per_second: float = 20.0
+    function_rate_burst: int = 40
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -268,12 +277,17 @@ _GENERAL = {
     "public_url": "CSBOT_PUBLIC_URL",
     "storage_max_file_size": "CSBOT_STORAGE_MAX_FILE_SIZE",  # csbot.cloud.storage
     "storage_signing_key": "CSBOT_STORAGE_SIGNING_KEY",
+    "cloud_session_lifetime": "CSBOT_CLOUD_SESSION_LIFETIME",  # csbot.cloud
+    "cloud_session_cache_seconds": "CSBOT_CLOUD_SESSION_CACHE",
+    "function_rate_per_second": "CSBOT_FUNCTION_RATE",
+    "function_rate_burst": "CSBOT_FUNCTION_BURST",
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
-         "quota_enter_window_seconds", "storage_max_file_size"}
+         "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
-           "human_timeout"}
+           "human_timeout", "cloud_session_lifetime", "cloud_session_cache_seconds",
+           "function_rate_per_second"}
 
 
 def load_settings(
@@ -314,7 +328,7 @@ def load_settings(
         name = _GENERAL[key]
         if key in _INTS:
             value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts",
-                                                           "storage_max_file_size") else 0)
+                                                           "storage_max_file_size", "function_rate_burst") else 0)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from csbot.cloud.opendata import ILLEGAL_AES_KEY, OpenDataError, decrypt_open_data, raw_data_signature_ok
 from csbot.messages import Reply, as_reply
 from csbot.statuses import ConversationStatus
 
@@ -47,17 +49,28 @@ class Context:
     OPENID: str
     APPID: str
     app: str
-    message: MessageInfo
-    conversation: ConversationInfo
-    logger: logging.LoggerAdapter[logging.Logger]
+    #: the push being handled (None in a callable function)
+    message: MessageInfo | None = None
+    conversation: ConversationInfo | None = None
+    logger: logging.LoggerAdapter[logging.Logger] = field(
+        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("csbot.handler"), {}))
     openapi: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
     UNIONID: str | None = None
-    #: "push" for the normal path, "inline" when running before the webhook's answer
+    #: "push" for the normal path, "inline" when running before the webhook's answer; for
+    #: callable functions "wx_client" (mini program), "wx_http" (server API), "csbot" (a handler)
     SOURCE: str = "push"
     #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
     storage: Any = None
     replies: list[Reply] = field(default_factory=list)
+    #: csbot.cloud: the caller's IP (mini-program calls), the keys of the event that hold open
+    #: data resolved from CloudIDs by csbot (never a client's look-alike), the call's id
+    CLIENTIP: str | None = None
+    OPEN_DATA_INFO: list[str] = field(default_factory=list)
+    requestID: str | None = None  # noqa: N815 - the cloud SDK's name
+    #: the running service (csbot.services.Services), for call_function and open data
+    services: Any = field(default=None, repr=False)
+    call_depth: int = 0
 
     async def reply(self, message: str | Reply) -> None:
         """Queue a reply to this user (text, or a csbot message object)."""
@@ -80,4 +93,43 @@ class Context:
 
     def getWXContext(self) -> dict[str, Any]:  # noqa: N802 - the cloud SDK's name
         return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
-                "SOURCE": self.SOURCE, "ENV": self.app}
+                "SOURCE": self.SOURCE, "ENV": self.app, "CLIENTIP": self.CLIENTIP,
+                "OPEN_DATA_INFO": list(self.OPEN_DATA_INFO)}
+
+    # ---- csbot.cloud: callable functions and open data
+
+    async def call_function(self, name: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run callable function ``name`` as this user (``SOURCE`` "csbot"), like the cloud SDK's
+        ``cloud.callFunction``: returns ``{"result", "requestID"}``; raises
+        ``csbot.cloud.functions.FunctionCallError`` (``status``, ``err_code``) when it fails.
+
+        Server-only functions (``client=False``) may be called. ``data`` is copied as JSON.
+        """
+        functions = getattr(self.services, "functions", None)
+        if functions is None:
+            raise RuntimeError("callable functions are not available in this context")
+        event = json.loads(json.dumps(dict(data or {}), ensure_ascii=False, allow_nan=False))
+        invocation = await functions.invoke(name, event, app=self.app, openid=self.OPENID or None,
+                                            unionid=self.UNIONID, source="csbot", depth=self.call_depth + 1)
+        return invocation.answer()
+
+    async def _session_key(self) -> str:
+        sessions = getattr(self.services, "sessions", None)
+        key = await sessions.session_key(self.app, self.OPENID) if sessions is not None and self.OPENID else None
+        if not key:
+            raise OpenDataError(ILLEGAL_AES_KEY, "no session_key for this user: they have not logged in "
+                                                 "(POST /cloud/login)")
+        return key
+
+    async def decrypt(self, encrypted_data: str, iv: str) -> dict[str, Any]:
+        """Decrypt open data (``encryptedData`` + ``iv`` of userInfo, WeRun, share info…) with the
+        user's current ``session_key``; raises ``csbot.cloud.opendata.OpenDataError``."""
+        return decrypt_open_data(encrypted_data, iv, await self._session_key(), self.APPID)
+
+    async def check_raw_data(self, raw_data: str, signature: str) -> bool:
+        """Is ``signature`` sha1(rawData + session_key) for this user? (constant-time compare)"""
+        try:
+            key = await self._session_key()
+        except OpenDataError:
+            return False
+        return raw_data_signature_ok(raw_data, signature, key)

@@ -262,8 +262,11 @@ class Inbox:
         storage: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
+        services: Any = None,
     ) -> None:
         self.settings = settings
+        #: the running service, handed to handlers' contexts (context.call_function, decrypt)
+        self.services = services
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.router = router
@@ -363,7 +366,8 @@ class Inbox:
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
-                          storage=self.storage.for_app(app) if self.storage is not None else None)
+                          storage=self.storage.for_app(app) if self.storage is not None else None,
+                          services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:

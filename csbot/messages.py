@@ -120,6 +120,55 @@ class MiniProgramPage(Reply):
 
 
 @dataclass(frozen=True)
+class SubscribeMessage(Reply):
+    """A subscribe message (``subscribeMessage.send``), sent by the outbox like any reply.
+
+    It needs one consent of the user per send (``wx.requestSubscribeMessage``), not the reply
+    window: the customer-service quota does not apply and it does not use up the quota.
+    """
+
+    template_id: str
+    data: dict[str, Any]
+    page: str | None = None
+    miniprogram_state: str | None = None
+    lang: str | None = None
+    subscribe_fallback: SubscribeFallback | None = None
+    msgtype: ClassVar[str] = "subscribe"
+
+    def body(self) -> dict[str, Any]:
+        return SubscribeFallback(self.template_id, self.data, self.page, self.miniprogram_state, self.lang).body()
+
+    def describe(self) -> str:
+        values = "; ".join(f"{k}: {v.get('value') if isinstance(v, dict) else v}" for k, v in self.data.items())
+        return f"[subscribe message {self.template_id}] {values}"
+
+
+@dataclass(frozen=True)
+class TemplateMessage(Reply):
+    """A legacy template message (``templateMessage.send``, retired by WeChat in 2020), by form_id."""
+
+    template_id: str
+    form_id: str
+    data: dict[str, Any] | None = None
+    page: str | None = None
+    emphasis_keyword: str | None = None
+    subscribe_fallback: SubscribeFallback | None = None
+    msgtype: ClassVar[str] = "template"
+
+    def body(self) -> dict[str, Any]:
+        return {k: v for k, v in {"template_id": self.template_id, "form_id": self.form_id, "data": self.data,
+                                  "page": self.page, "emphasis_keyword": self.emphasis_keyword}.items()
+                if v is not None}
+
+    def describe(self) -> str:
+        return f"[template message {self.template_id}]"
+
+
+#: outbound kinds that are not customer-service messages: no reply window, no reply quota
+NOTICE_TYPES = frozenset({SubscribeMessage.msgtype, TemplateMessage.msgtype})
+
+
+@dataclass(frozen=True)
 class TransferCustomerService:
     """Passive reply: hand this user message to WeChat's customer-service tool.
 

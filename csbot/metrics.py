@@ -28,6 +28,10 @@ class Metrics:
         self.sends = Counter(
             "csbot_outbox_total", "Outbox delivery attempts, by resulting state",
             ["app", "state"], registry=self.registry)
+        self.function_seconds = Histogram(  # csbot.cloud
+            "csbot_function_seconds", "Callable-function calls, by function and outcome",
+            ["function", "outcome"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

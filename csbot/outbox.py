@@ -33,11 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
 from csbot.config import Settings
-from csbot.messages import FALLBACK_KEY
+from csbot.messages import FALLBACK_KEY, NOTICE_TYPES, SubscribeMessage, TemplateMessage
 from csbot.statuses import OUTBOUND_DUE, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import LaneOp
+from csbot.subscriptions import consents_left, forget_consents, spend_consent
 
 log = logging.getLogger("csbot.outbox")
 
@@ -122,6 +123,20 @@ class Outbox:
             message_id = row.id
         self._wake.set()
         return message_id
+
+    async def outcome(self, message_id: int, *, wait: float = 0.0) -> dict[str, Any]:
+        """Where an outbound message stands, ``{"status", "errcode", "errmsg"}``, waiting up to
+        ``wait`` seconds for it to leave the queue (e.g. a function that reports the send)."""
+        deadline = time.monotonic() + wait
+        while True:
+            async with self.sessionmaker() as s:
+                row = (await s.execute(select(Message.status, Message.errcode, Message.errmsg, Message.error)
+                                       .where(Message.id == message_id, Message.direction == "out"))).first()
+            if row is None:
+                raise KeyError(f"no outbound message {message_id}")
+            if row.status not in (QUEUED, SENDING, IN_DOUBT) or time.monotonic() >= deadline:
+                return {"status": str(row.status), "errcode": row.errcode, "errmsg": row.errmsg or row.error}
+            await asyncio.sleep(0.05)
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="csbot-outbox-dispatch"))
@@ -264,7 +279,7 @@ class Outbox:
             used = (await s.execute(select(func.count()).select_from(Message).where(
                 Message.app == row.app, Message.openid == row.openid, Message.direction == "out",
                 Message.status.in_((SENT, SENDING, IN_DOUBT)), Message.id != row.id,
-                Message.sent_at >= action.received_at))).scalar_one()
+                Message.msg_type.notin_(NOTICE_TYPES), Message.sent_at >= action.received_at))).scalar_one()
             if used >= limit:
                 return f"reply quota used: {used} of {limit} replies since the user's last action"
         return None
@@ -274,7 +289,14 @@ class Outbox:
             self.metrics.sends.labels(row.app, state).inc()
 
     async def _deliver(self, row: Message) -> None:
-        refusal = await self._quota_refusal(row)
+        # subscribe/template messages need a consent (or form_id), not the reply window
+        refusal = await self._quota_refusal(row) if row.msg_type not in NOTICE_TYPES else None
+        if row.msg_type == SubscribeMessage.msgtype and not await self._has_consent(row.app, row.openid, row.raw):
+            await self.writer.run(MarkOp(row.id, DUE_STATUSES, {
+                "status": FAILED, "errcode": 43101,
+                "errmsg": "not sent: the user has no consent left for this template (csbot's record)"}))
+            self._count(row, FAILED)
+            return
         if refusal is not None:
             refusal += await self._subscribe_fallback(row)
             await self.writer.run(MarkOp(row.id, DUE_STATUSES, {"status": QUOTA, "error": refusal}))
@@ -292,7 +314,7 @@ class Outbox:
         from csbot.openapi import is_transient, WeChatAPIError  # local: openapi imports the store
         try:
             body = await self._resolve_media(openapi, body)
-            await openapi.customer_service_message.send(**body)
+            await self._send(openapi, body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -316,6 +338,8 @@ class Outbox:
                           "error": "refused by WeChat's reply quota" + await self._subscribe_fallback(row)}
                 log.info("reply %s to %s refused by WeChat's quota: %s", row.id, row.openid, errmsg)
             elif isinstance(exc, WeChatAPIError):
+                if errcode == 43101 and row.msg_type == SubscribeMessage.msgtype:
+                    await forget_consents(self.sessionmaker, row.app, row.openid, body["subscribe"]["template_id"])
                 values = {"status": FAILED, "errcode": errcode, "errmsg": errmsg}
                 log.warning("reply %s to %s failed permanently: %s %s", row.id, row.openid, errcode, errmsg)
             else:
@@ -327,19 +351,43 @@ class Outbox:
         await self.writer.run(MarkOp(row.id, (SENDING,), {
             "status": SENT, "sent_at": time.time(), "errcode": 0, "errmsg": None}))
         self._count(row, SENT)
+        if row.msg_type == SubscribeMessage.msgtype:
+            await spend_consent(self.sessionmaker, row.app, row.openid, body["subscribe"]["template_id"])
+
+    @staticmethod
+    async def _send(openapi: Any, body: dict[str, Any]) -> None:
+        """One send through the API its kind needs (customer service, subscribe, template)."""
+        kind = body.get("msgtype")
+        if kind == SubscribeMessage.msgtype:
+            await openapi.subscribe_message.send(touser=body["touser"], **body[kind])
+        elif kind == TemplateMessage.msgtype:
+            await openapi.template_message.send(touser=body["touser"], **body[kind])
+        else:
+            await openapi.customer_service_message.send(**body)
+
+    async def _has_consent(self, app: str, openid: str, raw: str) -> bool:
+        """False only when csbot knows the user has no consent left for the template."""
+        template_id = (json.loads(raw).get(SubscribeMessage.msgtype) or {}).get("template_id", "")
+        return await consents_left(self.sessionmaker, app, openid, template_id) != 0
 
     async def _subscribe_fallback(self, row: Message) -> str:
         """Send the reply's subscribe fallback, if it has one; returns a note for the row."""
         fallback = json.loads(row.raw).get(FALLBACK_KEY)
         if not fallback or not self.settings.quota_subscribe_fallback:
             return ""
+        template_id = fallback.get("template_id", "")
+        if await consents_left(self.sessionmaker, row.app, row.openid, template_id) == 0:
+            return f"; subscribe fallback {template_id} not sent: the user has no consent left"
         try:
             await self.openapi_for(row.app).subscribe_message.send(touser=row.openid, **fallback)
         except Exception as exc:
             code = getattr(exc, "errcode", None)
             log.info("subscribe fallback for reply %s failed: %s", row.id, exc)
-            return f"; subscribe fallback {fallback.get('template_id')} failed ({code}: {getattr(exc, 'errmsg', exc)})"
-        return f"; sent subscribe message {fallback.get('template_id')} instead"
+            if code == 43101:
+                await forget_consents(self.sessionmaker, row.app, row.openid, template_id)
+            return f"; subscribe fallback {template_id} failed ({code}: {getattr(exc, 'errmsg', exc)})"
+        await spend_consent(self.sessionmaker, row.app, row.openid, template_id)
+        return f"; sent subscribe message {template_id} instead"
 
     async def _resolve_media(self, openapi: Any, body: dict[str, Any]) -> dict[str, Any]:
         """An image reply given as bytes or a path is uploaded (media_id cached 3 days)."""

@@ -155,7 +155,8 @@ def _routes_of_module(module: ModuleType, prefix: str, options: Mapping[str, Any
         name = prefix if attr == "main" else f"{prefix}.{attr}"
         routes.append(Route(name=name, func=obj, module=prefix, options=options, **spec))
     main = getattr(module, "main", None)
-    if main is not None and not hasattr(main, "__csbot_route__"):
+    # a module whose main is a callable function (csbot.cloud) is not a push handler
+    if main is not None and not hasattr(main, "__csbot_route__") and not hasattr(main, "__csbot_function__"):
         if not inspect.iscoroutinefunction(main):
             raise HandlerLoadError(f"{prefix}: main must be `async def main(event, context)`")
         routes.append(Route(name=prefix, func=main, fallback=True, module=prefix, options=options))
@@ -180,8 +181,10 @@ def _import_file(path: Path) -> ModuleType:
 class Router:
     """The ordered routes of a deployment."""
 
-    def __init__(self, routes: Iterable[Route]) -> None:
+    def __init__(self, routes: Iterable[Route], modules: Iterable[tuple[str, ModuleType, Mapping[str, Any]]] = ()) -> None:
         self.routes: list[Route] = sorted(routes, key=lambda r: (r.fallback, -r.priority, r.name))
+        #: the handler modules loaded, as (name, module, options): callable functions live there too
+        self.modules: list[tuple[str, ModuleType, Mapping[str, Any]]] = list(modules)
 
     @classmethod
     def load(
@@ -194,11 +197,13 @@ class Router:
         """Discover handlers in ``handlers_dir`` (``*.py`` not starting with ``_``) and entry points."""
         options = options or {}
         routes: list[Route] = []
+        modules: list[tuple[str, ModuleType, Mapping[str, Any]]] = []
         if handlers_dir is not None and handlers_dir.is_dir():
             for path in sorted(handlers_dir.glob("*.py")):
                 if path.name.startswith("_"):
                     continue
                 module = _import_file(path)
+                modules.append((path.stem, module, options.get(path.stem, {})))
                 routes.extend(_routes_of_module(module, path.stem, options.get(path.stem, {})))
         elif handlers_dir is not None:
             log.warning("handlers directory %s does not exist; no file handlers loaded", handlers_dir)
@@ -207,6 +212,7 @@ class Router:
                 obj = ep.load()
                 opts = options.get(ep.name, {})
                 if isinstance(obj, ModuleType):
+                    modules.append((ep.name, obj, opts))
                     routes.extend(_routes_of_module(obj, ep.name, opts))
                 elif hasattr(obj, "__csbot_route__"):
                     routes.append(Route(name=ep.name, func=obj, module=ep.name, options=opts,
@@ -219,7 +225,7 @@ class Router:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise HandlerLoadError(f"handler name(s) defined twice: {', '.join(sorted(dupes))}")
-        return cls(routes)
+        return cls(routes, modules)
 
     def candidates(self, event: Mapping[str, Any], *, human: bool = False) -> list[Route]:
         """Routes matching ``event`` in the order they are tried."""

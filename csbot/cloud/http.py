@@ -1,8 +1,16 @@
 """The HTTP face of the cloud services: ``/cloud/...`` (mini programs) and ``/tcb/...`` (servers).
 
-Each service keeps its routes in its own module and registers them here. What they share:
+Each service keeps its routes in its own module and registers them in :func:`setup_cloud`.
+The ``/cloud`` routes of sessions and functions live here:
 
-- ``/cloud`` errors are ``{"errCode", "errMsg"}`` with a 4xx status (:func:`cloud_error`);
+    POST /cloud/login              {"code", "appid"?} → {"token", "expires_in", "openid"}
+    POST /cloud/logout             Bearer token → {"errCode": 0, "errMsg": "ok"}
+    POST /cloud/functions/{name}   Bearer token, {"data": {...}} → {"result", "requestID"}
+
+What they share:
+
+- ``/cloud`` errors are ``{"errCode", "errMsg"}`` with a 4xx/5xx status (``CloudError``, which a
+  route raises; :func:`cloud_error` returns one);
 - ``/tcb`` is WeChat's server HTTP API (``https://api.weixin.qq.com/tcb/<name>``) on csbot:
   the caller presents ``CSBOT_SERVER_KEY`` as ``Authorization: Bearer``; the request's ``env``
   names the app (``default`` for the app of the environment variables); answers carry
@@ -15,14 +23,84 @@ import functools
 import hmac
 import json
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from csbot.cloud.errors import (ERR_BAD_REQUEST, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_RATE_LIMITED, ERR_TOO_LARGE,
+                                ERR_UNAVAILABLE, CloudError)
+from csbot.cloud.functions import SOURCE_CLIENT, FunctionCallError, FunctionRegistry, Functions
+from csbot.cloud.opendata import MAX_CLOUD_IDS, cloud_id_markers, resolve_cloud_ids
+from csbot.cloud.sessions import CloudSession, bearer_token, require_session
 from csbot.config import Settings
+from csbot.openapi import APITransportError, WeChatAPIError
 from csbot.services import services_of
 
 log = logging.getLogger("csbot.cloud.http")
+
+#: largest /cloud request body (WeChat's callFunction limit is of the same order)
+MAX_BODY = 1024 * 1024
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, refusing more than ``limit`` bytes with 413 (streamed, never buffered past it)."""
+    too_large = CloudError(413, ERR_TOO_LARGE, f"request body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+async def read_json_object(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/413 ``CloudError`` saying what is wrong."""
+    raw = await read_body(request, limit)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CloudError(400, ERR_BAD_REQUEST, "body is not UTF-8") from None
+    except RecursionError:
+        raise CloudError(400, ERR_BAD_REQUEST, "body is nested too deeply") from None
+    except ValueError as exc:
+        raise CloudError(400, ERR_BAD_REQUEST, f"body is not JSON ({exc.msg} at {exc.pos})"  # type: ignore[attr-defined]
+                         if hasattr(exc, "msg") else "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise CloudError(400, ERR_BAD_REQUEST, "body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise CloudError(400, ERR_BAD_REQUEST, "body has a lone UTF-16 surrogate")
+    return body
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(payload, ensure_ascii=False).encode("utf-8"), status=status,
+                        content_type="application/json", charset="utf-8")
+
 
 def cloud_error(status: int, message: str, code: int | str | None = None) -> web.Response:
     """A ``/cloud`` error: ``{"errCode", "errMsg"}`` (errCode defaults to the HTTP status)."""
@@ -133,19 +211,113 @@ async def read_json(request: web.Request) -> Any:
         raise TcbError(47001, "data format error: the body is not valid JSON") from None
 
 
-# ---------------------------------------------------------------- registration
+# --------------------------------------------------------------------------- routes
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_json_object(request, 16 * 1024)
+    code = body.get("code")
+    if not isinstance(code, str) or not code.strip() or len(code) > 256:
+        raise CloudError(400, 40029, "code is required: the code of wx.login()")
+    services = _services(request)
+    cfg = services.sessions.app_for(body.get("appid"))
+    answer = await services.sessions.login(services.openapi, cfg.name, code.strip())
+    return json_response(answer)
+
+
+async def logout(request: web.Request) -> web.Response:
+    await require_session(request)
+    token = bearer_token(request)
+    assert token is not None
+    await _services(request).sessions.revoke(token)
+    return json_response({"errCode": 0, "errMsg": "ok"})
+
+
+async def call_function(request: web.Request) -> web.Response:
+    """``POST /cloud/functions/{name}``: run a callable function as the session's user."""
+    name = request.match_info["name"]
+    session = await require_session(request)
+    services = _services(request)
+    functions: Functions = services.functions
+    spec = functions.registry.get(name)
+    if spec is None:
+        raise CloudError(404, ERR_NOT_FOUND, f"function {name!r} not found")
+    started = functions.clock()
+    refused = ""  # why the call was refused before the function ran (invoke() counts the rest)
+    try:
+        if not spec.client:
+            refused = "forbidden"
+            log.warning("refused client call of server-only function %s by %s", name, session.openid)
+            raise CloudError(403, ERR_FORBIDDEN, f"function {name!r} is server-only (client=False)")
+        if not functions.allow(session.app, session.openid):
+            refused = "rate_limited"
+            raise CloudError(429, ERR_RATE_LIMITED, "too many calls, slow down", headers={"Retry-After": "1"})
+        refused = "bad_request"
+        body = await read_json_object(request)
+        data = body.get("data", {})
+        if not isinstance(data, dict):
+            raise CloudError(400, ERR_BAD_REQUEST, "data must be a JSON object")
+        opened: list[str] = []
+        markers = cloud_id_markers(data)
+        if markers:
+            data, opened = await _open_cloud_ids(services, session, data, markers)
+        refused = ""
+        invocation = await functions.invoke(name, data, app=session.app, openid=session.openid,
+                                            unionid=session.unionid, source=SOURCE_CLIENT,
+                                            client_ip=request.remote, open_data_info=opened)
+    except FunctionCallError as exc:
+        raise exc.cloud_error() from None
+    except CloudError as exc:
+        if refused == "bad_request":
+            refused = "too_large" if exc.status == 413 else ("unavailable" if exc.status == 503 else refused)
+            log.warning("refused call of %s by %s: %s", name, session.openid, exc.err_msg)
+        raise
+    finally:
+        if refused:
+            functions.observe(name, refused, functions.clock() - started)
+    return web.Response(body=invocation.body, content_type="application/json", charset="utf-8")
+
+
+async def _open_cloud_ids(services: Any, session: CloudSession, data: dict[str, Any],
+                          markers: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """``data`` with its top-level CloudID markers replaced, and the keys replaced."""
+    if len(markers) > MAX_CLOUD_IDS:
+        raise CloudError(400, ERR_BAD_REQUEST, f"at most {MAX_CLOUD_IDS} CloudIDs per call")
+    try:
+        opened = await resolve_cloud_ids(services.openapi.get(session.app), markers, session.openid)
+    except (WeChatAPIError, APITransportError) as exc:
+        log.warning("app %s: CloudIDs could not be opened: %s", session.app, exc)
+        raise CloudError(503, ERR_UNAVAILABLE, "open data is unavailable, retry later",
+                         headers={"Retry-After": "2"}) from None
+    return {**data, **opened}, list(opened)
+
+
+def _services(request: web.Request) -> Any:
+    services = services_of(request)
+    if services.sessions is None:  # still starting
+        raise CloudError(503, ERR_UNAVAILABLE, "starting, retry shortly", headers={"Retry-After": "1"})
+    return services
 
 
 def setup_cloud(app: web.Application) -> None:
-    """Mount every cloud service's routes (called once by :func:`csbot.app.create_app`).
+    """Mount every cloud service's routes (called once by :func:`csbot.app.create_app`) and load
+    the callable functions of the app's handler modules.
 
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
     from csbot.cloud.apidoc import tcb_openapi_document
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
+    services = services_of(app)
+    settings = services.settings
+    services.functions = Functions(FunctionRegistry.from_router(services.router), services,
+                                   rate_per_second=settings.function_rate_per_second,
+                                   burst=settings.function_rate_burst)
+    app.router.add_post("/cloud/login", login)
+    app.router.add_post("/cloud/logout", logout)
+    app.router.add_post("/cloud/functions/{name}", call_function)
     app.router.add_routes(storage_routes())
-    if services_of(app).settings.server_key:
+    if settings.server_key:
         app.router.add_routes(storage_tcb_routes())
 
         async def openapi_json(request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
 """The SQL store: models, engine, migrations."""
 
 from csbot.store.engine import dialect_insert, make_engine, make_sessionmaker
-from csbot.store.models import AccessToken, Base, Conversation, MediaCache, Message, Note, User
+from csbot.store.models import (AccessToken, Base, CloudSessionRecord, Conversation, MediaCache, Message, Note,
+                                SubscribeConsent, User)
 
 __all__ = [
-    "AccessToken", "Base", "Conversation", "MediaCache", "Message", "Note", "User",
+    "AccessToken", "Base", "CloudSessionRecord", "Conversation", "MediaCache", "Message", "Note", "SubscribeConsent", "User",
     "dialect_insert", "make_engine", "make_sessionmaker",
 ]

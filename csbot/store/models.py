@@ -38,6 +38,10 @@ class User(Base):
     unionid: Mapped[str | None] = mapped_column(String(128), nullable=True)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
+    #: csbot.cloud: the session_key of the user's latest wx.login (open-data decryption key;
+    #: WeChat rotates it on wx.login). Never returned to a client, never logged.
+    session_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    session_key_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Conversation(Base):
@@ -181,4 +185,34 @@ class StorageFile(Base):
     #: openid of the mini-program user who uploaded it; NULL when the server side wrote it
     owner_openid: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class CloudSessionRecord(Base):
+    """A mini-program login (``POST /cloud/login``): only the token's SHA-256 is stored."""
+
+    __tablename__ = "cloud_sessions"
+    __table_args__ = (Index("ix_cloud_sessions_user", "app", "openid"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app: Mapped[str] = mapped_column(String(64))
+    openid: Mapped[str] = mapped_column(String(128))
+    unionid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class SubscribeConsent(Base):
+    """One-time subscribe-message consents a user gave (``wx.requestSubscribeMessage`` accept).
+
+    ``remaining`` counts accepted and not yet used sends of one template; the outbox's
+    subscribe fallback spends one and skips the send when none is left.
+    """
+
+    __tablename__ = "subscribe_consents"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    openid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    template_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    remaining: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float] = mapped_column(Float)

@@ -251,6 +251,7 @@ class FakeWeChat:
         self._media: dict[str, _Media] = {}
         self._consents: dict[tuple[str, str, str], int] = {}
         self._login_codes: dict[tuple[str, str], tuple[JSON, float]] = {}
+        self._session_keys: dict[tuple[str, str], str] = {}
         self._cloud_ids: dict[tuple[str, str], tuple[JSON, float]] = {}
         self._legacy_templates: dict[str, dict[str, _Template]] = {}
         self._form_ids: dict[str, _FormId] = {}
@@ -379,10 +380,52 @@ class FakeWeChat:
     ) -> None:
         """A wx.login code: single use, valid ``login_code_ttl`` (5 min, community-reported)."""
         self.add_user(appid, openid)
-        answer: JSON = {"openid": openid, "session_key": session_key or secrets.token_urlsafe(16)}
+        session_key = session_key or _new_session_key()
+        self._session_keys[(appid, openid)] = session_key
+        answer: JSON = {"openid": openid, "session_key": session_key}
         if unionid is not None:
             answer["unionid"] = unionid
         self._login_codes[(appid, code)] = (answer, self.now() + self.login_code_ttl)
+
+    def issue_login_code(self, appid: str, openid: str, unionid: str | None = None,
+                         rotate_session_key: bool = True) -> str:
+        """What ``wx.login`` gives the mini program of ``openid``: a new code (single use, 5 min).
+
+        Like WeChat, a login may rotate the user's ``session_key`` (default: it does);
+        ``session_key_of`` tells the current one.
+        """
+        key = self._session_keys.get((appid, openid))
+        if rotate_session_key or key is None:
+            key = _new_session_key()
+        code = secrets.token_hex(16)  # WeChat's codes are 32 characters
+        self.register_login_code(appid, code, openid, session_key=key, unionid=unionid)
+        return code
+
+    def session_key_of(self, appid: str, openid: str) -> str | None:
+        """The user's current session_key (the one of their latest issued login code)."""
+        return self._session_keys.get((appid, openid))
+
+    def encrypt_open_data(self, appid: str, openid: str, data: Mapping[str, Any]) -> JSON:
+        """Open data as ``wx.getUserProfile``/``getWeRunData`` hand it to the mini program:
+        ``{"encryptedData", "iv"}`` under the user's current session_key (AES-128-CBC, PKCS#7),
+        with a ``watermark`` {appid, timestamp} added unless ``data`` has one."""
+        import base64
+
+        from cryptography.hazmat.primitives import padding
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        session_key = self._session_keys.get((appid, openid))
+        if session_key is None:
+            raise KeyError(f"{openid} has no session_key: issue a login code first")
+        payload = dict(data)
+        payload.setdefault("watermark", {"appid": appid, "timestamp": int(self.now())})
+        plain = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        padder = padding.PKCS7(128).padder()
+        padded = padder.update(plain) + padder.finalize()
+        iv = secrets.token_bytes(16)
+        enc = Cipher(algorithms.AES(base64.b64decode(session_key)), modes.CBC(iv)).encryptor()
+        cipher = enc.update(padded) + enc.finalize()
+        return {"encryptedData": base64.b64encode(cipher).decode(), "iv": base64.b64encode(iv).decode()}
 
     def register_cloud_id(self, appid: str, cloud_id: str, data: Mapping[str, Any]) -> None:
         """Open data behind a CloudID, valid ``cloud_id_ttl`` (5 min per CloudBase docs).
@@ -924,7 +967,8 @@ class FakeWeChat:
         """Drive a standalone fake over HTTP: POST /_fake/<helper> with JSON kwargs.
 
         Helpers: user_message, user_entered, add_user, grant_subscription,
-        register_login_code, register_cloud_id, add_form_id, advance, expire_tokens,
+        register_login_code, issue_login_code ({"appid", "openid"} → the code a wx.login
+        would give that user), encrypt_open_data, register_cloud_id, add_form_id, advance, expire_tokens,
         revoke_tokens, inject, clear_faults, reset_calls, add_media (JSON
         {"data_b64", "content_type"}). GET /_fake/sent and /_fake/calls read records.
         Not recorded in ``calls``.
@@ -940,7 +984,7 @@ class FakeWeChat:
             return web.json_response(rows, dumps=_dumps)
         allowed = {
             "user_message", "user_entered", "add_user", "grant_subscription", "register_login_code",
-            "register_cloud_id", "add_form_id", "advance", "expire_tokens", "revoke_tokens",
+            "issue_login_code", "encrypt_open_data", "register_cloud_id", "add_form_id", "advance", "expire_tokens", "revoke_tokens",
             "inject", "clear_faults", "reset_calls", "add_media",
         }  # fmt: skip
         if request.method != "POST" or action not in allowed:
@@ -983,6 +1027,13 @@ def _json_object(ctx: _Ctx) -> JSON:
     if not isinstance(body, dict):
         raise _WxError(47001)
     return body
+
+
+def _new_session_key() -> str:
+    """A session_key as WeChat gives it: 16 random bytes, base64 (24 characters)."""
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(16)).decode()
 
 
 def _new_media_id() -> str:
