@@ -118,7 +118,7 @@ async def test_an_agent_finds_a_conversation_watches_it_live_takes_over_replies_
         assert await page.locator("li.conv[data-key='default/oCat'] .count.unread").inner_text() == "1"
         # a new customer shows up in the open list without a reload
         await bot.send_text("oEve", "hello, anyone there?")
-        await page.locator("li.conv[data-key='default/oEve']").wait_for(timeout=5000)
+        await page.locator("li.conv[data-key='default/oEve']").wait_for(timeout=15000)
         assert await rows.first.get_attribute("data-key") == "default/oEve"
         await wait_until(lambda: page.evaluate("document.title.startsWith('(')"), what="the waiting count in the title")
 
@@ -149,7 +149,7 @@ async def test_an_agent_finds_a_conversation_watches_it_live_takes_over_replies_
         assert await link.get_attribute("rel") == "noopener noreferrer" and await link.get_attribute("target") == "_blank"
 
         await bot.send_text("oWang", "还在吗？")  # a push arrives while the agent reads at the bottom
-        await thread.get_by_text("还在吗？").wait_for(timeout=5000)
+        await thread.get_by_text("还在吗？").wait_for(timeout=15000)
         await wait_until(lambda: thread.evaluate("t => Math.abs(t.scrollHeight - t.clientHeight - t.scrollTop) < 80"),
                          what="the thread to follow the new message")
         await page.screenshot(path=str(DOCS / "console-three-pane.png"))
@@ -162,7 +162,7 @@ async def test_an_agent_finds_a_conversation_watches_it_live_takes_over_replies_
         await page.wait_for_url(re.compile(r"/admin/c/default/oWang"))
         await wait_until(lambda: asyncio.sleep(0, "您好，我是客服 Alice，马上为您查询。" in bot.replies_to("oWang")),
                          what="the reply to reach WeChat")
-        await page.locator(".msg.out.agent .pill-sent").last.wait_for(timeout=5000)  # delivery state, live
+        await page.locator(".msg.out.agent .pill-sent").last.wait_for(timeout=15000)  # delivery state, live
         await page.screenshot(path=str(SHOTS / "console-thread.png"))
 
         await page.click("button:has-text('Hand back to bot')")
@@ -194,21 +194,21 @@ async def test_changes_made_elsewhere_unread_marks_new_message_marker_and_notifi
 
         # someone else takes the conversation over (the CLI here): the details update, no stale button
         await review_of(bot).set_status("default", "oBen", "human", agent="bob")
-        await page.locator("#details .details-inner[data-assigned='bob']").wait_for(timeout=5000)
+        await page.locator("#details .details-inner[data-assigned='bob']").wait_for(timeout=15000)
         assert await page.locator("#conv-status").get_attribute("data-status") == "human"
         assert await page.locator("#side-agent").inner_text() == "bob"
 
         # scrolled up: a new message shows the marker instead of jumping
         await page.locator("#thread").evaluate("t => { t.scrollTop = 0; }")
         await bot.send_text("oBen", "are you there?")
-        await page.locator("#new-marker").wait_for(state="visible", timeout=5000)
+        await page.locator("#new-marker").wait_for(state="visible", timeout=15000)
         assert await page.locator("#thread").evaluate("t => t.scrollTop < 50")
         await page.click("#new-marker")
         assert await page.locator("#new-marker").is_hidden()
 
         # another customer writes: unread count on the row, a notification for a new unassigned one
         await bot.send_text("oCy", "hello?")
-        await page.locator("li.conv[data-key='default/oCy'] .count.unread").wait_for(timeout=5000)
+        await page.locator("li.conv[data-key='default/oCy'] .count.unread").wait_for(timeout=15000)
         await wait_until(lambda: page.evaluate("window.__notes.length > 0"), what="a notification")
         assert "oCy" in (await page.evaluate("window.__notes"))[0]
         assert re.match(r"^\(\d+\) ", await page.title())
@@ -317,14 +317,14 @@ async def test_customer_text_that_looks_like_html_is_shown_as_text_and_runs_noth
         page, dialogs = await signed_in_page(browser, bot)
         await page.locator("li.conv[data-key='default/oXss']").get_by_text(XSS[0]).wait_for()
         await bot.send_text("oXss", XSS[1])  # arrives in the list through the live-update script
-        await page.locator("li.conv[data-key='default/oXss']").get_by_text(XSS[1]).wait_for(timeout=5000)
+        await page.locator("li.conv[data-key='default/oXss']").get_by_text(XSS[1]).wait_for(timeout=15000)
 
         await page.click("li.conv[data-key='default/oXss'] a")
         await page.wait_for_url(re.compile(r"/admin/c/default/oXss$"))
         for payload in XSS:
             await page.locator("#thread").get_by_text(payload, exact=True).wait_for()
         await bot.send_text("oXss", XSS[1] + " (live)")  # rendered by the thread's live-update script
-        await page.locator("#thread").get_by_text(XSS[1] + " (live)", exact=True).wait_for(timeout=5000)
+        await page.locator("#thread").get_by_text(XSS[1] + " (live)", exact=True).wait_for(timeout=15000)
         await asyncio.sleep(0.3)
         assert dialogs == []
         assert await page.locator("img[src=x]").count() == 0
