@@ -14,10 +14,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CSBOT_HANDLERS=/app/handlers
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# dependencies first, in their own layer: a change to csbot's code or handlers reuses it
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md ./
 COPY csbot ./csbot
 COPY migrations ./migrations
-RUN pip install .
+RUN pip install --no-deps .
 COPY handlers ./handlers
 
 RUN useradd --system --uid 10001 --home-dir /data --create-home csbot \

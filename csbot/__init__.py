@@ -6,9 +6,11 @@ What handlers import::
     from csbot import function          # callable functions (csbot.cloud)
 """
 
-from csbot.messages import Image, Link, MiniProgramPage, Reply, Text, TransferCustomerService
+from csbot.messages import (Article, Image, Link, MiniProgramPage, Music, News, Reply, Text, TransferCustomerService,
+                            Video, Voice)
 from csbot.routing import NEXT, route
 from csbot.cloud.functions import function
 
 __version__ = "0.1.0"
-__all__ = ["Image", "Link", "MiniProgramPage", "NEXT", "Reply", "Text", "TransferCustomerService", "function", "route"]
+__all__ = ["Article", "Image", "Link", "MiniProgramPage", "Music", "NEXT", "News", "Reply", "Text",
+           "TransferCustomerService", "Video", "Voice", "function", "route"]

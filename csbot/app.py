@@ -18,6 +18,8 @@ from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore
 from csbot.outbox import Outbox
+from csbot.refused import RefusedKeeper
+from csbot.webhooks import Webhooks
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
@@ -59,7 +61,17 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
                                storage=services.storage, instance_id=instance_id, metrics=metrics,
                                services=services)
-        services.review = Review(settings, services.sessionmaker, services.outbox.enqueue)
+        services.review = Review(settings, services.sessionmaker, services.outbox.enqueue,
+                                 retry=services.outbox.retry)
+        if settings.keep_refused:  # CSBOT_KEEP_REFUSED: refused pushes kept for `csbot refused`
+            services.refused = RefusedKeeper(services.sessionmaker, settings.keep_refused)
+        if settings.webhooks:  # [webhooks.NAME]: events to the operator's other systems
+            services.webhooks = Webhooks(settings.webhooks, services.sessionmaker, instance_id=instance_id,
+                                         metrics=metrics, review=services.review)
+            services.outbox.on_state = services.webhooks.outbox_state
+            services.review.on_status = services.webhooks.status_changed
+            if run_workers:
+                services.webhooks.start()
         services.agents = Agents(services.sessionmaker)
         services.audit = AuditLog(services.sessionmaker)
         if run_workers:
@@ -72,6 +84,10 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                  len(services.router.routes), services.engine.dialect.name)
         yield
         services.ready = False
+        if services.refused is not None:
+            await services.refused.close()
+        if services.webhooks is not None:
+            await services.webhooks.close()
         await services.inbox.close()
         await services.outbox.close()
         await services.storage.close()
@@ -92,6 +108,8 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         return web.Response(text="ok")
 
     async def metrics_page(request: web.Request) -> web.Response:
+        if services.ready:
+            await metrics.refresh()
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)

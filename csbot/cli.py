@@ -29,9 +29,8 @@ def _setup_logging(level: str = "INFO") -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from csbot.app import create_app
+    from csbot.server import PortInUse, serve_until_signal
     from csbot.store.migrate import SchemaNotCurrent
 
     settings = _settings(args)
@@ -44,11 +43,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
         app = create_app(settings)
-        web.run_app(app, host=settings.host, port=settings.port, print=None,
-                    access_log=None, handle_signals=True, shutdown_timeout=10)
+        asyncio.run(serve_until_signal(app, settings.host, settings.port, shutdown_timeout=10,
+                                       announce=lambda line: print(line, flush=True)))
     except SchemaNotCurrent as exc:
         print(f"csbot: {exc}", file=sys.stderr)
         return 2
+    except PortInUse as exc:
+        print(f"csbot: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -107,9 +109,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_functions(router)
     except Exception as exc:
         print(f"handlers: FAILED to load: {exc}")
-        ok = False
+        router, ok = None, False
+    warnings = useless_setup_warnings(settings, router)
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+    ok = ok and not warnings
     print("configuration OK" if ok else "configuration has problems")
     return 0 if ok else 1
+
+
+def useless_setup_warnings(settings: Settings, router: Any) -> list[str]:
+    """What makes the bot useless although every setting is valid: nobody can be answered."""
+    out = []
+    for app in settings.apps.values():
+        if not app.secret:
+            var = "CSBOT_APP_SECRET" if app.name == "default" else f"apps.{app.name}.secret"
+            out.append(f"app {app.name} has no AppSecret ({var}): csbot cannot get an access token, "
+                       "so no reply can ever be sent")
+    if router is not None and not router.routes:
+        out.append(f"no handler: {settings.handlers_dir} has no handler and no csbot.handlers entry point, "
+                   "so every push is stored and nobody answers (set CSBOT_HANDLERS)")
+    return out
 
 
 def _print_functions(router: Any) -> None:
@@ -131,6 +151,29 @@ def cmd_cloud_client(args: argparse.Namespace) -> int:
     from importlib import resources
 
     sys.stdout.write(resources.files("csbot.cloud").joinpath("client/csbot-cloud.js").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_cloud_logout(args: argparse.Namespace) -> int:
+    """``csbot cloud logout OPENID``: the user's tokens stop working (other running processes
+    stop accepting them within ``CSBOT_CLOUD_SESSION_CACHE`` seconds)."""
+    from csbot.cloud.sessions import SessionStore
+    from csbot.store import make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    if args.app not in settings.apps:
+        print(f"csbot: no app named {args.app!r}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        engine = make_engine(settings.database_url)
+        try:
+            return await SessionStore(settings, make_sessionmaker(engine)).revoke_user(args.app, args.openid)
+        finally:
+            await engine.dispose()
+
+    ended = asyncio.run(run())
+    print(f"ended {ended} session(s) of {args.openid} in app {args.app}")
     return 0
 
 
@@ -160,7 +203,17 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     push = builder.build(fields)
     base = args.url or f"http://127.0.0.1:{settings.port}"
     path = "/wechat" if args.app == "default" else f"/wechat/{args.app}"
+    if args.print:
+        # the exact request, for `csbot decrypt` and bug reports; nothing is sent
+        print(f"POST {push.url(base, path)}")
+        print(f"Content-Type: {push.content_type}")
+        print()
+        print(push.body.decode("utf-8"))
+        print(f"(check it with: csbot decrypt --url '{push.url(base, path)}' --body FILE-WITH-THE-BODY)",
+              file=sys.stderr)
+        return 0
     async with aiohttp.ClientSession() as session:
+        await _tell_fake_wechat(session, settings, app.appid, fields)
         for i in range(args.repeat):
             try:
                 status, body = await push.post(session, base, path)
@@ -175,6 +228,32 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
                     pass
             print(f"{status} {shown.decode('utf-8', 'replace')}")
     return 0 if status == 200 else 1
+
+
+async def _tell_fake_wechat(session: Any, settings: Settings, appid: str, fields: dict[str, Any]) -> None:
+    """When csbot talks to a FakeWeChat on this machine, tell it the customer acted.
+
+    Real WeChat opens its reply window when a customer writes; a standalone fake cannot see the
+    push, so without this it would refuse the replies (45015). Nothing happens for real WeChat.
+    """
+    import aiohttp
+
+    host = urlsplit(settings.wechat_api_base).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return
+    if fields.get("MsgType") == "event":
+        if str(fields.get("Event", "")).lower() != "user_enter_tempsession":
+            return
+        action = "user_entered"
+    else:
+        action = "user_message"
+    try:
+        async with session.post(f"{settings.wechat_api_base}/_fake/{action}",
+                                json={"appid": appid, "openid": fields["FromUserName"]},
+                                timeout=aiohttp.ClientTimeout(total=2)):
+            pass
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        pass  # not a fake, or not running: csbot will meet WeChat's own answer
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -259,12 +338,89 @@ def diagnose(app: Any, query: dict[str, str], body: bytes) -> tuple[bool, list[s
     return False, lines
 
 
+async def _with_store(settings: Settings, work: Any) -> Any:
+    """Run ``await work(sessionmaker)`` on the configured store (schema checked, migrated on SQLite)."""
+    from csbot.store import make_engine, make_sessionmaker
+    from csbot.store.migrate import ensure_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
+        return await work(make_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+def cmd_refused(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from csbot.refused import list_refused, refused_item
+
+    settings = _settings(args)
+    rows = asyncio.run(_with_store(settings, lambda sm: list_refused(sm, args.limit)))
+    if not settings.keep_refused:
+        print("(CSBOT_KEEP_REFUSED is 0: refused pushes are not being kept)", file=sys.stderr)
+    def line(r: dict[str, Any]) -> str:
+        when = datetime.fromisoformat(r["at"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        return (f"{r['id']:>6}  {when}  {r['app']:<10} {r['status']}  {r['reason']}  "
+                f"(from {r['remote'] or '?'}, {r['body_size']} bytes)")
+
+    _print_rows([refused_item(r) for r in rows], args.json, line, "no refused pushes kept")
+    return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any, empty: str) -> None:
+    """A listing: one JSON object a line with --json, else one text line each."""
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False) if as_json else line(row))
+    if not rows and not as_json:
+        print(empty)
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from csbot.review.service import ReviewError
+    from csbot.webhooks import list_deliveries, redeliver
+
+    settings = _settings(args)
+    if args.webhooks_command == "redeliver":
+        if not args.ids and not args.failed:
+            print("csbot: give delivery ids, or --failed for every failed delivery", file=sys.stderr)
+            return 2
+        n = asyncio.run(_with_store(settings, lambda sm: redeliver(sm, args.ids, all_failed=args.failed)))
+        print(f"{n} delivery(ies) queued again; the running csbot sends them")
+        return 0 if n or args.failed else 1
+    try:
+        rows = asyncio.run(_with_store(settings, lambda sm: list_deliveries(
+            sm, status=args.status, webhook=args.webhook, limit=args.limit)))
+    except ReviewError as exc:
+        print(f"csbot: {exc}", file=sys.stderr)
+        return 2
+    def line(d: dict[str, Any]) -> str:
+        error = f"  {d['last_error']}" if d["last_error"] else ""
+        return (f"{d['id']:>6}  {d['created_at'][:19]}  {d['webhook']:<12} {d['event']:<28} {d['status']:<9} "
+                f"{d['attempts']} attempt(s){error}")
+
+    _print_rows(rows, args.json, line, "no deliveries")
+    return 0
+
+
 def cmd_decrypt(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.refused is not None:
+        from csbot.refused import get_refused
+
+        row = asyncio.run(_with_store(settings, lambda sm: get_refused(sm, args.refused)))
+        if row is None:
+            print(f"csbot: no refused push {args.refused} (`csbot refused` lists the kept ones)", file=sys.stderr)
+            return 2
+        args.app = row.app
+        query, body = dict(parse_qsl(row.query, keep_blank_values=True)), row.body or b""
+        print(f"refused push {row.id} for app {row.app}: {row.status} {row.reason}")
+    else:
+        query, body = _read_capture(args)
     if args.app not in settings.apps:
         print(f"csbot: unknown app {args.app!r}", file=sys.stderr)
         return 2
-    query, body = _read_capture(args)
     ok, lines = diagnose(settings.apps[args.app], query, body)
     for line in lines:
         print(line)
@@ -279,6 +435,7 @@ async def _dev(args: argparse.Namespace) -> int:
     import tempfile
     from dataclasses import replace
 
+    from csbot.dev import run_dev
     from csbot.testing.fake_wechat import FakeWeChat
     from csbot.testing.harness import Harness, test_app, test_settings
 
@@ -288,56 +445,24 @@ async def _dev(args: argparse.Namespace) -> int:
     except ConfigError:
         settings, app = None, test_app()  # no app configured: a throw-away one will do
     dev_app = replace(app, name="default", secret=app.secret or "dev-secret")
-    tmp = tempfile.TemporaryDirectory(prefix="csbot-dev-")
-    async with FakeWeChat(apps={dev_app.appid: dev_app.secret}) as fake:
-        base = test_settings(Path(tmp.name) / "dev.db", fake.base_url,
-                             handlers_dir=Path(args.handlers) if args.handlers else
-                             (settings.handlers_dir if settings else Path("handlers")))
-        if settings is not None:
-            base = replace(settings, apps={"default": dev_app}, wechat_api_base=fake.base_url,
-                           database_url=base.database_url, data_dir=base.data_dir, host="127.0.0.1")
-        else:
+    # --handlers wins over the configuration, which wins over ./handlers
+    handlers_dir = (Path(args.handlers) if args.handlers else
+                    settings.handlers_dir if settings is not None else Path("handlers"))
+    if not handlers_dir.is_dir():
+        print(f"csbot: handlers directory {handlers_dir} does not exist", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="csbot-dev-") as tmp:
+        async with FakeWeChat(apps={dev_app.appid: dev_app.secret}) as fake:
+            base = test_settings(Path(tmp) / "dev.db", fake.base_url, handlers_dir=handlers_dir)
+            if settings is not None:
+                base = replace(settings, wechat_api_base=fake.base_url, database_url=base.database_url,
+                               data_dir=base.data_dir, host="127.0.0.1", handlers_dir=handlers_dir)
             base = replace(base, apps={"default": dev_app})
-        async with Harness.start(settings=base, fake=fake, fmt=args.format) as bot:
-            print(f"csbot dev: handlers from {base.handlers_dir}, WeChat faked at {fake.base_url}")
-            print("type a message as the customer; /enter opens the chat, /quit leaves\n")
-            seen = 0
-            while True:
-                try:
-                    line = await asyncio.to_thread(input, f"{args.openid}> ")
-                except EOFError:
-                    break
-                line = line.strip()
-                if not line:
-                    continue
-                if line in ("/quit", "/exit"):
-                    break
-                if line == "/enter":
-                    status, body = await bot.enter(args.openid)
-                else:
-                    status, body = await bot.send_text(args.openid, line)
-                if status != 200:
-                    print(f"  ! webhook answered {status}: {body.decode('utf-8', 'replace')}")
-                    continue
-                if body not in (b"success", b""):
-                    reply = bot.builder.decrypt_reply(body).decode("utf-8", "replace")
-                    if "transfer_customer_service" in reply:
-                        print("bot> [handed over to WeChat's customer-service tool]")
-                    else:
-                        print(f"bot> [passive reply] {reply}")
-                try:
-                    await bot.wait_idle(timeout=args.timeout)
-                except TimeoutError as exc:
-                    print(f"  ! {exc}")
-                replies = bot.replies_to(args.openid)
-                for text in replies[seen:]:
-                    print(f"bot> {text}")
-                seen = len(replies)
-                for row in await bot.messages(openid=args.openid):
-                    if row.status in OUTBOUND_UNDELIVERED and row.id > getattr(bot, "_shown", 0):
-                        print(f"  ! message {row.id} {row.status}: {row.error or row.errmsg}")
-                        bot._shown = row.id  # type: ignore[attr-defined]
-    tmp.cleanup()
+            async with Harness.start(settings=base, fake=fake, fmt=args.format) as bot:
+                print(f"csbot dev: handlers from {handlers_dir}, WeChat faked at {fake.base_url}")
+                print("type a message as the customer; /enter opens the chat, /help lists the commands, "
+                      "/quit leaves\n")
+                await run_dev(bot, args.openid, timeout=args.timeout)
     return 0
 
 
@@ -380,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: safe when an EncodingAESKey is configured, else plaintext")
     p.add_argument("--format", choices=("xml", "json"), default="xml")
     p.add_argument("--repeat", type=int, default=1, help="send the same push N times (WeChat's retries)")
+    p.add_argument("--print", action="store_true",
+                   help="print the exact request (URL, headers, body) instead of sending it")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("decrypt", parents=[common], help="decrypt a captured push and say what is wrong with it")
@@ -387,7 +514,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="the push's full URL (its query string is used)")
     p.add_argument("--query", help="the push's query string")
     p.add_argument("--body", help="file with the push's body, or - for stdin")
+    p.add_argument("--refused", type=int, metavar="ID",
+                   help="a refused push kept by CSBOT_KEEP_REFUSED (see `csbot refused`) instead of --url/--body")
     p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("webhooks", parents=[common], help="outbound webhook deliveries: list, redeliver")
+    wsub = p.add_subparsers(dest="webhooks_command", required=True)
+    w = wsub.add_parser("list", parents=[common], help="the latest deliveries, newest first")
+    w.add_argument("--status", choices=("pending", "delivered", "failed"))
+    w.add_argument("--webhook", help="only this webhook's deliveries")
+    w.add_argument("--limit", type=int, default=50)
+    w.add_argument("--json", action="store_true", help="one JSON object per line")
+    w.set_defaults(func=cmd_webhooks)
+    w = wsub.add_parser("redeliver", parents=[common], help="queue failed deliveries again")
+    w.add_argument("ids", nargs="*", type=int, metavar="ID")
+    w.add_argument("--failed", action="store_true", help="every failed delivery")
+    w.set_defaults(func=cmd_webhooks)
+
+    p = sub.add_parser("refused", parents=[common],
+                       help="the latest refused pushes, kept when CSBOT_KEEP_REFUSED=N is set")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_refused)
     p = sub.add_parser("dev", parents=[common],
                        help="chat with your handlers in the terminal, against a fake WeChat")
     p.add_argument("--app", default="default")
@@ -402,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     cloud_sub = p.add_subparsers(dest="cloud_command", required=True)
     c = cloud_sub.add_parser("client", help="print csbot-cloud.js, the wx.cloud-shaped client for the mini program")
     c.set_defaults(func=cmd_cloud_client)
+    c = cloud_sub.add_parser("logout", parents=[common],
+                             help="end every login session of a mini-program user (and forget their session_key)")
+    c.add_argument("openid")
+    c.add_argument("--app", default="default")
+    c.set_defaults(func=cmd_cloud_logout)
 
     from csbot.review.cli import add_commands  # csbot.review: conversations, reply, takeover, handback, close
     add_commands(sub, common)

@@ -19,6 +19,7 @@ DEFAULT_API_BASE = "https://api.weixin.qq.com"
 KNOWN_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 _APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _AES_KEY = re.compile(r"^[A-Za-z0-9]{43}$")
+APP_KINDS = ("miniprogram", "official_account")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,12 @@ class AppConfig:
     require_encryption: bool = False
     #: text sent when a handler raises; empty: nothing is sent
     apology_text: str = ""
+    #: "miniprogram" or "official_account": what a passive reply may be (see the README)
+    kind: str = "miniprogram"
+
+    @property
+    def is_official_account(self) -> bool:
+        return self.kind == "official_account"
 
     @property
     def aes_keys(self) -> list[str]:
@@ -110,6 +117,10 @@ class Settings:
     #: csbot.cloud: callable-function calls per second per openid, and the burst allowed
     function_rate_per_second: float = 20.0
     function_rate_burst: int = 40
+    #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
+    keep_refused: int = 0
+    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.webhooks.WebhookConfig)
+    webhooks: Mapping[str, Any] = field(default_factory=dict)
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -150,6 +161,7 @@ class Settings:
                 if app.encoding_aes_key and not app.require_encryption
                 else ("encrypted only" if app.encoding_aes_key else "plaintext only"),
                 "require_encryption": app.require_encryption,
+                "kind": app.kind,
             }
         return out
 
@@ -221,7 +233,7 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
     if not _APP_NAME.match(name):
         raise ConfigError(f"{where}: app name {name!r} must be letters, digits, '-' or '_'")
     known = {"appid", "secret", "app_secret", "token", "encoding_aes_key", "previous_aes_key",
-             "require_encryption", "apology_text"}
+             "require_encryption", "apology_text", "kind"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -236,7 +248,11 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
     require = _bool(f"{where}.require_encryption", data.get("require_encryption", False))
     if require and not aes:
         raise ConfigError(f"{where}: require_encryption needs an encoding_aes_key")
+    kind = str(data.get("kind") or "miniprogram")
+    if kind not in APP_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(APP_KINDS)}, got {kind!r}")
     return AppConfig(
+        kind=kind,
         name=name,
         appid=appid,
         secret=str(data.get("secret") or data.get("app_secret") or ""),
@@ -281,10 +297,12 @@ _GENERAL = {
     "cloud_session_cache_seconds": "CSBOT_CLOUD_SESSION_CACHE",
     "function_rate_per_second": "CSBOT_FUNCTION_RATE",
     "function_rate_burst": "CSBOT_FUNCTION_BURST",
+    "keep_refused": "CSBOT_KEEP_REFUSED",  # csbot.refused
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
-         "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst"}
+         "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst",
+         "keep_refused"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout", "cloud_session_lifetime", "cloud_session_cache_seconds",
            "function_rate_per_second"}
@@ -318,7 +336,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers", "storage"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "webhooks"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -365,6 +383,7 @@ def load_settings(
         "previous_aes_key": env.get("CSBOT_PREVIOUS_AES_KEY", ""),
         "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", "false"),
         "apology_text": env.get("CSBOT_APOLOGY_TEXT", ""),
+        "kind": env.get("CSBOT_APP_KIND", ""),
     }
     if any(env.get(v) for v in ("CSBOT_APPID", "CSBOT_TOKEN", "CSBOT_APP_SECRET", "CSBOT_ENCODING_AES_KEY")):
         base = dict(toml_apps.get("default", {}))
@@ -376,10 +395,18 @@ def load_settings(
             raise ConfigError(
                 str(exc).replace(f"{where}.encoding_aes_key", "CSBOT_ENCODING_AES_KEY")
                 .replace(f"{where}: appid", "CSBOT_APPID").replace(f"{where}: token", "CSBOT_TOKEN")
+                .replace(f"{where}.kind", "CSBOT_APP_KIND")
             ) from None
     if not apps:
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")
     kwargs["apps"] = apps
+
+    from csbot.webhooks import WebhookError, parse_webhooks
+
+    try:
+        kwargs["webhooks"] = parse_webhooks(data.get("webhooks", {}))
+    except WebhookError as exc:
+        raise ConfigError(f"config file: {exc}") from None
 
     handler_opts = data.get("handlers", {})
     if not isinstance(handler_opts, dict):

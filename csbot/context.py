@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from csbot.cloud.opendata import ILLEGAL_AES_KEY, OpenDataError, decrypt_open_data, raw_data_signature_ok
 from csbot.messages import Reply, as_reply
 from csbot.statuses import ConversationStatus
+
+
+class PushLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A handler's logger: every line starts with ``[push ID app/openid]`` so it can be found."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[push {extra.get('push_id')} {extra.get('app')}/{extra.get('openid')}] {msg}", kwargs
 
 
 @dataclass
@@ -60,8 +70,9 @@ class Context:
     #: "push" for the normal path, "inline" when running before the webhook's answer; for
     #: callable functions "wx_client" (mini program), "wx_http" (server API), "csbot" (a handler)
     SOURCE: str = "push"
-    #: this app's cloud storage (csbot.cloud.storage.AppStorage): upload, download, delete, temp_urls
-    storage: Any = None
+    #: the ``re.Match`` of the route's ``regex`` on the text (``context.match.group(1)``); None for
+    #: routes without a regex
+    match: re.Match[str] | None = None
     replies: list[Reply] = field(default_factory=list)
     #: csbot.cloud: the caller's IP (mini-program calls), the keys of the event that hold open
     #: data resolved from CloudIDs by csbot (never a client's look-alike), the call's id
@@ -95,6 +106,17 @@ class Context:
         return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
                 "SOURCE": self.SOURCE, "ENV": self.app, "CLIENTIP": self.CLIENTIP,
                 "OPEN_DATA_INFO": list(self.OPEN_DATA_INFO)}
+
+    # ---- csbot.cloud
+
+    @property
+    def storage(self) -> Any:
+        """This app's cloud storage (:class:`csbot.cloud.storage.AppStorage`), server side:
+        ``upload``, ``download``, ``delete``, ``temp_urls``."""
+        storage = getattr(self.services, "storage", None)
+        if storage is None:
+            raise RuntimeError("cloud storage is not running (context.storage needs a started csbot)")
+        return storage.for_app(self.app)
 
     # ---- csbot.cloud: callable functions and open data
 

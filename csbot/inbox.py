@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
 from csbot.config import Settings
-from csbot.context import ConversationInfo, Context, MessageInfo
-from csbot.messages import Reply, Text, as_reply, send_body
+from csbot.context import ConversationInfo, Context, MessageInfo, PushLogger
+from csbot.messages import (OFFICIAL_ACCOUNT_ONLY, PASSIVE_TYPES, Image, PassiveReply, Reply, Text, as_reply,
+                            send_body)
 from csbot.routing import NEXT, Route, Router
 from csbot.statuses import ConversationStatus, InboundStatus, OutboundStatus
 from csbot.store import Conversation, Message
@@ -163,7 +164,7 @@ class OutcomeOp:
                 values.update(action_at=op.action_at, action_kind=op.action_kind)
             if op.action_kind == "message":  # csbot.review: writing again reopens a closed conversation
                 values["reopen"] = True
-            if op.passive_reply is not None:
+            if op.passive_reply is not None and "transfer_customer_service" in op.passive_reply:
                 # the hand-off to WeChat's customer-service tool shows on the thread
                 values["transferred_at"] = now
         touch = _cached(dialect, "touch_conversation", lambda _: (
@@ -361,13 +362,12 @@ class Inbox:
 
     async def _run_routes(self, app: str, appid: str, info: MessageInfo, event: dict[str, Any],
                           conv: ConversationInfo, routes: list[Route], *, source: str) -> HandlerResult:
-        logger = logging.LoggerAdapter(logging.getLogger("csbot.handler"),
-                                       {"push_id": info.id, "app": app})
+        logger = PushLogger(logging.getLogger("csbot.handler"),
+                            {"push_id": info.id, "app": app, "openid": info.openid})
         for r in routes:
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
                           logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
-                          storage=self.storage.for_app(app) if self.storage is not None else None,
-                          services=self.services)
+                          match=r.match(event), services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
             except asyncio.CancelledError:
@@ -400,10 +400,33 @@ class Inbox:
                     reply = as_reply(value)
                 except TypeError as exc:
                     return HandlerResult(FAILED, r.name, str(exc), replies)
-                if reply is not None:
+                if reply is not None and source == "inline" and self._passive_allowed(app, reply):
+                    passive = PassiveReply(reply)  # an Official Account answers in the webhook's response
+                elif reply is not None:
                     replies.append((reply, r.name))
+            wrong_kind = next((self._kind_error(app, reply) for reply, _ in replies
+                               if self._kind_error(app, reply)), None)
+            if wrong_kind:
+                return HandlerResult(FAILED, r.name, wrong_kind, [])
             return HandlerResult(DONE, r.name, None, replies, passive)
         return HandlerResult(DONE, None, None)
+
+    def _is_official_account(self, app: str) -> bool:
+        cfg = self.settings.apps.get(app)
+        return cfg is not None and cfg.is_official_account
+
+    def _passive_allowed(self, app: str, reply: Reply) -> bool:
+        """Official Accounts answer inline routes with a passive reply (text, image by media_id,
+        voice, video, music, news); Mini Programs only with transfer_customer_service."""
+        if not self._is_official_account(app) or not isinstance(reply, PASSIVE_TYPES):
+            return False
+        return not (isinstance(reply, Image) and reply.media_id is None)
+
+    def _kind_error(self, app: str, reply: Reply) -> str | None:
+        if isinstance(reply, OFFICIAL_ACCOUNT_ONLY) and not self._is_official_account(app):
+            return (f"a {reply.msgtype} message is for Official Account apps only; app {app} is a Mini Program "
+                    "(kind = \"miniprogram\"), whose send API takes text, image, link and miniprogrampage")
+        return None
 
     # ---- the worker side
 

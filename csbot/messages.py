@@ -169,6 +169,133 @@ NOTICE_TYPES = frozenset({SubscribeMessage.msgtype, TemplateMessage.msgtype})
 
 
 @dataclass(frozen=True)
+class Voice(Reply):
+    """A voice message by ``media_id`` (Official Accounts: passive reply or customer-service send)."""
+
+    media_id: str
+    subscribe_fallback: SubscribeFallback | None = None
+    msgtype: ClassVar[str] = "voice"
+
+    def body(self) -> dict[str, Any]:
+        return {"media_id": self.media_id}
+
+
+@dataclass(frozen=True)
+class Video(Reply):
+    """A video by ``media_id`` (Official Accounts)."""
+
+    media_id: str
+    title: str = ""
+    description: str = ""
+    thumb_media_id: str | None = None
+    subscribe_fallback: SubscribeFallback | None = None
+    msgtype: ClassVar[str] = "video"
+
+    def body(self) -> dict[str, Any]:
+        body = {"media_id": self.media_id, "title": self.title, "description": self.description}
+        if self.thumb_media_id:
+            body["thumb_media_id"] = self.thumb_media_id
+        return body
+
+    def describe(self) -> str:
+        return f"[video] {self.title}".rstrip()
+
+
+@dataclass(frozen=True)
+class Music(Reply):
+    """A music card (Official Accounts)."""
+
+    title: str
+    description: str
+    music_url: str
+    hq_music_url: str
+    thumb_media_id: str
+    subscribe_fallback: SubscribeFallback | None = None
+    msgtype: ClassVar[str] = "music"
+
+    def body(self) -> dict[str, Any]:
+        return {"title": self.title, "description": self.description, "musicurl": self.music_url,
+                "hqmusicurl": self.hq_music_url, "thumb_media_id": self.thumb_media_id}
+
+    def describe(self) -> str:
+        return f"[music] {self.title}"
+
+
+@dataclass(frozen=True)
+class Article:
+    title: str
+    description: str
+    url: str
+    pic_url: str = ""
+
+
+@dataclass(frozen=True)
+class News(Reply):
+    """News articles (Official Accounts): 1 to 8; as the answer to a user's message WeChat shows
+    only one, so give one there."""
+
+    articles: tuple[Article, ...]
+    subscribe_fallback: SubscribeFallback | None = None
+    msgtype: ClassVar[str] = "news"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "articles", tuple(self.articles))
+        if not 1 <= len(self.articles) <= 8 or not all(isinstance(a, Article) for a in self.articles):
+            raise ValueError("News needs 1 to 8 Article objects")
+
+    def body(self) -> dict[str, Any]:
+        return {"articles": [{"title": a.title, "description": a.description, "url": a.url, "picurl": a.pic_url}
+                             for a in self.articles]}
+
+    def describe(self) -> str:
+        return "[news] " + " / ".join(a.title for a in self.articles)
+
+
+#: what an Official Account may answer in the webhook's response (a passive reply)
+PASSIVE_TYPES = (Text, Image, Voice, Video, Music, News)
+#: message types only Official Accounts have (a Mini Program's send API refuses them)
+OFFICIAL_ACCOUNT_ONLY = (Voice, Video, Music, News)
+
+
+@dataclass(frozen=True)
+class PassiveReply:
+    """An Official Account's passive reply: ``reply`` rendered as the webhook's answer.
+
+    Field names are those of WeChat's passive reply XML (``Image/MediaId``, ``Articles/item``…);
+    a JSON push gets the same structure as JSON.
+    """
+
+    reply: Reply
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reply, PASSIVE_TYPES):
+            raise TypeError(f"{type(self.reply).__name__} cannot be a passive reply")
+        if isinstance(self.reply, Image) and self.reply.media_id is None:
+            raise ValueError("a passive image reply needs a media_id (upload the image first)")
+
+    def fields(self, event: dict[str, Any], now: int) -> dict[str, Any]:
+        r = self.reply
+        out: dict[str, Any] = {"ToUserName": event.get("FromUserName", ""), "FromUserName": event.get("ToUserName", ""),
+                               "CreateTime": now, "MsgType": r.msgtype}
+        if isinstance(r, Text):
+            out["Content"] = r.content
+        elif isinstance(r, Image):
+            out["Image"] = {"MediaId": r.media_id}
+        elif isinstance(r, Voice):
+            out["Voice"] = {"MediaId": r.media_id}
+        elif isinstance(r, Video):
+            out["Video"] = {"MediaId": r.media_id, "Title": r.title, "Description": r.description}
+        elif isinstance(r, Music):
+            out["Music"] = {"Title": r.title, "Description": r.description, "MusicUrl": r.music_url,
+                            "HQMusicUrl": r.hq_music_url, "ThumbMediaId": r.thumb_media_id}
+        elif isinstance(r, News):
+            out["ArticleCount"] = len(r.articles)
+            out["Articles"] = {"item": [{"Title": a.title, "Description": a.description, "PicUrl": a.pic_url,
+                                         "Url": a.url} for a in r.articles]}
+        return out
+
+
+@dataclass(frozen=True)
 class TransferCustomerService:
     """Passive reply: hand this user message to WeChat's customer-service tool.
 

@@ -6,7 +6,10 @@ process, and tests, never collide.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import logging
+from typing import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -32,6 +35,22 @@ class Metrics:
             "csbot_function_seconds", "Callable-function calls, by function and outcome",
             ["function", "outcome"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0))
+        self.undelivered = Gauge(
+            "csbot_undelivered_conversations",
+            "Conversations with a reply that never arrived (failed, dead or quota_exceeded, none delivered "
+            "after it): customers who think they were ignored", ["app"], registry=self.registry)
+        self.webhooks = Counter(
+            "csbot_webhook_deliveries_total", "Outbound webhook delivery attempts, by outcome",
+            ["webhook", "outcome"], registry=self.registry)
+        #: read from the store just before each scrape (gauges of what the store holds)
+        self.refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    async def refresh(self) -> None:
+        for refresh in self.refreshers:
+            try:
+                await refresh()
+            except Exception as exc:  # a scrape still answers with what it has
+                logging.getLogger("csbot.metrics").warning("could not refresh a metric: %r", exc)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

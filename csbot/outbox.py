@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY, NOTICE_TYPES, SubscribeMessage, TemplateMessage
-from csbot.statuses import OUTBOUND_DUE, OutboundStatus
+from csbot.statuses import OUTBOUND_DUE, OUTBOUND_UNDELIVERED, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import LaneOp
@@ -46,6 +46,8 @@ QUEUED, SENDING, SENT, FAILED, DEAD, QUOTA, IN_DOUBT = (
     OutboundStatus.QUEUED, OutboundStatus.SENDING, OutboundStatus.SENT, OutboundStatus.FAILED,
     OutboundStatus.DEAD, OutboundStatus.QUOTA_EXCEEDED, OutboundStatus.IN_DOUBT)
 DUE_STATUSES = OUTBOUND_DUE
+#: end states of a reply that never reached the customer; an operator may queue it again
+RETRYABLE = OUTBOUND_UNDELIVERED
 #: how often a running process looks for sends abandoned by a process that died
 SWEEP_SECONDS = 5.0
 
@@ -86,6 +88,8 @@ class Outbox:
         metrics: Any = None,
     ) -> None:
         self.metrics = metrics
+        #: called with (row, state) when a reply reaches a state; set by the app (webhooks)
+        self.on_state: Callable[[Any, str], None] | None = None
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.writer = writer
@@ -123,6 +127,25 @@ class Outbox:
             message_id = row.id
         self._wake.set()
         return message_id
+
+    async def retry(self, message_id: int, *, actor: str | None = None) -> bool:
+        """Queue a ``failed``, ``dead`` or ``quota_exceeded`` reply again, as if new.
+
+        It goes through the same path as every reply: the user's lane (in order), the quota
+        check, backoff and ``max_send_attempts`` afresh. False if the row is not in one of
+        those states (already retried, or never failed).
+        """
+        now = time.time()
+        async with self.sessionmaker() as s, s.begin():
+            res = await s.execute(update(Message).where(
+                Message.id == message_id, Message.direction == "out", Message.status.in_(RETRYABLE))
+                .values(status=QUEUED, attempts=0, next_attempt_at=now, errcode=None, errmsg=None,
+                        error=f"retried by {actor}" if actor else "retried"))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        log.info("reply %s queued again by %s", message_id, actor or "an operator")
+        self._wake.set()
+        return True
 
     async def outcome(self, message_id: int, *, wait: float = 0.0) -> dict[str, Any]:
         """Where an outbound message stands, ``{"status", "errcode", "errmsg"}``, waiting up to
@@ -287,6 +310,8 @@ class Outbox:
     def _count(self, row: Message, state: str) -> None:
         if self.metrics is not None:
             self.metrics.sends.labels(row.app, state).inc()
+        if self.on_state is not None:  # outbound webhooks (csbot.webhooks): message.sent / .failed
+            self.on_state(row, state)
 
     async def _deliver(self, row: Message) -> None:
         # subscribe/template messages need a consent (or form_id), not the reply window

@@ -87,6 +87,14 @@ class Route:
             return False
         return True
 
+    def match(self, event: Mapping[str, Any]) -> re.Match[str] | None:
+        """The ``re.Match`` of this route's regex on the push's text (``context.match``); None
+        for a route without a regex."""
+        text = event.get("Content") if event.get("MsgType") == "text" else None
+        if self.regex is None or not isinstance(text, str):
+            return None
+        return self.regex.search(text)
+
 
 def route(
     *,
@@ -214,6 +222,9 @@ class Router:
                 if isinstance(obj, ModuleType):
                     modules.append((ep.name, obj, opts))
                     routes.extend(_routes_of_module(obj, ep.name, opts))
+                elif hasattr(obj, "__csbot_function__") and not hasattr(obj, "__csbot_route__"):
+                    # a callable function (csbot.cloud) is found in its module, never a push fallback
+                    modules.append((ep.name, sys.modules[obj.__module__], opts))
                 elif hasattr(obj, "__csbot_route__"):
                     routes.append(Route(name=ep.name, func=obj, module=ep.name, options=opts,
                                         **obj.__csbot_route__))

@@ -59,6 +59,10 @@ class Services:
     #: console agent accounts, sessions, API tokens (csbot.review.agents) and the audit log (csbot.review.audit)
     agents: Any = None
     audit: Any = None
+    #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
+    refused: Any = None
+    #: outbound webhooks (csbot.webhooks.Webhooks); None when none is configured
+    webhooks: Any = None
 
     def __repr__(self) -> str:  # never the settings: they hold secrets
         return f"<Services {self.instance_id} ready={self.ready}>"

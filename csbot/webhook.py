@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from csbot.config import AppConfig
+from csbot.refused import keep_refused
 from csbot.services import services_of
 from csbot.statuses import InboundStatus
 from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_envelope, render_fields, verify_handshake
@@ -31,6 +32,7 @@ def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> we
         services_of(request).metrics.pushes.labels(app_name if status != 404 else "unknown", f"refused_{status}").inc()
     log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
                 request.remote, status, reason)
+    keep_refused(request, app_name, status, reason)  # CSBOT_KEEP_REFUSED, for `csbot refused`
     return web.Response(status=status, text=reason, content_type="text/plain")
 
 
@@ -81,6 +83,8 @@ async def receive(request: web.Request) -> web.Response:
         metrics.pushes.labels(name, "store_unavailable").inc()
         return web.Response(status=503, text="store unavailable, retry later", content_type="text/plain")
     metrics.pushes.labels(name, "stored" if accepted.new else "duplicate").inc()
+    if accepted.new and services.webhooks is not None:  # outbound webhooks; only queues, never waits
+        services.webhooks.emit("message.received", name, push.openid, message_id=accepted.message_id)
     metrics.ack_seconds.labels(name).observe(time.monotonic() - started)
 
     if not accepted.new:

@@ -120,3 +120,16 @@ def test_dev_lets_a_person_chat_with_the_handlers_in_the_terminal():
     lines = [l for l in res.stdout.splitlines() if "bot> " in l]
     assert "欢迎" in lines[0] and "退货" in lines[1]
     assert "customer-service tool" in lines[2]
+
+
+def test_check_warns_with_a_non_zero_exit_when_no_reply_can_ever_be_sent(tmp_path):
+    repo = Path(__file__).parents[1]
+    env = app_env(tmp_path)
+    del env["CSBOT_APP_SECRET"]
+    res = run("check", env=env, cwd=repo)
+    assert res.returncode == 1 and "configuration OK" not in res.stdout
+    assert "WARNING: app default has no AppSecret (CSBOT_APP_SECRET)" in res.stdout
+    empty = tmp_path / "no-handlers"
+    empty.mkdir()
+    res = run("check", env=app_env(tmp_path, CSBOT_HANDLERS=str(empty)), cwd=repo)
+    assert res.returncode == 1 and "WARNING: no handler" in res.stdout

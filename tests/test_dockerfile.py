@@ -49,3 +49,21 @@ async def test_the_container_command_serves_and_becomes_healthy(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_source():
+    import sys
+    import tomllib
+
+    lines = [line for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+             if line.startswith(("COPY", "RUN"))]
+    first_source = next(i for i, line in enumerate(lines) if line.startswith("COPY csbot"))
+    deps = next(i for i, line in enumerate(lines) if "pip install -r" in line)
+    assert lines[:deps] == ["COPY pyproject.toml ./"] and deps < first_source
+    assert "pip install --no-deps ." in lines[first_source + 1:][1]
+    # the layer's requirement list is exactly pyproject's dependencies
+    command = re.search(r'python -c "(.*?)"', lines[deps]).group(1).replace("\\\\n", "\\n")
+    out = subprocess.run([sys.executable, "-c", command], cwd=DOCKERFILE.parent, capture_output=True,
+                         text=True, check=True).stdout.split()
+    expected = tomllib.loads((DOCKERFILE.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d.replace(" ", "") for d in expected] == out

@@ -170,7 +170,7 @@ class Functions:
         self.clock = clock
         self._limiters: OrderedDict[tuple[str, str], AsyncLimiter] = OrderedDict()
 
-    def allow(self, app: str, openid: str) -> bool:
+    async def allow(self, app: str, openid: str) -> bool:
         """Take one call from the user's allowance (``rate_per_second``, burst ``burst``)."""
         if self.rate_per_second <= 0:
             return True
@@ -184,7 +184,7 @@ class Functions:
             self._limiters.move_to_end(key)
         if not limiter.has_capacity():
             return False
-        limiter._level += 1  # what acquire() does when there is capacity, without a coroutine
+        await limiter.acquire()  # there is capacity: this does not wait
         return True
 
     def observe(self, name: str, outcome: str, seconds: float) -> None:
@@ -222,13 +222,12 @@ class Functions:
         settings = self.services.settings
         appid = settings.apps[app].appid if app in settings.apps else ""
         openapi = self.services.openapi.get(app) if self.services.openapi is not None and appid else None
-        storage = self.services.storage.for_app(app) if getattr(self.services, "storage", None) and appid else None
         logger = _CallLogger(logging.getLogger("csbot.function"),
                              {"function": name, "requestID": request_id, "app": app})
         context = Context(OPENID=openid or "", APPID=appid, app=app, logger=logger, openapi=openapi,
                           options=spec.options, UNIONID=unionid, SOURCE=source, CLIENTIP=client_ip,
                           OPEN_DATA_INFO=list(open_data_info), requestID=request_id, services=self.services,
-                          call_depth=depth, storage=storage)
+                          call_depth=depth)
         started = self.clock()
         outcome = "ok"
         try:

@@ -19,17 +19,19 @@ What they share:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hmac
 import json
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from csbot.cloud.errors import (ERR_BAD_REQUEST, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_RATE_LIMITED, ERR_TOO_LARGE,
-                                ERR_UNAVAILABLE, CloudError)
+                                ERR_UNAUTHORIZED, ERR_UNAVAILABLE, CloudError)
 from csbot.cloud.functions import SOURCE_CLIENT, FunctionCallError, FunctionRegistry, Functions
 from csbot.cloud.opendata import MAX_CLOUD_IDS, cloud_id_markers, resolve_cloud_ids
 from csbot.cloud.sessions import CloudSession, bearer_token, require_session
@@ -39,6 +41,8 @@ from csbot.services import services_of
 
 log = logging.getLogger("csbot.cloud.http")
 
+#: seconds between purges of expired login sessions
+PURGE_SECONDS = 3600
 #: largest /cloud request body (WeChat's callFunction limit is of the same order)
 MAX_BODY = 1024 * 1024
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
@@ -102,9 +106,15 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
+_ERR_CODES = {400: ERR_BAD_REQUEST, 401: ERR_UNAUTHORIZED, 403: ERR_FORBIDDEN, 404: ERR_NOT_FOUND,
+              413: ERR_TOO_LARGE, 503: ERR_UNAVAILABLE}
+
+
 def cloud_error(status: int, message: str, code: int | str | None = None) -> web.Response:
-    """A ``/cloud`` error: ``{"errCode", "errMsg"}`` (errCode defaults to the HTTP status)."""
-    return web.json_response({"errCode": status if code is None else code, "errMsg": message}, status=status)
+    """A ``/cloud`` error answered rather than raised: the body :class:`CloudError` gives
+    (``code`` defaults to the cloud error code of ``status``)."""
+    err_code = _ERR_CODES.get(status, ERR_BAD_REQUEST) if code is None else code
+    return web.json_response({"errCode": err_code, "errMsg": message}, status=status)
 
 
 def base_url(request: web.Request, settings: Settings) -> str:
@@ -249,7 +259,7 @@ async def call_function(request: web.Request) -> web.Response:
             refused = "forbidden"
             log.warning("refused client call of server-only function %s by %s", name, session.openid)
             raise CloudError(403, ERR_FORBIDDEN, f"function {name!r} is server-only (client=False)")
-        if not functions.allow(session.app, session.openid):
+        if not await functions.allow(session.app, session.openid):
             refused = "rate_limited"
             raise CloudError(429, ERR_RATE_LIMITED, "too many calls, slow down", headers={"Retry-After": "1"})
         refused = "bad_request"
@@ -299,6 +309,29 @@ def _services(request: web.Request) -> Any:
     return services
 
 
+async def _purge_expired_sessions(app: web.Application) -> AsyncIterator[None]:
+    """Expired login sessions are deleted every hour (and at each user's next login)."""
+    services = services_of(app)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(PURGE_SECONDS)
+            if services.sessions is None:
+                continue
+            try:
+                purged = await services.sessions.purge_expired()
+                if purged:
+                    log.info("deleted %d expired login session(s)", purged)
+            except Exception as exc:  # the store is down: next hour
+                log.warning("could not delete expired login sessions: %s", exc)
+
+    task = asyncio.create_task(loop(), name="csbot-cloud-session-purge")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def setup_cloud(app: web.Application) -> None:
     """Mount every cloud service's routes (called once by :func:`csbot.app.create_app`) and load
     the callable functions of the app's handler modules.
@@ -306,6 +339,7 @@ def setup_cloud(app: web.Application) -> None:
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
     from csbot.cloud.apidoc import tcb_openapi_document
+    from csbot.cloud.functions_tcb import functions_tcb_routes
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
     services = services_of(app)
@@ -313,11 +347,13 @@ def setup_cloud(app: web.Application) -> None:
     services.functions = Functions(FunctionRegistry.from_router(services.router), services,
                                    rate_per_second=settings.function_rate_per_second,
                                    burst=settings.function_rate_burst)
+    app.cleanup_ctx.append(_purge_expired_sessions)
     app.router.add_post("/cloud/login", login)
     app.router.add_post("/cloud/logout", logout)
     app.router.add_post("/cloud/functions/{name}", call_function)
     app.router.add_routes(storage_routes())
     if settings.server_key:
+        app.router.add_routes(functions_tcb_routes())
         app.router.add_routes(storage_tcb_routes())
 
         async def openapi_json(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from aiohttp import web
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.cloud.errors import ERR_BAD_REQUEST, ERR_UNAUTHORIZED, ERR_UNAVAILABLE, CloudError
@@ -63,6 +64,16 @@ class CloudSession:
     expires_at: float
 
 
+#: the store failing (down, locked, disk full): the caller may retry, it is not their mistake
+STORE_ERRORS = (SQLAlchemyError, OSError)
+
+
+def store_unavailable(exc: BaseException) -> CloudError:
+    log.error("sessions: the store is unavailable: %s", exc)
+    return CloudError(503, ERR_UNAVAILABLE, "the server's store is unavailable, retry later",
+                      headers={"Retry-After": "2"})
+
+
 def hash_token(token: str) -> str:
     """What is stored for a token: SHA-256 (a 256-bit random token needs no slow hash)."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
@@ -90,7 +101,10 @@ async def require_session(request: web.Request) -> CloudSession:
     store: SessionStore | None = services_of(request).sessions
     if store is None:
         raise CloudError(503, ERR_UNAVAILABLE, "starting, retry shortly", headers={"Retry-After": "1"})
-    session = await store.lookup(token)
+    try:
+        session = await store.lookup(token)
+    except STORE_ERRORS as exc:
+        raise store_unavailable(exc) from None
     if session is None:
         raise _unauthorized("session expired or unknown: log in again")
     return session
@@ -169,7 +183,10 @@ class SessionStore:
                              headers={"Retry-After": "5"})
         session_key = answer.get("session_key") if isinstance(answer.get("session_key"), str) else None
         unionid = answer.get("unionid") if isinstance(answer.get("unionid"), str) and answer.get("unionid") else None
-        token = await self.create(cfg.name, openid, session_key, unionid=unionid)
+        try:
+            token = await self.create(cfg.name, openid, session_key, unionid=unionid)
+        except STORE_ERRORS as exc:
+            raise store_unavailable(exc) from None
         log.info("app %s: login of %s", cfg.name, openid)
         return {"token": token, "expires_in": int(self.lifetime), "openid": openid}
 

@@ -108,6 +108,13 @@ class TooManyFiles(StorageError):
     code = "INVALID_PARAM"
 
 
+class StorageUnavailable(StorageError):
+    """The backend failed (disk full, permissions, I/O error): the operator's problem, logged."""
+
+    code = "STORAGE_UNAVAILABLE"
+    status = 503
+
+
 # ---------------------------------------------------------------- names
 
 
@@ -344,10 +351,7 @@ async def chunks_of(source: Any) -> AsyncIterator[bytes]:
         for start in range(0, len(view), CHUNK):
             yield bytes(view[start:start + CHUNK])
     elif isinstance(source, os.PathLike):
-        try:
-            handle = await asyncio.to_thread(open, os.fspath(source), "rb")
-        except OSError as exc:
-            raise StorageError(f"cannot read {os.fspath(source)}: {exc.strerror}") from None
+        handle = await asyncio.to_thread(open, os.fspath(source), "rb")
         try:
             while chunk := await asyncio.to_thread(handle.read, CHUNK):
                 yield chunk
@@ -360,6 +364,18 @@ async def chunks_of(source: Any) -> AsyncIterator[bytes]:
         raise TypeError("upload() takes bytes or a pathlib.Path; for text, pass text.encode()")
     else:
         raise TypeError(f"upload() takes bytes, a pathlib.Path or an async iterable of bytes, not {type(source).__name__}")
+
+
+class _SourceFailed(Exception):
+    """Reading the upload's source failed (as opposed to the backend writing it)."""
+
+
+async def _source_chunks(source: Any) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks_of(source):
+            yield chunk
+    except OSError as exc:
+        raise _SourceFailed() from exc
 
 
 # ---------------------------------------------------------------- rules
@@ -613,7 +629,16 @@ class Storage:
     async def write_blob(self, source: Any) -> WrittenBlob:
         """Stream ``source`` into a new blob (not yet any file's contents; see :meth:`commit`)."""
         key = f"objects/{secrets.token_hex(1)}/{uuid.uuid4().hex}"
-        return await self.backend.write(key, chunks_of(source), self.max_file_size)
+        try:
+            return await self.backend.write(key, _source_chunks(source), self.max_file_size)
+        except _SourceFailed as failed:
+            cause = failed.__cause__
+            if isinstance(source, os.PathLike) and isinstance(cause, OSError):
+                raise StorageError(f"cannot read {os.fspath(source)}: {cause.strerror}") from None
+            raise cause from None  # the caller's stream broke (a client went away): theirs to see
+        except OSError as exc:
+            log.error("storage backend could not write a file: %s", exc)
+            raise StorageUnavailable("the storage backend could not write the file; try again later") from None
 
     async def commit(self, app: str, cloud_path: str, blob: WrittenBlob, *, openid: str | None = None,
                      owner_openid: str | None = None, content_type: str | None = None) -> StoredFile:
@@ -713,6 +738,9 @@ class Storage:
                 if attempt == 0:
                     continue  # replaced between the lookup and the open
                 raise
+            except OSError as exc:
+                log.error("storage backend could not read %s: %s", stored.file_id, exc)
+                raise StorageUnavailable("the storage backend could not read the file; try again later") from None
             return stored, _prepend(first, stream)
         raise FileNotFound(f"no file {make_file_id(app, cloud_path)}")  # pragma: no cover
 

@@ -57,12 +57,32 @@ def setup_review(app: web.Application, services: Services, *, run_workers: bool 
 
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(on_shutdown)
+
+    async def refresh_undelivered() -> None:
+        if services.review is None:
+            return
+        counts = await services.review.undelivered_counts()
+        for name in settings.apps:
+            services.metrics.undelivered.labels(name).set(counts.get(name, 0))
+
+    services.metrics.refreshers.append(refresh_undelivered)
     if not settings.admin_token:
+        async def api_off(request: web.Request) -> web.Response:
+            return web.json_response({"error": "the review API is off: set CSBOT_ADMIN_TOKEN"}, status=404)
+
+        app.router.add_route("*", "/api", api_off)
+        app.router.add_route("*", "/api/{tail:.*}", api_off)
         return
     from csbot.review.api import build_api
     from csbot.review.console import build_console
 
     app.add_subapp("/api/", build_api(services))
+
+    async def api_root(request: web.Request) -> web.Response:  # "/api" without the slash
+        return web.json_response({"error": "not found; the API's description is /api/openapi.json"},
+                                 status=404)
+
+    app.router.add_route("*", "/api", api_root)
     app.add_subapp("/admin/", build_console(services))
 
 

@@ -19,8 +19,9 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from csbot.review.audit import Actor
-from csbot.review.cli import format_batch
-from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, NotYours, ReviewError, parse_time
+from csbot.review.cli import CSV_BOM, format_batch
+from csbot.review.service import (ASSIGNED_FILTERS, STATUSES, Conflict, Invalid, NotYours, ReviewError,
+                                  parse_time)
 from csbot.services import Services
 
 log = logging.getLogger("csbot.review.api")
@@ -115,6 +116,15 @@ def int_param(request: web.Request, name: str, default: int | None, lo: int, hi:
     return value
 
 
+def bool_param(request: web.Request, name: str) -> bool:
+    raw = (request.query.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise Invalid(f"{name} must be true or false")
+
+
 def optional_str(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is not None and not isinstance(value, str):
@@ -139,7 +149,8 @@ def build_api(services: Services) -> web.Application:
         page = await services.review.list_conversations(
             app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
             search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
-            cursor=q.get("cursor") or None, assigned=assigned, viewer=request[ACTOR])
+            cursor=q.get("cursor") or None, assigned=assigned, viewer=request[ACTOR],
+            undelivered=bool_param(request, "undelivered"))
         return web.json_response({"conversations": page.conversations, "next_cursor": page.next_cursor})
 
     @routes.get("/conversations/{app}/{openid}")
@@ -200,6 +211,47 @@ def build_api(services: Services) -> web.Application:
                                          data.get("text"), author=by.name, by=by)
         return web.json_response({"note": note}, status=201)
 
+    @routes.post("/messages/{id}/retry")
+    async def retry(request: web.Request) -> web.Response:
+        data = await read_object(request) if request.can_read_body else {}
+        actor = optional_str(data, "agent") or "api"
+        try:
+            message_id = int(request.match_info["id"])
+        except ValueError:
+            raise Invalid("the message id must be an integer") from None
+        message = await services.review.retry(message_id, by=actor_for(request, actor))
+        return web.json_response({"message": message, "status": "queued"}, status=202)
+
+    @routes.get("/webhooks/deliveries")
+    async def webhook_deliveries(request: web.Request) -> web.Response:
+        from csbot.webhooks import list_deliveries
+
+        if not request[ACTOR].is_admin:
+            raise NotYours("only an admin sees webhook deliveries")
+        q = request.query
+        rows = await list_deliveries(services.sessionmaker, status=q.get("status") or None,  # type: ignore[arg-type]
+                                     webhook=q.get("webhook") or None,
+                                     limit=int_param(request, "limit", 50, 1, 1000) or 50)
+        return web.json_response({"deliveries": rows})
+
+    @routes.post("/webhooks/deliveries/{id}/redeliver")
+    async def webhook_redeliver(request: web.Request) -> web.Response:
+        from csbot.webhooks import redeliver
+
+        if not request[ACTOR].is_admin:
+            raise NotYours("only an admin re-drives webhook deliveries")
+        try:
+            delivery_id = int(request.match_info["id"])
+        except ValueError:
+            raise Invalid("the delivery id must be an integer") from None
+        if not 0 < delivery_id < 2**62:
+            raise Invalid("the delivery id must be a positive integer")
+        if not await redeliver(services.sessionmaker, [delivery_id]):  # type: ignore[arg-type]
+            raise Conflict(f"delivery {delivery_id} does not exist or has not failed")
+        if services.webhooks is not None:
+            services.webhooks.wake()
+        return web.json_response({"id": delivery_id, "status": "pending"}, status=202)
+
     @routes.get("/export")
     async def export(request: web.Request) -> web.StreamResponse:
         if not request[ACTOR].is_admin:
@@ -215,6 +267,8 @@ def build_api(services: Services) -> web.Application:
             "Content-Type": f"{ctype}; charset=utf-8",
             "Content-Disposition": f'attachment; filename="csbot-export.{fmt}"'})
         await resp.prepare(request)
+        if fmt == "csv":
+            await resp.write(CSV_BOM.encode("utf-8"))  # Excel and WPS then read the Chinese right
         first = True
         async for rows in services.review.export(since=since, until=until, app=app):
             await resp.write(format_batch(rows, fmt, header=first).encode("utf-8"))
@@ -269,6 +323,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 NULLABLE_NUMBER = {"type": "number", "nullable": True}
 NULLABLE_STRING = {"type": "string", "nullable": True}
+TIME = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC, with its offset"}
+NULLABLE_TIME = {**TIME, "nullable": True}
 NAME = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$"}
 TEXT = {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S"}
 
@@ -285,7 +341,8 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "csbot review API", "version": "1",
-                 "description": "Read conversations, step in, and hand back. Times are Unix seconds."},
+                 "description": "Read conversations, step in, and hand back. Times are ISO 8601 "
+                                "date-times in UTC with their offset (2026-11-20T04:28:05.123+00:00)."},
         "servers": [{"url": "/api"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -303,7 +360,10 @@ def openapi_document() -> dict[str, Any]:
                      "description": "next_cursor of the previous page"},
                     {"name": "assigned", "in": "query",
                      "schema": {"type": "string", "enum": ["mine", "unassigned"]},
-                     "description": "mine: assigned to the token's agent; unassigned: to nobody"}],
+                     "description": "mine: assigned to the token's agent; unassigned: to nobody"},
+                    {"name": "undelivered", "in": "query", "schema": {"type": "boolean", "default": False},
+                     "description": "only conversations with a reply that never arrived (failed, dead or "
+                                    "quota_exceeded, and no later reply delivered)"}],
                 "responses": {"200": _json({"type": "object", "required": ["conversations", "next_cursor"],
                                             "properties": {"conversations": {"type": "array",
                                                                              "items": _ref("Conversation")},
@@ -365,6 +425,36 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"201": _json({"type": "object", "required": ["note"],
                                             "properties": {"note": _ref("Note")}}, "added"),
                               **_errors(400, 401, 403, 404, 413)}}},
+            "/messages/{id}/retry": {"post": {
+                "operationId": "retry", "summary": "queue a failed, dead or quota_exceeded reply again; it goes "
+                                                   "through the outbox like any reply (the user's order, the "
+                                                   "reply quota, retries with backoff)",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"agent": NAME}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["message", "status"],
+                                            "properties": {"message": _ref("Item"),
+                                                           "status": {"type": "string", "enum": ["queued"]}}},
+                                           "queued again"), **_errors(400, 401, 403, 404, 409, 413)}}},
+            "/webhooks/deliveries": {"get": {
+                "operationId": "listWebhookDeliveries", "summary": "outbound webhook deliveries, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query",
+                     "schema": {"type": "string", "enum": ["pending", "delivered", "failed"]}},
+                    {"name": "webhook", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                                                "default": 50}}],
+                "responses": {"200": _json({"type": "object", "required": ["deliveries"], "properties": {
+                    "deliveries": {"type": "array", "items": _ref("WebhookDelivery")}}}, "deliveries"),
+                    **_errors(400, 401, 403)}}},
+            "/webhooks/deliveries/{id}/redeliver": {"post": {
+                "operationId": "redeliverWebhook", "summary": "queue a failed delivery again",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"202": _json({"type": "object", "required": ["id", "status"], "properties": {
+                    "id": {"type": "integer"}, "status": {"type": "string", "enum": ["pending"]}}}, "queued"),
+                    **_errors(400, 401, 403, 409)}}},
             "/export": {"get": {
                 "operationId": "export", "summary": "every message in a time range, as JSON lines or CSV",
                 "parameters": [
@@ -408,7 +498,8 @@ def openapi_document() -> dict[str, Any]:
             "responses": {f"E{c}": _json(_ref("Error"), d) for c, d in (
                 (400, "bad input"), (401, "missing or wrong bearer token"),
                 (403, "an agent's token: not this agent's conversation, or an admin's action"),
-                (404, "no such conversation or app"), (413, "body too large"))},
+                (404, "no such conversation, message or app"),
+                (409, "the reply is not in a state that allows this"), (413, "body too large"))},
             "schemas": SCHEMAS,
         },
     }
@@ -426,24 +517,26 @@ SCHEMAS: dict[str, Any] = {
     "LastMessage": {"type": "object", "nullable": True, "required": ["id", "direction", "type", "summary", "at"],
                     "properties": {"id": {"type": "integer"}, "direction": {"type": "string", "enum": ["in", "out"]},
                                    "type": {"type": "string"}, "summary": {"type": "string"},
-                                   "at": {"type": "number"}}},
+                                   "at": TIME}},
     "Conversation": {
         "type": "object",
         "required": ["kind", "id", "app", "openid", "status", "assigned_agent", "tags", "created_at",
                      "last_message_at", "human_since", "last_agent_reply_at", "transferred_at", "closed_at",
-                     "unanswered", "last_message"],
+                     "unanswered", "undelivered", "last_message"],
         "properties": {
             "kind": {"type": "string", "enum": ["conversation"]}, "id": {"type": "integer"},
             "app": {"type": "string"}, "openid": {"type": "string"},
             "status": {"type": "string", "enum": list(STATUSES)}, "assigned_agent": NULLABLE_STRING,
-            "tags": {"type": "array", "items": {"type": "string"}}, "created_at": {"type": "number"},
-            "last_message_at": {"type": "number"}, "human_since": NULLABLE_NUMBER,
-            "last_agent_reply_at": NULLABLE_NUMBER, "transferred_at": NULLABLE_NUMBER, "closed_at": NULLABLE_NUMBER,
+            "tags": {"type": "array", "items": {"type": "string"}}, "created_at": TIME,
+            "last_message_at": TIME, "human_since": NULLABLE_TIME,
+            "last_agent_reply_at": NULLABLE_TIME, "transferred_at": NULLABLE_TIME, "closed_at": NULLABLE_TIME,
             "unanswered": {"type": "boolean", "description": "the customer's last message has no reply after it"},
+            "undelivered": {"type": "boolean", "description": "a reply ended failed, dead or quota_exceeded and "
+                                                              "no later reply was delivered"},
             "last_message": _ref("LastMessage")}},
     "Note": {"type": "object", "required": ["kind", "id", "author", "text", "at"],
              "properties": {"kind": {"type": "string", "enum": ["note"]}, "id": {"type": "integer"},
-                            "author": {"type": "string"}, "text": {"type": "string"}, "at": {"type": "number"}}},
+                            "author": {"type": "string"}, "text": {"type": "string"}, "at": TIME}},
     "Item": {
         "type": "object", "required": ["kind", "id", "at"],
         "description": "a message (kind=message: inbound push or outbound reply with its delivery state), "
@@ -452,7 +545,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "kind": {"type": "string", "enum": ["message", "note", "event", "audit"]}, "id": {"type": "integer"},
             "action": {"type": "string"}, "agent": NULLABLE_STRING, "address": NULLABLE_STRING,
-            "at": {"type": "number"}, "direction": {"type": "string", "enum": ["in", "out"]},
+            "at": TIME, "received_at": TIME, "sent_at": NULLABLE_TIME,
+            "retryable": {"type": "boolean", "description": "a reply that can be retried (POST "
+                                                            "/messages/{id}/retry)"},
+            "direction": {"type": "string", "enum": ["in", "out"]},
             "type": {"type": "string", "description": "WeChat MsgType or the reply's msgtype"},
             "event": NULLABLE_STRING, "text": NULLABLE_STRING,
             "content": {"type": "object", "description": "the push's fields, or the reply's typed part"},
@@ -463,6 +559,19 @@ SCHEMAS: dict[str, Any] = {
             "errcode": {"type": "integer", "nullable": True}, "errmsg": NULLABLE_STRING,
             "transferred": {"type": "boolean", "description": "handed to WeChat's customer-service tool"},
             "actor": NULLABLE_STRING, "detail": NULLABLE_STRING}},
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["id", "webhook", "event", "app", "openid", "status", "attempts", "created_at",
+                     "next_attempt_at", "delivered_at", "last_status", "last_error"],
+        "properties": {
+            "id": {"type": "integer"}, "webhook": {"type": "string"},
+            "event": {"type": "string", "enum": ["message.received", "message.sent", "message.failed",
+                                                 "conversation.status_changed"]},
+            "app": NULLABLE_STRING, "openid": NULLABLE_STRING,
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer"}, "created_at": TIME, "next_attempt_at": NULLABLE_TIME,
+            "delivered_at": NULLABLE_TIME, "last_status": {"type": "integer", "nullable": True},
+            "last_error": NULLABLE_STRING}},
     "Thread": {"type": "object", "required": ["conversation", "items", "truncated"],
                "properties": {"conversation": _ref("Conversation"),
                               "items": {"type": "array", "items": _ref("Item")},

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
 from csbot.review.audit import ACTIONS, Actor
-from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time
+from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time, timestamp
 from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
 
 
@@ -35,6 +35,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--since", help="activity since: 2h, 3d, 2026-11-20, 2026-11-20T10:00")
     p.add_argument("--search", metavar="TEXT", help="only conversations with a message containing TEXT")
+    p.add_argument("--undelivered", action="store_true",
+                   help="only conversations with a reply that never arrived (failed, dead, quota_exceeded)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_run(cmd_list))
@@ -60,6 +62,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--app")
     p.add_argument("--agent", help="your name as the customer's agent (default: your login name)")
     p.set_defaults(func=_run(cmd_reply))
+
+    p = sub.add_parser("retry", parents=[common],
+                       help="queue a failed, dead or quota_exceeded reply again (the running csbot sends it)")
+    p.add_argument("message_id", type=int, metavar="MESSAGE_ID", help="the reply's id (conversations show)")
+    p.add_argument("--agent", help="your name (default: your login name)")
+    p.set_defaults(func=_run(cmd_retry))
 
     for name, status, what in (
             ("takeover", ConversationStatus.HUMAN, "a person takes the conversation over from the bot"),
@@ -131,9 +139,11 @@ async def open_review(settings: Settings, *, with_outbox: bool = False) -> Async
         await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         sm = make_sessionmaker(engine)
         enqueue = None
-        if with_outbox:  # only its enqueue: the running service's sender delivers
-            enqueue = Outbox(settings, sm, None, lambda _app: None).enqueue  # type: ignore[arg-type]
-        yield Review(settings, sm, enqueue)
+        retry = None
+        if with_outbox:  # only its enqueue and retry: the running service's sender delivers
+            outbox = Outbox(settings, sm, None, lambda _app: None)  # type: ignore[arg-type]
+            enqueue, retry = outbox.enqueue, outbox.retry
+        yield Review(settings, sm, enqueue, retry=retry)
     finally:
         await engine.dispose()
 
@@ -160,7 +170,9 @@ def _line(obj: dict[str, Any], out: TextIO | None = None) -> None:
     (out or sys.stdout).write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
-def _when(ts: float | None) -> str:
+def _when(at: str | float | None) -> str:
+    """A time of the review service, in this terminal's local zone."""
+    ts = timestamp(at)
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
@@ -175,7 +187,7 @@ def _short(text: str | None, width: int) -> str:
 async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_review(settings) as review:
         page = await review.list_conversations(app=args.app, status=args.status, since=parse_time(args.since),
-                                               search=args.search, limit=args.limit)
+                                               search=args.search, limit=args.limit, undelivered=args.undelivered)
     if args.json:
         for c in page.conversations:
             _line(c)
@@ -186,7 +198,7 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'STATUS':<7} {'APP':<10} {'OPENID':<30} {'AGENT':<12} {'ACTIVITY':<12} LAST MESSAGE")
     for c in page.conversations:
         last = c["last_message"] or {}
-        badge = "!" if c["unanswered"] else " "
+        badge = "✗" if c["undelivered"] else ("!" if c["unanswered"] else " ")
         arrow = "<" if last.get("direction") == "in" else ">"
         print(f"{c['status']:<7} {_short(c['app'], 10):<10} {_short(c['openid'], 30):<30} "
               f"{_short(c['assigned_agent'] or '-', 12):<12} {ago(c['last_message_at']):<12} "
@@ -216,6 +228,9 @@ def describe_item(item: dict[str, Any]) -> str:
         line = f"{when}  < customer [{kind}] {describe_inbound(item)}"
         if item.get("transferred"):
             line += "\n" + " " * 21 + "~ transferred to WeChat's customer-service tool"
+        elif item.get("passive_reply"):
+            p = item["passive_reply"]
+            line += "\n" + " " * 21 + f"> passive reply [{p.get('MsgType')}] {_short(str(p.get('Content', '')), 200)}"
         if item.get("status") == InboundStatus.FAILED and item.get("error"):
             line += "\n" + " " * 21 + f"! handler {item.get('handler') or '?'} failed: {item['error']}"
         elif item.get("status") in INBOUND_UNSETTLED:
@@ -223,7 +238,10 @@ def describe_item(item: dict[str, Any]) -> str:
         return line
     who = item.get("author") or "bot"
     who = who if who.startswith("agent:") else f"bot:{who}"
-    return f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"
+    line = f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"
+    if item.get("retryable"):
+        line += f"\n{' ' * 21}! not delivered: `csbot retry {item['id']}` sends it again"
+    return line
 
 
 def describe_inbound(item: dict[str, Any]) -> str:
@@ -232,7 +250,8 @@ def describe_inbound(item: dict[str, Any]) -> str:
     if t == "text":
         return str(c.get("Content", item.get("text") or ""))
     if t == "image":
-        stored = "kept in the media store" if item.get("media_stored") else "not stored"
+        stored = (f"kept as {item['file_id']}" if item.get("file_id")
+                  else "kept in the media store" if item.get("media_stored") else "not stored")
         return f"image MediaId={c.get('MediaId', '?')} ({stored})"
     if t == "miniprogrampage":
         return f"mini program card {c.get('Title', '')!r} → {c.get('PagePath', '')} (appid {c.get('AppId', '')})"
@@ -301,6 +320,11 @@ class Progress:
             self.stream.flush()
 
 
+#: a CSV export starts with a UTF-8 byte-order mark: without it Excel and WPS take the file for
+#: the local code page and show Chinese as mojibake
+CSV_BOM = "\ufeff"
+
+
 def format_batch(rows: list[dict[str, Any]], fmt: str, *, header: bool) -> str:
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -320,6 +344,8 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         out: TextIO = (await asyncio.to_thread(open, args.output, "w", encoding="utf-8", newline="")
                        if args.output else sys.stdout)
         try:
+            if args.format == "csv":
+                await asyncio.to_thread(out.write, CSV_BOM)  # Excel and WPS then read the Chinese right
             if args.format == "csv" and total == 0:
                 await asyncio.to_thread(out.write, format_batch([], "csv", header=True))
             first = True
@@ -353,6 +379,15 @@ async def cmd_reply(args: argparse.Namespace, settings: Settings) -> int:
         message_id = await review.reply(app, args.openid, args.text, agent=agent, by=cli_actor(agent))
     print(f"reply {message_id} queued for {args.openid} (agent {agent}); the running csbot sends it "
           f"and the conversation is now yours (`csbot handback {args.openid}` to return it to the bot)")
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    agent = args.agent or default_agent()
+    async with open_review(settings, with_outbox=True) as review:
+        item = await review.retry(args.message_id, by=cli_actor(agent))
+    print(f"reply {item['id']} to {item['openid']} queued again; the running csbot sends it "
+          f"(in order, within WeChat's reply quota)")
     return 0
 
 

@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote, urlencode
@@ -42,7 +42,7 @@ from csbot.review import i18n
 from csbot.review.agents import SESSION_TTL, ConsoleSession, RateLimited
 from csbot.review.live import LiveState
 from csbot.review.saved_replies import SavedReplies
-from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError
+from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, timestamp
 from csbot.services import Services
 from csbot.statuses import as_json as statuses_json
 
@@ -63,8 +63,19 @@ URL = re.compile(r"""https?://[^\s<>"'`，。！？；：、（）【】《》�
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    return datetime.fromtimestamp(ts).strftime(fmt) if ts else ""
+def time_tag(at: str | float | None, *, mode: str = "datetime") -> Markup:
+    """A ``<time>`` the browser shows in its own zone (``console.js``), with the offset on hover.
+
+    The text inside is the UTC fallback for a browser without JavaScript; ``mode`` ``ago``
+    shows "3 min ago" instead of the date.
+    """
+    ts = timestamp(at)
+    if ts is None:
+        return Markup("")
+    utc = datetime.fromtimestamp(ts, timezone.utc)
+    text = ago_text(ts) if mode == "ago" else utc.strftime("%Y-%m-%d %H:%M UTC")
+    return Markup('<time datetime="{}" data-local="{}" title="{}">{}</time>').format(
+        iso(ts), mode, utc.strftime("%Y-%m-%d %H:%M:%S UTC"), text)
 
 
 def ago_text(ts: float | None) -> str:
@@ -107,8 +118,8 @@ def make_env() -> jinja2.Environment:
                              autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False,
                              extensions=["jinja2.ext.i18n"])
     i18n.install(env)
-    env.filters["when"] = _when
-    env.filters["ago"] = ago_text
+    env.filters["when"] = time_tag
+    env.filters["ago"] = lambda at: time_tag(at, mode="ago")
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["linkify"] = linkify
     env.globals["is_http_url"] = is_http_url
@@ -239,11 +250,8 @@ def build_console(services: Services) -> web.Application:
 
     async def base_ctx(request: web.Request, session: ConsoleSession) -> dict[str, Any]:
         return {"agent": session.actor.name, "role": session.actor.role, "csrf": session.csrf,
-                "apps": list(settings.apps), "conv_statuses": STATUSES, "can_retry": can_retry(),
+                "apps": list(settings.apps), "conv_statuses": STATUSES,
                 "my_unread": await live().my_unread(session.actor), **lang_ctx(request)}
-
-    def can_retry() -> bool:
-        return hasattr(services.review, "retry")
 
     async def language(request: web.Request) -> web.Response:
         lang = request.match_info["lang"]
@@ -432,17 +440,14 @@ def build_console(services: Services) -> web.Application:
         raise back_to_thread(request, app, openid)
 
     async def retry(request: web.Request) -> web.Response:
+        """A failed, dead or quota_exceeded reply queued again (ops' Review.retry: order and quota kept)."""
         session, _form = await require_post(request)
-        app, openid = key_of(request)
         try:
             message_id = int(request.match_info["id"])
         except ValueError:
             raise web.HTTPNotFound() from None
-        if not can_retry():
-            raise web.HTTPNotFound(reason="retrying is not available in this version")
-        await services.review.conversation(app, openid, viewer=session.actor)
-        await services.review.retry(message_id, by=session.actor)  # type: ignore[union-attr]
-        raise back_to_thread(request, app, openid)
+        item = await services.review.retry(message_id, by=session.actor)  # type: ignore[union-attr]
+        raise back_to_thread(request, item["app"], item["openid"])
 
     async def tags(request: web.Request) -> web.Response:
         session, form = await require_post(request)
@@ -583,7 +588,7 @@ def build_console(services: Services) -> web.Application:
     r.add_post("/c/{app}/{openid}/image", send_image)
     r.add_post("/c/{app}/{openid}/status", set_status)
     r.add_post("/c/{app}/{openid}/assign", assign)
-    r.add_post("/c/{app}/{openid}/retry/{id}", retry)
+    r.add_post("/messages/{id}/retry", retry)
     r.add_post("/c/{app}/{openid}/tags", tags)
     r.add_post("/c/{app}/{openid}/notes", notes)
     r.add_post("/c/{app}/{openid}/read", mark_read)

@@ -24,10 +24,11 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from sqlalchemy import and_, case, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import aliased
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.config import Settings
@@ -35,10 +36,12 @@ from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
 from csbot.review.audit import Actor, record
 from csbot.review.models import AuditEntry, ConversationEvent
 from csbot.review.search import matching_ids
-from csbot.statuses import ConversationStatus
+from csbot.statuses import OUTBOUND_UNDELIVERED, ConversationStatus
 from csbot.store import Conversation, Message, Note
 
 STATUSES = tuple(ConversationStatus)
+#: outbound states of a reply that never reached the customer (and can be retried)
+UNDELIVERED = OUTBOUND_UNDELIVERED
 #: audited actions whose thread item (the note, the message) already says who and when
 IN_THREAD_ALREADY = ("note", "reply", "image")
 EVENT_FOR_STATUS = {ConversationStatus.HUMAN: "takeover", ConversationStatus.BOT: "handback",
@@ -66,6 +69,10 @@ class NotFound(ReviewError):
 
 class Invalid(ReviewError):
     status = 400
+
+
+class Conflict(ReviewError):
+    status = 409
 
 
 class NotYours(ReviewError):
@@ -184,39 +191,43 @@ def message_item(m: Message) -> dict[str, Any]:
     item: dict[str, Any] = {
         "kind": "message", "id": m.id, "app": m.app, "openid": m.openid, "direction": m.direction,
         "type": m.msg_type, "event": m.event, "text": m.text, "content": content,
-        "at": m.created_at, "received_at": m.received_at, "status": m.status,
+        "at": iso(m.created_at), "received_at": iso(m.received_at), "status": m.status,
     }
     if m.direction == "in":
+        passive = _loads(m.passive_reply) if m.passive_reply else None
         item.update(handler=m.handler, error=m.error,
                     transferred=bool(m.passive_reply and "transfer_customer_service" in m.passive_reply),
+                    passive_reply=passive,
                     media_stored=bool(m.media_path or m.file_id), file_id=m.file_id)
     else:
         item.update(author=m.author, in_reply_to=m.in_reply_to, attempts=m.attempts, errcode=m.errcode,
-                    errmsg=m.errmsg, error=m.error, sent_at=m.sent_at)
+                    errmsg=m.errmsg, error=m.error, sent_at=iso(m.sent_at),
+                    retryable=m.status in UNDELIVERED)
     return item
 
 
 def note_item(n: Note) -> dict[str, Any]:
-    return {"kind": "note", "id": n.id, "author": n.author, "text": n.text, "at": n.created_at}
+    return {"kind": "note", "id": n.id, "author": n.author, "text": n.text, "at": iso(n.created_at)}
 
 
 def event_item(e: ConversationEvent) -> dict[str, Any]:
-    return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": e.at}
+    return {"kind": "event", "id": e.id, "event": e.kind, "actor": e.actor, "detail": e.detail, "at": iso(e.at)}
 
 
 def audit_thread_item(e: AuditEntry) -> dict[str, Any]:
     return {"kind": "audit", "id": e.id, "action": e.action, "agent": e.agent, "address": e.address,
-            "detail": e.detail, "at": e.at}
+            "detail": e.detail, "at": iso(e.at)}
 
 
 def conversation_item(c: Conversation, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     stats = stats or {}
     return {
         "kind": "conversation", "id": c.id, "app": c.app, "openid": c.openid, "status": c.status,
-        "assigned_agent": c.assigned_agent, "tags": tags_of(c), "created_at": c.created_at,
-        "last_message_at": c.last_message_at, "human_since": c.human_since,
-        "last_agent_reply_at": c.last_agent_reply_at, "transferred_at": c.transferred_at,
-        "closed_at": c.closed_at, "unanswered": bool(stats.get("unanswered", False)),
+        "assigned_agent": c.assigned_agent, "tags": tags_of(c), "created_at": iso(c.created_at),
+        "last_message_at": iso(c.last_message_at), "human_since": iso(c.human_since),
+        "last_agent_reply_at": iso(c.last_agent_reply_at), "transferred_at": iso(c.transferred_at),
+        "closed_at": iso(c.closed_at), "unanswered": bool(stats.get("unanswered", False)),
+        "undelivered": bool(stats.get("undelivered", False)),
         "last_message": stats.get("last_message"),
     }
 
@@ -241,21 +252,29 @@ class Review:
     """Queries and actions on conversations, over one store."""
 
     def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
-                 enqueue: Enqueue | None = None) -> None:
+                 enqueue: Enqueue | None = None, *, retry: Callable[..., Awaitable[bool]] | None = None) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self._enqueue = enqueue
+        self._retry = retry
+        #: called with (app, openid) after a conversation's status changed (outbound webhooks)
+        self.on_status: Callable[[str, str], None] | None = None
+
+    def _status_changed(self, app: str, openid: str) -> None:
+        if self.on_status is not None:
+            self.on_status(app, openid)
 
     # ---- reading
 
     async def list_conversations(self, *, app: str | None = None, status: str | None = None,
                                  since: float | None = None, search: str | None = None,
                                  limit: int = 50, cursor: str | None = None, assigned: str | None = None,
-                                 viewer: Actor | None = None) -> Page:
+                                 viewer: Actor | None = None, undelivered: bool = False) -> Page:
         """Newest activity first; ``cursor`` continues after the last page.
 
         ``assigned``: ``mine`` (the viewer's) or ``unassigned``; a ``viewer`` who is not an admin
-        sees only conversations that are theirs or nobody's."""
+        sees only conversations that are theirs or nobody's; ``undelivered``: only those with a
+        reply that never arrived."""
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}")
         if assigned is not None and assigned not in ASSIGNED_FILTERS:
@@ -263,7 +282,7 @@ class Review:
         limit = max(1, min(int(limit), MAX_LIMIT))
         async with self.sessionmaker() as s:
             q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor,
-                                      assigned=assigned, viewer=viewer)
+                                      assigned=assigned, viewer=viewer, undelivered=undelivered)
             q = q.limit(limit + 1)
             convs = list((await s.execute(q)).scalars().all())
             more = len(convs) > limit
@@ -277,7 +296,7 @@ class Review:
     async def list_query(s: AsyncSession, *, app: str | None = None, status: str | None = None,
                          since: float | None = None, search: str | None = None,
                          cursor: str | None = None, assigned: str | None = None,
-                         viewer: Actor | None = None) -> Any:
+                         viewer: Actor | None = None, undelivered: bool = False) -> Any:
         """The SELECT of conversations behind :meth:`list_conversations` (without the limit)."""
         q = select(Conversation)
         if viewer is not None and not viewer.is_admin:
@@ -286,6 +305,8 @@ class Review:
             q = q.where(Conversation.assigned_agent == (viewer.name if viewer else ""))
         elif assigned == "unassigned":
             q = q.where(Conversation.assigned_agent.is_(None))
+        if undelivered:
+            q = q.where(tuple_(Conversation.app, Conversation.openid).in_(undelivered_keys()))
         if app:
             q = q.where(Conversation.app == app)
         if status:
@@ -307,10 +328,13 @@ class Review:
             return {}
         keys = [(c.app, c.openid) for c in convs]
         user_msg = and_(Message.direction == "in", Message.msg_type != "event")
+        out_in = lambda statuses: and_(Message.direction == "out", Message.status.in_(statuses))  # noqa: E731
         rows = (await s.execute(
             select(Message.app, Message.openid, func.max(Message.id).label("last_id"),
                    func.max(case((user_msg, Message.id), else_=None)).label("last_in"),
-                   func.max(case((Message.direction == "out", Message.id), else_=None)).label("last_out"))
+                   func.max(case((Message.direction == "out", Message.id), else_=None)).label("last_out"),
+                   func.max(case((out_in(UNDELIVERED), Message.id), else_=None)).label("last_undelivered"),
+                   func.max(case((out_in(("sent",)), Message.id), else_=None)).label("last_sent"))
             .where(tuple_(Message.app, Message.openid).in_(keys))
             .group_by(Message.app, Message.openid))).all()
         last_ids = [r.last_id for r in rows]
@@ -320,9 +344,11 @@ class Review:
             m = lasts.get(r.last_id)
             out[(r.app, r.openid)] = {
                 "unanswered": bool(r.last_in) and r.last_in > (r.last_out or 0),
+                # a reply that never arrived, and no later reply did
+                "undelivered": bool(r.last_undelivered) and r.last_undelivered > (r.last_sent or 0),
                 "last_message": None if m is None else {
                     "id": m.id, "direction": m.direction, "type": m.msg_type, "summary": summary(m)[:200],
-                    "at": m.created_at},
+                    "at": iso(m.created_at)},
             }
         return out
 
@@ -389,24 +415,24 @@ class Review:
         truncated = limit is not None and len(messages) == limit
         start = messages[0].received_at if truncated and messages else float("-inf")
         # a status change made by someone shows once: its event, with the audit entry's address
-        event_items = [event_item(e) for e in events]
+        event_items = [(e.at, event_item(e)) for e in events]
         shown: set[int] = set()
-        for item in event_items:
+        for at, item in event_items:
             for a in audits:
-                if a.id not in shown and a.action == item["event"] and abs(a.at - item["at"]) < 1.0:
+                if a.id not in shown and a.action == item["event"] and abs(a.at - at) < 1.0:
                     item["address"] = a.address
                     shown.add(a.id)
                     break
-        side = ([note_item(n) for n in notes] + event_items
-                + [audit_thread_item(a) for a in audits if a.id not in shown and a.action not in IN_THREAD_ALREADY])
-        side = sorted((i for i in side if i["at"] >= start), key=lambda i: i["at"])
+        side = ([(n.created_at, note_item(n)) for n in notes] + event_items
+                + [(a.at, audit_thread_item(a)) for a in audits if a.id not in shown and a.action not in IN_THREAD_ALREADY])
+        side = sorted((p for p in side if p[0] >= start), key=lambda p: p[0])
         items: list[dict[str, Any]] = []
         for m in messages:
-            while side and side[0]["at"] < m.received_at:
-                items.append(side.pop(0))
+            while side and side[0][0] < m.received_at:
+                items.append(side.pop(0)[1])
             items.append(message_item(m))
         if after is None:
-            items.extend(side)
+            items.extend(item for _, item in side)
         return {"conversation": conversation_item(conv, stats.get((app, openid))), "items": items,
                 "truncated": truncated, "first_id": messages[0].id if messages else None}
 
@@ -465,7 +491,44 @@ class Review:
         async with self.sessionmaker() as s:
             return (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
 
+    async def undelivered_counts(self) -> dict[str, int]:
+        """Per app, how many conversations have a reply that never arrived (the metric)."""
+        keys = undelivered_keys().subquery()
+        async with self.sessionmaker() as s:
+            rows = (await s.execute(select(keys.c.app, func.count()).group_by(keys.c.app))).all()
+        return {app: int(n) for app, n in rows}
+
     # ---- acting
+
+    async def retry(self, message_id: Any, *, actor: str | None = None, by: Actor | None = None) -> dict[str, Any]:
+        """Queue a failed, dead or quota_exceeded reply again (the outbox's order and quota apply).
+
+        ``by`` (audited) defaults to an admin named ``actor``; an agent may retry only in
+        conversations that are theirs or nobody's."""
+        by = as_actor(by, actor)
+        if isinstance(message_id, bool) or not isinstance(message_id, int) or not 0 < message_id < 2**62:
+            raise Invalid("message_id must be a positive integer")
+        if self._retry is None:
+            raise RuntimeError("this Review has no outbox")
+        async with self.sessionmaker() as s:
+            row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
+        if row is None:
+            raise NotFound(f"no message {message_id}")
+        if row.direction != "out":
+            raise Invalid(f"message {message_id} is from the customer, not a reply")
+        async with self.sessionmaker() as s:
+            conv = await self._conversation(s, row.app, row.openid, viewer=by)
+        if row.status not in UNDELIVERED:
+            raise Conflict(f"reply {message_id} is {row.status}; only {', '.join(map(str, UNDELIVERED))} replies "
+                           "can be retried")
+        if not await self._retry(message_id, actor=by.name):
+            raise Conflict(f"reply {message_id} changed meanwhile; reload and try again")
+        async with self.sessionmaker() as s, s.begin():
+            await record(s, "retry", by, conversation_id=conv.id, app=row.app, openid=row.openid,
+                         detail=f"reply {message_id} ({row.status})")
+        async with self.sessionmaker() as s:
+            row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().one()
+            return message_item(row)
 
     async def set_status(self, app: str, openid: str, status: str, *, agent: str | None = None,
                          actor: str | None = None, by: Actor | None = None) -> dict[str, Any]:
@@ -483,11 +546,14 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
-            if await self._change(s, conv, status, agent=agent or actor, actor=by.name, now=now):
+            changed = await self._change(s, conv, status, agent=agent or actor, actor=by.name, now=now)
+            if changed:
                 await record(s, EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app, openid=openid,
                              detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent
                              and agent != by.name
                              else None, at=now)
+        if changed:
+            self._status_changed(app, openid)
         return await self.conversation(app, openid)
 
     async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
@@ -550,11 +616,15 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            taken_over = False
             if conv.status != ConversationStatus.HUMAN:
                 if await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
+                    taken_over = True
                     await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
                                  detail="by replying")
             conv_id = conv.id
+        if taken_over:
+            self._status_changed(app, openid)
         message_id = await self._enqueue(app, openid, message, author=f"agent:{agent}")
         async with self.sessionmaker() as s, s.begin():
             await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
@@ -646,6 +716,8 @@ class Review:
                 await s.execute(insert(ConversationEvent), [
                     dict(conversation_id=r.id, at=now, kind="timeout", actor=None,
                          detail=f"no agent reply for {int(timeout)} s: back to the bot") for r in rows])
+        for r in rows:
+            self._status_changed(r.app, r.openid)
         return [(r.app, r.openid) for r in rows]
 
 
@@ -695,13 +767,33 @@ def export_row(m: Message) -> dict[str, Any]:
 
 
 def iso(ts: float | None) -> str | None:
+    """The one time format of the API, the CLI's --json and exports: ISO 8601 in UTC with its
+    offset (``2026-11-20T04:28:05.123+00:00``). Browsers show it in their own zone."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def ago(ts: float | None, *, now: float | None = None) -> str:
+def timestamp(value: str | float | None) -> float | None:
+    """Unix seconds of an :func:`iso` string (or of a number, unchanged)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return datetime.fromisoformat(value).timestamp()
+
+
+def undelivered_keys() -> Any:
+    """SELECT (app, openid) of conversations with a reply that never arrived and no later one that did."""
+    later = aliased(Message)
+    return (select(Message.app, Message.openid).where(
+        Message.direction == "out", Message.status.in_(UNDELIVERED),
+        ~exists().where(later.app == Message.app, later.openid == Message.openid, later.direction == "out",
+                        later.status == "sent", later.id > Message.id))
+        .group_by(Message.app, Message.openid))
+
+
+def ago(ts: float | str | None, *, now: float | None = None) -> str:
     """``3 min ago``-style text for lists."""
+    ts = timestamp(ts)
     if ts is None:
         return ""
     delta = max(0.0, (time.time() if now is None else now) - ts)
@@ -716,5 +808,6 @@ def ago(ts: float | None, *, now: float | None = None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
 
 
-__all__ = ["Review", "ReviewError", "NotFound", "NotYours", "Invalid", "Page", "parse_time", "STATUSES",
+__all__ = ["Review", "ReviewError", "NotFound", "NotYours", "Invalid", "Conflict", "Page", "parse_time", "STATUSES",
+           "UNDELIVERED", "timestamp", "undelivered_keys",
            "message_item", "conversation_item", "export_row", "EXPORT_FIELDS", "iso", "ago"]

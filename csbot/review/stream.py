@@ -65,8 +65,7 @@ async def stream_events(request: web.Request, services: Services, session: Conso
     for part in (q.get("watch") or "").split(",")[:200]:
         if part.strip().isdigit():
             unsettled[int(part)] = "?"  # shown unsettled on the page: send its state once
-    can_retry = hasattr(review, "retry")
-    ctx = {"csrf": session.csrf, "apps": list(services.settings.apps), "can_retry": can_retry}
+    ctx = {"csrf": session.csrf, "apps": list(services.settings.apps)}
 
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})

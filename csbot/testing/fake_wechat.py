@@ -204,6 +204,7 @@ class FakeWeChat:
         *,
         token_ttl: int = 7200,
         enforce_reply_window: bool = True,
+        assume_reply_window: bool = False,
         replies_per_message: int = 5,
         reply_window: float = 172800,
         replies_on_enter: int = 2,
@@ -216,6 +217,9 @@ class FakeWeChat:
         self.apps: dict[str, str] = dict(apps if apps is not None else {"wxtestappid0001": "testsecret"})
         self.token_ttl = token_ttl
         self.enforce_reply_window = enforce_reply_window
+        #: a user the fake has heard nothing about is taken to have just written (a standalone
+        #: fake cannot see the pushes csbot receives); windows it was told about are enforced
+        self.assume_reply_window = assume_reply_window
         self.replies_per_message = replies_per_message
         self.reply_window = reply_window
         self.replies_on_enter = replies_on_enter
@@ -740,6 +744,8 @@ class FakeWeChat:
         msgtype = self._check_message(ctx.appid, body)
         key = (ctx.appid, openid)
         if self.enforce_reply_window:
+            if self.assume_reply_window and key not in self._windows:
+                self.user_message(ctx.appid, openid)  # standalone: it cannot see the pushes
             w = self._windows.get(key)
             if w is None or self.now() >= w.expires_at:
                 raise _WxError(45015)
@@ -1056,7 +1062,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--app", action="append", default=[], metavar="APPID:SECRET", help="repeatable; default wxtestappid0001:testsecret")
     parser.add_argument("--token-ttl", type=int, default=7200)
-    parser.add_argument("--no-reply-window", action="store_true", help="do not enforce the 48 h / 1 min reply window")
+    parser.add_argument("--reply-window", choices=("assume", "strict", "off"), default="assume",
+                        help="assume (default): a user the fake was told nothing about has just written, so "
+                             "csbot's replies are accepted (the quota of 5 still counts); strict: only after "
+                             "POST /_fake/user_message or /_fake/user_entered (csbot simulate sends these); "
+                             "off: never refuse")
+    parser.add_argument("--no-reply-window", action="store_true", help="same as --reply-window off")
     parser.add_argument("--strict-users", action="store_true", help="40003 for openids the fake has not seen")
     args = parser.parse_args(argv)
     apps: dict[str, str] = {}
@@ -1067,7 +1078,9 @@ def main(argv: list[str] | None = None) -> None:
         apps[appid] = secret
 
     async def serve() -> None:
-        fake = FakeWeChat(apps or None, token_ttl=args.token_ttl, enforce_reply_window=not args.no_reply_window, strict_users=args.strict_users)
+        window = "off" if args.no_reply_window else args.reply_window
+        fake = FakeWeChat(apps or None, token_ttl=args.token_ttl, enforce_reply_window=window != "off",
+                          assume_reply_window=window == "assume", strict_users=args.strict_users)
         url = await fake.start(args.host, args.port)
         print(url, flush=True)
         stop = asyncio.Event()

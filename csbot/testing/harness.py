@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from csbot.app import create_app, services_of
 from csbot.config import AppConfig, Settings
 from csbot.routing import Router
+from csbot.server import Runner, start_site
 from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED
 from csbot.store import Message
 from csbot.testing.fake_wechat import FakeWeChat
@@ -104,11 +105,9 @@ class Harness:
 
                 await upgrade_async(settings.database_url)
             app = create_app(settings, router=router)
-            runner = web.AppRunner(app, access_log=None)
+            runner = Runner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            _site, port = await start_site(runner, "127.0.0.1", 0)
             harness = cls(settings, fake, runner, f"http://127.0.0.1:{port}", app, mode=mode, fmt=fmt)
             try:
                 yield harness

@@ -26,3 +26,20 @@ def test_check_lists_the_callable_functions(capsys, monkeypatch, tmp_path) -> No
     assert "callable functions: 13" in out
     assert "  - server_only (server only, timeout 20s, in echo)" in out
     assert "  - slow (mini program and server, timeout 0.3s, in echo)" in out
+
+
+async def test_cloud_logout_ends_a_users_sessions(bot, capsys, monkeypatch) -> None:
+    import asyncio
+
+    from tests.cloud.conftest import MiniProgram
+
+    mp = MiniProgram(bot, "oLoggedOut")
+    await mp.login()
+    assert (await mp.call("echo")).status == 200
+    monkeypatch.setenv("CSBOT_APPID", "wx0123456789abcdef")
+    monkeypatch.setenv("CSBOT_TOKEN", "token")
+    monkeypatch.setenv("CSBOT_DATABASE_URL", bot.settings.database_url)
+    assert await asyncio.to_thread(main, ["cloud", "logout", "oLoggedOut"]) == 0
+    assert "ended 1 session(s) of oLoggedOut" in capsys.readouterr().out
+    bot.services.sessions._cache.clear()  # as after CSBOT_CLOUD_SESSION_CACHE seconds
+    assert (await mp.call("echo")).status == 401

@@ -183,6 +183,43 @@ class TestSessionLookup:
             assert (await s.execute(select(func.count()).select_from(CloudSessionRecord))).scalar_one() == 1
 
 
+    async def test_expired_sessions_of_every_user_are_purged(self, bot: Harness) -> None:
+        store: SessionStore = bot.services.sessions
+        now = [1_000_000.0]
+        store.clock = lambda: now[0]
+        await store.create("default", "oGone1", None)
+        await store.create("default", "oGone2", None)
+        now[0] += store.lifetime / 2
+        kept = await store.create("default", "oStays", None)
+        now[0] += store.lifetime / 2 + 1
+        assert await store.purge_expired() == 2
+        assert await store.lookup(kept) is not None
+
+
+class TestStoreDown:
+    @staticmethod
+    def break_store(monkeypatch, store: SessionStore) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        def unavailable():
+            raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(store, "sessionmaker", unavailable)
+
+    async def test_login_is_503_with_retry_after(self, bot: Harness, monkeypatch) -> None:
+        self.break_store(monkeypatch, bot.services.sessions)
+        status, body, headers = await login(bot, {"code": bot.fake.issue_login_code(TEST_APPID, OPENID)})
+        assert status == 503 and set(body) == {"errCode", "errMsg"} and headers["Retry-After"]
+
+    async def test_a_call_with_an_uncached_session_is_503_not_401(self, bot: Harness, monkeypatch) -> None:
+        mp = MiniProgram(bot, OPENID)
+        await mp.login()
+        bot.services.sessions._cache.clear()
+        self.break_store(monkeypatch, bot.services.sessions)
+        resp = await mp.call("echo")
+        assert resp.status == 503 and resp.headers["Retry-After"]
+
+
 class TestLogout:
     async def test_logout_ends_the_session(self, bot: Harness) -> None:
         mp = MiniProgram(bot, OPENID)

@@ -25,7 +25,7 @@ from csbot.cloud.storage import (
     validate_cloud_path,
 )
 
-from .conftest import blobs
+from .storage_fixtures import blobs, storage, store_url  # noqa: F401 - fixtures
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00pixels" * 50
 
@@ -343,3 +343,18 @@ def test_the_signing_key_is_made_once_and_kept(tmp_path: Path):
     assert len(first) == 32 and load_signing_key("", tmp_path) == first
     assert oct((tmp_path / "storage" / "signing.key").stat().st_mode & 0o777) == "0o600"
     assert load_signing_key("configured", tmp_path) == b"configured"
+
+
+async def test_a_failing_disk_is_a_clear_error_and_leaves_nothing(storage, monkeypatch, tmp_path):
+    from csbot.cloud import storage as module
+
+    def full(handle, tmp, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "_commit_file", full)
+    with pytest.raises(module.StorageUnavailable, match="could not write"):
+        await storage.upload("default", "a.txt", b"data")
+    assert await storage.stat("default", "a.txt") is None
+    assert blobs(storage) == []
+    with pytest.raises(module.StorageError, match="cannot read"):
+        await storage.upload("default", "b.txt", tmp_path / "does-not-exist")

@@ -51,9 +51,17 @@ async function waitHealthy (url, child, seconds = 60) {
   throw new Error('csbot serve did not become healthy')
 }
 
-/** Start FakeWeChat and csbot serve (handlers: tests/cloud/functions); returns {csbotURL, fakeURL, stop}. */
-async function startServers () {
+/**
+ * Start FakeWeChat and csbot serve (handlers: tests/cloud/functions); returns {csbotURL, fakeURL, stop}.
+ * `config`: the text of a csbot.toml to serve with (collections' rules, storage rules, …).
+ */
+async function startServers ({ config } = {}) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'csbot-js-'))
+  const configEnv = {}
+  if (config) {
+    fs.writeFileSync(path.join(tmp, 'csbot.toml'), config)
+    configEnv.CSBOT_CONFIG = path.join(tmp, 'csbot.toml')
+  }
   const env = { ...process.env, PYTHONPATH: ROOT + (process.env.PYTHONPATH ? path.delimiter + process.env.PYTHONPATH : '') }
   const fake = spawn(PYTHON, ['-m', 'csbot.testing.fake_wechat', '--port', '0', '--app', `${APPID}:${SECRET}`],
     { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'inherit'] })
@@ -71,7 +79,8 @@ async function startServers () {
       CSBOT_HANDLERS: path.join(ROOT, 'tests', 'cloud', 'functions'),
       CSBOT_DATA_DIR: path.join(tmp, 'data'),
       CSBOT_HOST: '127.0.0.1',
-      CSBOT_PORT: String(port)
+      CSBOT_PORT: String(port),
+      ...configEnv
     },
     stdio: ['ignore', 'inherit', 'inherit']
   })

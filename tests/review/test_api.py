@@ -108,6 +108,8 @@ async def test_export_streams_json_lines_or_csv(bot):
     rows = [json.loads(line) for line in body.splitlines()]
     assert status == 200 and len(rows) == len(await bot.messages())
     status, body = await api(bot, "GET", "/api/export?format=csv&since=1h&app=default")
+    assert body.startswith("\ufeff")  # a UTF-8 BOM: Excel and WPS read the Chinese right
+    body = body.removeprefix("\ufeff")
     assert body.splitlines()[0].startswith("id,app,openid,direction,type")
     assert len(body.splitlines()) == len(rows) + 1
 

@@ -121,7 +121,8 @@ async def test_export_writes_every_message_as_json_lines_or_csv(bot, tmp_path):
     code, out, err = await csbot(bot, "conversations", "export", "--format", "csv", "--since", "1d",
                                  "--until", "2099-01-01", "--output", str(target))
     assert code == 0 and "exported" in err
-    table = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    assert target.read_bytes().startswith(b"\xef\xbb\xbfid,app,")  # a UTF-8 BOM for Excel and WPS
+    table = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8-sig"))))
     assert len(table) == len(rows)
     assert {r["text"] for r in table} >= {"怎么退款", "boom"}
     assert any(r["status"] == "failed" and "order number" in r["error"] for r in table)

@@ -50,10 +50,11 @@ async def browser():
             await b.close()
 
 
-async def signed_in_page(browser, bot, name="Alice", role="admin"):
+async def signed_in_page(browser, bot, name="Alice", role="admin", **context_options):
     if name not in [a["name"] for a in await agents_of(bot).list()]:
         await add_agent(bot, name, role=role)
-    context = await browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
+    context = await browser.new_context(**{"viewport": {"width": 1280, "height": 860}, "locale": "en-US",
+                                           **context_options})
     page = await context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))

@@ -17,6 +17,7 @@
   function fragment(html) {
     var t = document.createElement('template');
     t.innerHTML = html;  // server-rendered, autoescaped markup
+    localizeAll(t.content);
     return t.content;
   }
 
@@ -27,20 +28,50 @@
       headers: { 'X-CSRF-Token': data.csrf } });
   }
 
-  // ---- relative times in the list
+  // ---- times: the server sends ISO 8601 with an offset (UTC text as a fallback); every one
+  // is shown in this browser's zone, with the full time and the zone's offset on hover.
 
-  function ago(ts) {
-    var s = Math.max(0, Date.now() / 1000 - ts);
+  function pad(n) { return n < 10 ? '0' + n : String(n); }
+
+  function toDate(at) {
+    if (at === null || at === undefined || at === '') return null;
+    var d = new Date(at);
+    return isNaN(d.getTime()) ? null : d;
+  }
+
+  function offset(d) {
+    var m = -d.getTimezoneOffset();
+    var sign = m >= 0 ? '+' : '-';
+    m = Math.abs(m);
+    return format('UTC%(sign)s%(h)s:%(m)s', { sign: sign, h: pad(Math.floor(m / 60)), m: pad(m % 60) });
+  }
+
+  function when(d) {
+    return format('%(y)s-%(mo)s-%(d)s %(h)s:%(mi)s', { y: d.getFullYear(), mo: pad(d.getMonth() + 1),
+      d: pad(d.getDate()), h: pad(d.getHours()), mi: pad(d.getMinutes()) });
+  }
+
+  function ago(d) {
+    var s = Math.max(0, (Date.now() - d.getTime()) / 1000);
     if (s < 60) return strings.just_now;
     if (s < 3600) return format(strings.min_ago, { n: Math.floor(s / 60) });
     if (s < 86400) return format(strings.h_ago, { n: Math.floor(s / 3600) });
     return format(strings.d_ago, { n: Math.floor(s / 86400) });
   }
 
+  function localize(node) {
+    var d = toDate(node.getAttribute('datetime'));
+    if (!d) return;
+    node.textContent = node.getAttribute('data-local') === 'ago' ? ago(d) : when(d);
+    node.title = format('%(when)s:%(s)s %(offset)s', { when: when(d), s: pad(d.getSeconds()), offset: offset(d) });
+  }
+
+  function localizeAll(root) {
+    (root || document).querySelectorAll('time[datetime]').forEach(localize);
+  }
+
   function refreshAgo() {
-    document.querySelectorAll('time[data-ago][data-ts]').forEach(function (t) {
-      t.textContent = ago(parseFloat(t.getAttribute('data-ts')));
-    });
+    document.querySelectorAll('time[data-local="ago"]').forEach(localize);
   }
 
   // ---- the thread: stay at the bottom, or say that new messages came
@@ -311,6 +342,7 @@
     if (!holder) return;
     data = JSON.parse(holder.textContent);
     strings = data.strings || {};
+    localizeAll(document);
     thread = document.getElementById('thread');
     marker = document.getElementById('new-marker');
     if (thread) {

@@ -1,0 +1,163 @@
+"""The README's examples, run exactly as they are written there."""
+
+import logging
+import re
+from pathlib import Path
+
+from csbot.routing import Route
+from csbot.testing.harness import Harness
+
+README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def code_block(first_line: str) -> str:
+    """The fenced code block of the README that starts with ``first_line``."""
+    start = README.index("\n" + first_line + "\n") + 1
+    return README[start:README.index("\n```", start)] + "\n"
+
+
+async def test_the_handler_example_answers_with_the_order_number(tmp_path, caplog):
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    (handlers / "orders.py").write_text(code_block("# handlers/orders.py"), encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="csbot.handler")
+    async with Harness.start(handlers_dir=handlers) as bot:
+        await bot.send_text("oUser1", "订单 12345678 到哪了")
+        await bot.wait_idle()
+        assert bot.replies_to("oUser1") == ["正在查询…", "订单 12345678 已发货"]
+        push_id = (await bot.messages("oUser1", direction="in"))[0].id
+    lines = [r.getMessage() for r in caplog.records if r.name == "csbot.handler"]
+    assert f"[push {push_id} default/oUser1] order 12345678 asked about" in lines
+
+
+def test_context_match_is_the_routes_regex_match_and_none_elsewhere():
+    async def f(event, context):
+        return None
+
+    rx = Route("r", f, regex=re.compile(r"订单\s*(\d{6,})"))
+    m = rx.match({"MsgType": "text", "Content": "我的订单 1234567 呢"})
+    assert m is not None and m.group(1) == "1234567"
+    assert rx.match({"MsgType": "image"}) is None
+    assert Route("k", f, keywords=frozenset({"hi"})).match({"MsgType": "text", "Content": "hi"}) is None
+
+
+# --------------------------------------------------------------------------- the standalone fake
+
+
+async def test_serve_simulate_and_the_standalone_fake_work_as_the_readme_says(tmp_path):
+    import asyncio
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from tests.test_recovery import free_port, wait_healthy
+
+    block = code_block("python -m csbot.testing.fake_wechat --port 9000 --app wx0123456789abcdef:yourAppSecret &")
+    for typed in ("csbot serve &", "csbot simulate --text 怎么退货 --openid oUser1",
+                  "curl -s http://127.0.0.1:9000/_fake/sent", "CSBOT_WECHAT_API_BASE=http://127.0.0.1:9000"):
+        assert typed in "python -m csbot.testing.fake_wechat --port 9000 --app wx0123456789abcdef:yourAppSecret &\n" + block
+    shutil.copytree(Path(__file__).parents[1] / "handlers", tmp_path / "handlers")
+    fake_port, csbot_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSBOT_")}
+    env.update(CSBOT_APPID="wx0123456789abcdef", CSBOT_APP_SECRET="yourAppSecret", CSBOT_TOKEN="yourToken",
+               CSBOT_WECHAT_API_BASE=f"http://127.0.0.1:{fake_port}", CSBOT_PORT=str(csbot_port))
+    fake = subprocess.Popen([sys.executable, "-m", "csbot.testing.fake_wechat", "--port", str(fake_port),
+                             "--app", "wx0123456789abcdef:yourAppSecret"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serve = subprocess.Popen([sys.executable, "-m", "csbot", "serve"], env=env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert fake.stdout.readline().strip() == f"http://127.0.0.1:{fake_port}"
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(session, f"http://127.0.0.1:{csbot_port}", serve)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "csbot", "simulate", "--text", "怎么退货", "--openid", "oUser1",
+                env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert out.decode().strip() == "200 success", err.decode()
+            sent = []
+            for _ in range(100):
+                async with session.get(f"http://127.0.0.1:{fake_port}/_fake/sent") as resp:
+                    sent = await resp.json()
+                if sent:
+                    break
+                await asyncio.sleep(0.1)
+            assert [s["touser"] for s in sent] == ["oUser1"] and "退货" in sent[0]["body"]["text"]["content"]
+    finally:
+        for proc in (serve, fake):
+            proc.terminate()
+            proc.wait(15)
+
+
+async def test_the_standalone_fakes_reply_window_modes():
+    from csbot.testing.fake_wechat import FakeWeChat
+
+    async with FakeWeChat({"wxa": "s"}, assume_reply_window=True) as fake, aiohttp_session() as session:
+        async def send(openid):
+            token = (await (await session.get(f"{fake.base_url}/cgi-bin/token",
+                                              params={"grant_type": "client_credential", "appid": "wxa",
+                                                      "secret": "s"})).json())["access_token"]
+            url = f"{fake.base_url}/cgi-bin/message/custom/send?access_token={token}"
+            body = {"touser": openid, "msgtype": "text", "text": {"content": "hi"}}
+            return (await (await session.post(url, json=body)).json())["errcode"]
+
+        assert [await send("oNew") for _ in range(6)] == [0] * 5 + [45047]  # the quota still counts
+        fake.advance(3 * 86400)
+        assert await send("oNew") == 45015  # a window it knows about closes
+        async with session.post(f"{fake.base_url}/_fake/user_message", json={"appid": "wxa", "openid": "oNew"}):
+            pass
+        assert await send("oNew") == 0
+
+
+def aiohttp_session():
+    import aiohttp
+
+    return aiohttp.ClientSession()
+
+
+def test_simulate_print_shows_the_exact_request_that_decrypt_accepts(tmp_path):
+    from csbot.cli import diagnose
+    from csbot.config import load_settings
+    from tests.test_cli import app_env, run
+
+    env = app_env(tmp_path)
+    res = run("simulate", "--text", "你好", "--openid", "oUser1", "--print", env=env)
+    assert res.returncode == 0, res.stderr
+    request_line, ctype, blank, *body = res.stdout.splitlines()
+    method, url = request_line.split(" ", 1)
+    assert method == "POST" and url.startswith("http://127.0.0.1:8080/wechat?signature=")
+    assert ctype == "Content-Type: text/xml" and blank == "" and "csbot decrypt --url" in res.stderr
+    from urllib.parse import parse_qsl, urlsplit
+    settings = load_settings(env=env)
+    ok, lines = diagnose(settings.apps["default"], dict(parse_qsl(urlsplit(url).query)),
+                         "\n".join(body).encode())
+    assert ok and any("你好" in line for line in lines), lines
+
+
+# --------------------------------------------------------------------------- the outbox table
+
+
+def outbox_codes(state: str) -> set[int]:
+    row = next(line for line in README.splitlines() if line.startswith(f"| `{state}` |"))
+    return {int(c) for c in re.findall(r"(?<![\w-])(-1|\d{5})(?!\d)", row)}
+
+
+async def test_the_readme_outbox_table_says_what_the_outbox_does_with_each_errcode():
+    from csbot.routing import Router
+
+    async def echo(event, context):
+        return "re: " + event.get("Content", "")
+
+    failed, quota = outbox_codes("failed"), outbox_codes("quota_exceeded")
+    assert {45015, 45047} <= quota and not {45015, 45047} & failed and failed
+    async with Harness.start(router=Router([Route("echo", echo, fallback=True)])) as bot:
+        for code in sorted(failed | quota):
+            bot.fake.inject("/cgi-bin/message/custom/send", errcode=code, times=1)
+            await bot.send_text(f"o{code}", "x")
+            await bot.wait_idle()
+            [row] = await bot.messages(f"o{code}", direction="out")
+            expected = "failed" if code in failed else "quota_exceeded"
+            assert (row.status, row.errcode, row.attempts) == (expected, code, 1), code
