@@ -153,6 +153,9 @@ async def test_an_agent_finds_a_conversation_watches_it_live_takes_over_replies_
         await thread.get_by_text("还在吗？").wait_for(timeout=15000)
         await wait_until(lambda: thread.evaluate("t => Math.abs(t.scrollHeight - t.clientHeight - t.scrollTop) < 80"),
                          what="the thread to follow the new message")
+        await page.goto(bot.url + "/admin/c/default/oWang")  # the README's picture: the whole list
+        await page.locator("#thread").get_by_text("还在吗？").wait_for()
+        await asyncio.sleep(0.3)
         await page.screenshot(path=str(DOCS / "console-three-pane.png"))
 
         await page.click("button:has-text('Take over')")
