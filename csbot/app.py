@@ -16,10 +16,11 @@ from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
-from csbot.media import LocalMediaStore
+from csbot.media import LocalMediaStore, MediaFetcher
 from csbot.outbox import Outbox
 from csbot.refused import RefusedKeeper
-from csbot.webhooks import Webhooks
+from csbot.outbound_webhooks import Webhooks
+from csbot.replay import ReplayGuard
 from csbot.routing import Router
 from csbot.store import make_engine, make_sessionmaker
 from csbot.store.batch import BatchWriter
@@ -53,13 +54,16 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)
         services.media = LocalMediaStore(settings.data_dir / "media")
+        services.replay = ReplayGuard()
+        services.media_fetcher = MediaFetcher()
         services.storage = await start_storage(settings, services.sessionmaker, adopt_media=run_workers)  # csbot.cloud
         services.sessions = SessionStore(settings, services.sessionmaker)
         services.outbox = Outbox(settings, services.sessionmaker, services.writer, services.openapi.get,
                                  instance_id=instance_id, metrics=metrics)
         services.inbox = Inbox(settings, services.sessionmaker, services.writer, services.router,
                                openapi_for=services.openapi.get, on_replies=services.outbox.wake,
-                               storage=services.storage, instance_id=instance_id, metrics=metrics,
+                               storage=services.storage, media_fetcher=services.media_fetcher,
+                               instance_id=instance_id, metrics=metrics,
                                services=services)
         services.review = Review(settings, services.sessionmaker, services.outbox.enqueue,
                                  retry=services.outbox.retry)
@@ -93,6 +97,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         await services.storage.close()
         await services.writer.close()
         await services.openapi.close()
+        await services.media_fetcher.close()
         await services.engine.dispose()
 
     app.cleanup_ctx.append(lifecycle)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
+from csbot.escaping import terminal_safe
 from csbot.config import ConfigError, Settings, load_settings, with_overrides
 from csbot.statuses import OUTBOUND_UNDELIVERED
 
@@ -372,14 +373,14 @@ def cmd_refused(args: argparse.Namespace) -> int:
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any, empty: str) -> None:
     """A listing: one JSON object a line with --json, else one text line each."""
     for row in rows:
-        print(json.dumps(row, ensure_ascii=False) if as_json else line(row))
+        print(json.dumps(row, ensure_ascii=False) if as_json else terminal_safe(line(row)))
     if not rows and not as_json:
         print(empty)
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from csbot.review.service import ReviewError
-    from csbot.webhooks import list_deliveries, redeliver
+    from csbot.outbound_webhooks import list_deliveries, redeliver
 
     settings = _settings(args)
     if args.webhooks_command == "redeliver":
@@ -423,7 +424,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         return 2
     ok, lines = diagnose(settings.apps[args.app], query, body)
     for line in lines:
-        print(line)
+        print(terminal_safe(line, keep_lines=True))  # a decrypted push is a customer's text
     return 0 if ok else 1
 
 

@@ -37,8 +37,10 @@ class AppConfig:
     encoding_aes_key: str | None = None
     #: the previous EncodingAESKey, tried when the current one fails (key rotation)
     previous_aes_key: str | None = None
-    #: refuse plaintext pushes (only safe/compatible mode accepted)
-    require_encryption: bool = False
+    #: refuse plaintext pushes (only safe/compatible mode accepted). ``None`` (not said): true
+    #: whenever an EncodingAESKey is set, because a plaintext push's body is covered by no
+    #: signature, so accepting one lets anyone holding a signed URL post any body
+    require_encryption: bool | None = None
     #: text sent when a handler raises; empty: nothing is sent
     apology_text: str = ""
     #: "miniprogram" or "official_account": what a passive reply may be (see the README)
@@ -47,6 +49,10 @@ class AppConfig:
     @property
     def is_official_account(self) -> bool:
         return self.kind == "official_account"
+
+    def __post_init__(self) -> None:
+        if self.require_encryption is None:
+            object.__setattr__(self, "require_encryption", bool(self.encoding_aes_key or self.previous_aes_key))
 
     @property
     def aes_keys(self) -> list[str]:
@@ -119,7 +125,7 @@ class Settings:
     function_rate_burst: int = 40
     #: refused pushes kept for diagnosis (``csbot refused``), the most recent N; 0: none
     keep_refused: int = 0
-    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.webhooks.WebhookConfig)
+    #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.outbound_webhooks.WebhookConfig)
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
@@ -133,6 +139,8 @@ class Settings:
 
     def masked(self) -> dict[str, Any]:
         """Effective settings with secrets masked, for display."""
+        from csbot.openapi.util import redact_url  # the openapi package imports this module
+
         out: dict[str, Any] = {
             "source": self.source,
             "database_url": mask_url(self.database_url),
@@ -144,7 +152,7 @@ class Settings:
             "max_body_size": self.max_body_size,
             "inline_budget": self.inline_budget,
             "data_dir": str(self.data_dir),
-            "token_source": self.token_source,
+            "token_source": redact_url(self.token_source),
             "admin_token": mask(self.admin_token),
             "server_key": mask(self.server_key),
             "public_url": self.public_url,
@@ -167,15 +175,19 @@ class Settings:
 
 
 def mask(secret: str) -> str:
+    """A secret for display: at most 4 of its characters (2 at each end), none when it is
+    shorter than 12, where 4 characters would be a third of it."""
     if not secret:
         return "(unset)"
-    if len(secret) <= 6:
+    if len(secret) < 12:
         return "***"
     return secret[:2] + "***" + secret[-2:]
 
 
 def mask_url(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A database URL for display: the user stays (operators need it), the password goes,
+    up to the authority's last '@' (a password may hold one)."""
+    return re.sub(r"(//[^:/@?#]+:)[^/?#]*@", r"\1***@", url, count=1)
 
 
 def _int(name: str, value: Any, minimum: int = 0) -> int:
@@ -245,7 +257,8 @@ def _app_from_mapping(name: str, data: Mapping[str, Any], where: str) -> AppConf
         raise ConfigError(f"{where}: token is required (the Token of WeChat's message-push page)")
     aes = validate_aes_key(f"{where}.encoding_aes_key", data.get("encoding_aes_key"))
     prev = validate_aes_key(f"{where}.previous_aes_key", data.get("previous_aes_key"))
-    require = _bool(f"{where}.require_encryption", data.get("require_encryption", False))
+    said = data.get("require_encryption")
+    require = bool(aes) if said is None or said == "" else _bool(f"{where}.require_encryption", said)
     if require and not aes:
         raise ConfigError(f"{where}: require_encryption needs an encoding_aes_key")
     kind = str(data.get("kind") or "miniprogram")
@@ -381,7 +394,7 @@ def load_settings(
         "token": env.get("CSBOT_TOKEN", ""),
         "encoding_aes_key": env.get("CSBOT_ENCODING_AES_KEY", ""),
         "previous_aes_key": env.get("CSBOT_PREVIOUS_AES_KEY", ""),
-        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", "false"),
+        "require_encryption": env.get("CSBOT_REQUIRE_ENCRYPTION", ""),
         "apology_text": env.get("CSBOT_APOLOGY_TEXT", ""),
         "kind": env.get("CSBOT_APP_KIND", ""),
     }
@@ -401,7 +414,7 @@ def load_settings(
         raise ConfigError("no app configured: set CSBOT_APPID and CSBOT_TOKEN, or [apps.NAME] in a config file")
     kwargs["apps"] = apps
 
-    from csbot.webhooks import WebhookError, parse_webhooks
+    from csbot.outbound_webhooks import WebhookError, parse_webhooks
 
     try:
         kwargs["webhooks"] = parse_webhooks(data.get("webhooks", {}))

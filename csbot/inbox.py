@@ -261,6 +261,7 @@ class Inbox:
         openapi_for: Callable[[str], Any] | None = None,
         on_replies: Callable[[], None] | None = None,
         storage: Any = None,
+        media_fetcher: Any = None,
         instance_id: str | None = None,
         metrics: Any = None,
         services: Any = None,
@@ -275,6 +276,8 @@ class Inbox:
         self.on_replies = on_replies or (lambda: None)
         #: csbot.cloud.storage.Storage: where images customers send are kept
         self.storage = storage
+        #: csbot.media.MediaFetcher: PicUrl fetches (none: images come through the API only)
+        self.media_fetcher = media_fetcher
         self.metrics = metrics
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
@@ -616,7 +619,10 @@ class Inbox:
         from csbot.cloud.storage import StorageError
         from csbot.media import fetch_user_image, keep_customer_media
 
-        data = await fetch_user_image(self.openapi_for(row.app), event)
+        app_cfg = self.settings.apps.get(row.app)
+        # PicUrl is trusted only when the push was authenticated: the app takes encrypted pushes only
+        data = await fetch_user_image(self.openapi_for(row.app), event, fetcher=self.media_fetcher,
+                                      authenticated=bool(app_cfg and app_cfg.require_encryption))
         if not data:
             return None
         try:

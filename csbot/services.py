@@ -20,10 +20,11 @@ if TYPE_CHECKING:  # the modules below import much of csbot; only their types ar
 
     from csbot.config import Settings
     from csbot.inbox import Inbox
-    from csbot.media import LocalMediaStore
+    from csbot.media import LocalMediaStore, MediaFetcher
     from csbot.metrics import Metrics
     from csbot.openapi import OpenAPIRegistry
     from csbot.outbox import Outbox
+    from csbot.replay import ReplayGuard
     from csbot.review.service import Review
     from csbot.routing import Router
     from csbot.store.batch import BatchWriter
@@ -49,6 +50,10 @@ class Services:
     outbox: "Outbox | None" = None
     openapi: "OpenAPIRegistry | None" = None
     media: "LocalMediaStore | None" = None
+    #: customers' images by PicUrl: public WeChat CDN addresses only (csbot.media)
+    media_fetcher: "MediaFetcher | None" = None
+    #: plaintext pushes: one body per (timestamp, nonce), across processes (csbot.replay)
+    replay: "ReplayGuard | None" = None
     #: conversation review and takeover (CLI, ``/api/``, console)
     review: "Review | None" = None
     # cloud services (issue 10, 11) and agents (issue 9) add one attribute each below
@@ -61,7 +66,7 @@ class Services:
     audit: Any = None
     #: refused pushes kept for diagnosis (CSBOT_KEEP_REFUSED), csbot.refused; None when off
     refused: Any = None
-    #: outbound webhooks (csbot.webhooks.Webhooks); None when none is configured
+    #: outbound webhooks (csbot.outbound_webhooks.Webhooks); None when none is configured
     webhooks: Any = None
 
     def __repr__(self) -> str:  # never the settings: they hold secrets

@@ -4,17 +4,21 @@ GET is WeChat's URL-verification handshake. POST verifies, decrypts and parses t
 (``csbot.wire``), commits it to the inbox, and only then answers ``success``. Handlers run
 after the answer, except inline ones, which may give a passive reply within their budget.
 Client mistakes get a short plain-text 4xx and a WARNING line; a store that cannot commit
-gets 503 so WeChat retries. Nothing else ever reaches the caller.
+gets 503 so WeChat retries. Nothing else ever reaches the caller. A plaintext push whose
+(timestamp, nonce) already came with another body is refused (``csbot.replay``); bodies over
+64 KiB are decoded in a worker thread so one push never holds the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import DataError
 
 from csbot.config import AppConfig
 from csbot.refused import keep_refused
@@ -24,7 +28,14 @@ from csbot.wire import MessageCrypto, Push, WireError, decode_push, encrypted_en
 
 log = logging.getLogger("csbot.webhook")
 
-_TEXT = "text/plain; charset=utf-8"
+#: every plain-text answer (echostr above all) is text, never sniffed as HTML
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+#: bodies larger than this are decoded in a worker thread
+_THREAD_DECODE_BYTES = 64 * 1024
+
+
+def _text(text: str, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain", headers=_NOSNIFF)
 
 
 def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> web.Response:
@@ -33,7 +44,7 @@ def _refuse(request: web.Request, app_name: str, status: int, reason: str) -> we
     log.warning("refused %s %s for app %s from %s: %d %s", request.method, request.path, app_name,
                 request.remote, status, reason)
     keep_refused(request, app_name, status, reason)  # CSBOT_KEEP_REFUSED, for `csbot refused`
-    return web.Response(status=status, text=reason, content_type="text/plain")
+    return _text(reason, status)
 
 
 def _app_config(request: web.Request) -> tuple[str, AppConfig | None]:
@@ -46,10 +57,11 @@ async def handshake(request: web.Request) -> web.Response:
     if app is None:
         return _refuse(request, name, 404, "unknown app")
     try:
-        echostr = verify_handshake(app, request.query)
+        echostr = verify_handshake(app, request.query, now=time.time(),
+                                   max_clock_skew=services_of(request).settings.max_clock_skew)
     except WireError as exc:
         return _refuse(request, name, exc.status, exc.reason)
-    return web.Response(text=echostr, content_type="text/plain")
+    return _text(echostr)
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -67,21 +79,39 @@ async def receive(request: web.Request) -> web.Response:
         return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
     if len(body) > settings.max_body_size:
         return _refuse(request, name, 413, f"body larger than {settings.max_body_size} bytes")
+    query = request.query
     try:
-        push = decode_push(app, request.query, body, now=time.time(), max_clock_skew=settings.max_clock_skew)
+        if len(body) > _THREAD_DECODE_BYTES:
+            push = await asyncio.to_thread(decode_push, app, query, body, now=time.time(),
+                                           max_clock_skew=settings.max_clock_skew)
+        else:
+            push = decode_push(app, query, body, now=time.time(), max_clock_skew=settings.max_clock_skew)
     except WireError as exc:
         return _refuse(request, name, exc.status, exc.reason)
+    except Exception as exc:  # a gap in the wire layer; the caller still gets a plain 400
+        log.error("decoding a push for app %s failed unexpectedly: %s", name, type(exc).__name__)
+        log.debug("decode failure", exc_info=True)
+        return _refuse(request, name, 400, "malformed push")
 
     inbox = services.inbox
-    assert inbox is not None  # the app serves requests only once started
+    assert inbox is not None and services.replay is not None  # the app serves requests only once started
+    if push.mode == "plaintext":
+        try:
+            first = await services.replay.first_body(inbox.writer, name, query["timestamp"], query["nonce"],
+                                                     body, max_clock_skew=settings.max_clock_skew)
+        except Exception as exc:
+            return _store_unavailable(name, metrics, exc)
+        if not first:
+            return _refuse(request, name, 403, "timestamp and nonce already used with another body")
     inline_routes = services.router.inline_routes(push.event)
     try:
         accepted = await inbox.accept(
             name, push, status=InboundStatus.INLINE if inline_routes else InboundStatus.PENDING)
-    except Exception as exc:  # the store could not commit: WeChat must retry
-        log.error("could not store push %s for app %s: %r", push.dedup_key, name, exc)
-        metrics.pushes.labels(name, "store_unavailable").inc()
-        return web.Response(status=503, text="store unavailable, retry later", content_type="text/plain")
+    except Exception as exc:
+        if _refused_values(exc):  # this push's values, not the store: WeChat must not retry
+            log.warning("push %s for app %s cannot be stored: %s", push.dedup_key, name, type(exc).__name__)
+            return _refuse(request, name, 400, "push has values the store cannot keep")
+        return _store_unavailable(name, metrics, exc)  # the store could not commit: WeChat must retry
     metrics.pushes.labels(name, "stored" if accepted.new else "duplicate").inc()
     if accepted.new and services.webhooks is not None:  # outbound webhooks; only queues, never waits
         services.webhooks.emit("message.received", name, push.openid, message_id=accepted.message_id)
@@ -92,13 +122,36 @@ async def receive(request: web.Request) -> web.Response:
             stored = await inbox.stored_passive_reply(name, push.dedup_key)
             if stored:
                 return _passive_response(app, push, json.loads(stored), request.query.get("nonce", ""))
-        return web.Response(text="success", content_type="text/plain")
+        return _text("success")
 
     if inline_routes and accepted.message_id is not None:
         passive = await inbox.run_inline(name, app.appid, accepted.message_id, push, inline_routes)
         if passive is not None:
             return _passive_response(app, push, passive, request.query.get("nonce", ""))
-    return web.Response(text="success", content_type="text/plain")
+    return _text("success")
+
+
+def _refused_values(exc: BaseException) -> bool:
+    """True when the database refused the values themselves (SQLSTATE class 22, "data
+    exception", or text the driver cannot encode), as opposed to being unreachable."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (DataError, UnicodeError)):
+            return True
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state.startswith("22"):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+def _store_unavailable(name: str, metrics: Any, exc: Exception) -> web.Response:
+    # the exception's type only: a driver's message may quote the statement's values
+    log.error("could not store a push for app %s: %s", name, type(exc).__name__)
+    metrics.pushes.labels(name, "store_unavailable").inc()
+    return _text("store unavailable, retry later", 503)
 
 
 def _passive_response(app: AppConfig, push: Push, fields: dict[str, Any], nonce: str) -> web.Response:

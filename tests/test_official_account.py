@@ -35,7 +35,8 @@ def oa(**kw):
 @pytest.mark.parametrize("fmt", ["xml", "json"])
 @pytest.mark.parametrize("mode", ["safe", "plaintext"])
 async def test_an_official_accounts_inline_route_answers_with_a_passive_reply(fmt, mode):
-    async with Harness.start(router=router_answering(lambda e: REPLIES[e["Content"]]), apps=oa(),
+    keys = {"require_encryption": False} if mode == "plaintext" else {}  # with a key, plaintext is refused
+    async with Harness.start(router=router_answering(lambda e: REPLIES[e["Content"]]), apps=oa(**keys),
                              fmt=fmt, mode=mode) as bot:
         for kind, reply in REPLIES.items():
             push = bot.builder.text("oFan", kind)

@@ -161,3 +161,44 @@ async def test_the_readme_outbox_table_says_what_the_outbox_does_with_each_errco
             [row] = await bot.messages(f"o{code}", direction="out")
             expected = "failed" if code in failed else "quota_exceeded"
             assert (row.status, row.errcode, row.attempts) == (expected, code, 1), code
+
+
+# --------------------------------------------------------------------------- the review API's curl examples
+
+
+async def test_the_review_api_curl_examples_run_as_typed():
+    import asyncio
+    import json
+    import os
+    import shutil
+
+    import pytest
+
+    from tests.review.support import ADMIN_TOKEN, start
+
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    block = code_block('curl -G -H "Authorization: Bearer $CSBOT_ADMIN_TOKEN" --data-urlencode "search=退款" \\')
+    block = 'curl -G -H "Authorization: Bearer $CSBOT_ADMIN_TOKEN" --data-urlencode "search=退款" \\\n' + block
+    async with start() as bot:
+        await bot.send_text("oUser123", "我要退款")
+        await bot.wait_idle()
+        script = block.replace("http://localhost:8080", bot.url).replace("\\\n", " ")
+        outputs = []
+        for command in script.strip().splitlines():
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", "curl -s -S " + command.removeprefix("curl "),
+                env={**os.environ, "CSBOT_ADMIN_TOKEN": ADMIN_TOKEN},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            outputs.append(json.loads(out))
+        found, replied = outputs
+        assert [c["openid"] for c in found["conversations"]] == ["oUser123"]
+        assert replied["status"] == "queued"
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", f'curl -s -H "Authorization: Bearer $CSBOT_ADMIN_TOKEN" {bot.url}/api/openapi.json',
+            env={**os.environ, "CSBOT_ADMIN_TOKEN": ADMIN_TOKEN}, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert json.loads(out)["openapi"].startswith("3.")
+        assert 'curl -H "Authorization: Bearer $CSBOT_ADMIN_TOKEN" http://localhost:8080/api/openapi.json' in README

@@ -9,11 +9,11 @@ import time
 import pytest
 from aiohttp import web
 
-from csbot import webhooks as wh
+from csbot import outbound_webhooks as wh
 from csbot.config import ConfigError, load_settings
 from csbot.routing import Route, Router
 from csbot.testing.harness import Harness
-from csbot.webhooks import WebhookConfig, parse_webhooks, sign, verify
+from csbot.outbound_webhooks import WebhookConfig, parse_webhooks, sign, verify
 
 SECRET = "whsec-0123456789abcdef"
 SEND = "/cgi-bin/message/custom/send"

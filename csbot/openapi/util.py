@@ -17,14 +17,18 @@ _SECRET_QUERY = re.compile(
     r"([?&;](?:" + "|".join(SECRET_PARAMS) + r")=)[^&#;]*",
     re.IGNORECASE,
 )
+#: the user:password@ part of an authority, up to its last '@' (a password may hold an '@')
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
 
 
 def redact_url(url: Any) -> str:
-    """``url`` (str or yarl.URL) with the values of access_token/secret/js_code replaced by ***.
+    """``url`` (str or yarl.URL) with any ``user:password@`` and the values of
+    access_token/secret/js_code replaced by ***.
 
-    Every URL the openapi layer logs or puts in an exception message goes through here.
+    Every URL the openapi layer logs or puts in an exception message goes through here, and so
+    does a token-source URL shown by ``csbot check``.
     """
-    return _SECRET_QUERY.sub(r"\1***", str(url))
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", str(url), count=1))
 
 
 def dumps_json(body: Any) -> bytes:

@@ -224,7 +224,7 @@ def build_api(services: Services) -> web.Application:
 
     @routes.get("/webhooks/deliveries")
     async def webhook_deliveries(request: web.Request) -> web.Response:
-        from csbot.webhooks import list_deliveries
+        from csbot.outbound_webhooks import list_deliveries
 
         if not request[ACTOR].is_admin:
             raise NotYours("only an admin sees webhook deliveries")
@@ -236,7 +236,7 @@ def build_api(services: Services) -> web.Application:
 
     @routes.post("/webhooks/deliveries/{id}/redeliver")
     async def webhook_redeliver(request: web.Request) -> web.Response:
-        from csbot.webhooks import redeliver
+        from csbot.outbound_webhooks import redeliver
 
         if not request[ACTOR].is_admin:
             raise NotYours("only an admin re-drives webhook deliveries")

@@ -14,12 +14,14 @@ import csv
 import getpass
 import io
 import json
+import re
 import sys
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
+from csbot.escaping import csv_cell, terminal_safe
 from csbot.review.audit import ACTIONS, Actor
 from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time, timestamp
 from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
@@ -166,8 +168,13 @@ async def _pick_app(review: Review, openid: str, app: str | None) -> str:
     return apps[0]
 
 
+#: JSON leaves DEL, C1 and bidi controls raw; escaped, the line is the same JSON and inert on a terminal
+_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
 def _line(obj: dict[str, Any], out: TextIO | None = None) -> None:
-    (out or sys.stdout).write(json.dumps(obj, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, ensure_ascii=False)
+    (out or sys.stdout).write(_JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
 def _when(at: str | float | None) -> str:
@@ -200,7 +207,7 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         last = c["last_message"] or {}
         badge = "✗" if c["undelivered"] else ("!" if c["unanswered"] else " ")
         arrow = "<" if last.get("direction") == "in" else ">"
-        print(f"{c['status']:<7} {_short(c['app'], 10):<10} {_short(c['openid'], 30):<30} "
+        print_safe(f"{c['status']:<7} {_short(c['app'], 10):<10} {_short(c['openid'], 30):<30} "
               f"{_short(c['assigned_agent'] or '-', 12):<12} {ago(c['last_message_at']):<12} "
               f"{badge}{arrow} {_short(last.get('summary'), 60)}")
     if page.next_cursor:
@@ -211,37 +218,49 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 # --------------------------------------------------------------------------- show
 
 
+def print_safe(line: str) -> None:
+    """Print a line built from stored text: its control characters are shown, never obeyed."""
+    print(terminal_safe(line))
+
+
 def describe_item(item: dict[str, Any]) -> str:
-    """One thread item as a line of text."""
+    """One thread item as text for a terminal: one line, and indented lines for what followed.
+
+    Every line is escaped (``csbot.escaping``): a customer's newline cannot forge a line.
+    """
+    return "\n".join(terminal_safe(line) for line in _item_lines(item))
+
+
+def _item_lines(item: dict[str, Any]) -> list[str]:
     when = _when(item["at"])
     if item["kind"] == "note":
-        return f"{when}  # note by {item['author']}: {item['text']}"
+        return [f"{when}  # note by {item['author']}: {item['text']}"]
     if item["kind"] == "event":
         who = f" by {item['actor']}" if item.get("actor") else ""
         detail = f" ({item['detail']})" if item.get("detail") else ""
-        return f"{when}  * {item['event']}{who}{detail}"
+        return [f"{when}  * {item['event']}{who}{detail}"]
     if item["kind"] == "audit":
         detail = f" ({item['detail']})" if item.get("detail") else ""
-        return f"{when}  * {item['action']} by {item.get('agent') or '?'}{detail}"
+        return [f"{when}  * {item['action']} by {item.get('agent') or '?'}{detail}"]
     if item["direction"] == "in":
         kind = item["type"] if item["type"] != "event" else f"event {item.get('event') or ''}".strip()
-        line = f"{when}  < customer [{kind}] {describe_inbound(item)}"
+        lines = [f"{when}  < customer [{kind}] {describe_inbound(item)}"]
         if item.get("transferred"):
-            line += "\n" + " " * 21 + "~ transferred to WeChat's customer-service tool"
+            lines.append(" " * 21 + "~ transferred to WeChat's customer-service tool")
         elif item.get("passive_reply"):
             p = item["passive_reply"]
-            line += "\n" + " " * 21 + f"> passive reply [{p.get('MsgType')}] {_short(str(p.get('Content', '')), 200)}"
+            lines.append(" " * 21 + f"> passive reply [{p.get('MsgType')}] {_short(str(p.get('Content', '')), 200)}")
         if item.get("status") == InboundStatus.FAILED and item.get("error"):
-            line += "\n" + " " * 21 + f"! handler {item.get('handler') or '?'} failed: {item['error']}"
+            lines.append(" " * 21 + f"! handler {item.get('handler') or '?'} failed: {item['error']}")
         elif item.get("status") in INBOUND_UNSETTLED:
-            line += f"   ({item['status']})"
-        return line
+            lines[0] += f"   ({item['status']})"
+        return lines
     who = item.get("author") or "bot"
     who = who if who.startswith("agent:") else f"bot:{who}"
-    line = f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"
+    lines = [f"{when}  > {who} [{item['type']}] {_short(item.get('text'), 200)}   [{delivery(item)}]"]
     if item.get("retryable"):
-        line += f"\n{' ' * 21}! not delivered: `csbot retry {item['id']}` sends it again"
-    return line
+        lines.append(f"{' ' * 21}! not delivered: `csbot retry {item['id']}` sends it again")
+    return lines
 
 
 def describe_inbound(item: dict[str, Any]) -> str:
@@ -286,7 +305,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     agent = f", agent {conv['assigned_agent']}" if conv["assigned_agent"] else ""
     tags = f", tags: {', '.join(conv['tags'])}" if conv["tags"] else ""
-    print(f"{conv['openid']} in app {conv['app']}: {conv['status']}{agent}{tags}")
+    print_safe(f"{conv['openid']} in app {conv['app']}: {conv['status']}{agent}{tags}")
     if conv["transferred_at"]:
         print(f"last handed to WeChat's customer-service tool at {_when(conv['transferred_at'])}")
     for item in thread["items"]:
@@ -332,7 +351,8 @@ def format_batch(rows: list[dict[str, Any]], fmt: str, *, header: bool) -> str:
     writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
     if header:
         writer.writeheader()
-    writer.writerows(rows)
+    # no cell a spreadsheet would run as a formula (OWASP CSV injection)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
@@ -493,7 +513,7 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     for e in entries:
         where = f" {e['app']}/{e['openid']}" if e["openid"] else ""
         detail = f" ({e['detail']})" if e["detail"] else ""
-        print(f"{_when(e['ts'])}  {_short(e['agent'] or '-', 20):<20} {e['action']:<15}{where}{detail}"
+        print_safe(f"{_when(e['ts'])}  {_short(e['agent'] or '-', 20):<20} {e['action']:<15}{where}{detail}"
               f"  [{e['address'] or '-'}]")
     return 0
 

@@ -9,7 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """Create the async engine; SQLite gets WAL, full fsync and a busy timeout."""
+    """Create the async engine; SQLite gets WAL, full fsync and a busy timeout.
+
+    Statement parameters are customer text: ``hide_parameters`` keeps them out of every
+    exception message, so a failed write never logs what a customer wrote.
+    """
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 

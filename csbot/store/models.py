@@ -216,3 +216,16 @@ class SubscribeConsent(Base):
     template_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     remaining: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PushNonce(Base):
+    """The body first seen for a plaintext push's (timestamp, nonce): see ``csbot.replay``."""
+
+    __tablename__ = "push_nonces"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of "timestamp nonce" (the nonce is the caller's, of any length)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of the body bytes
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

@@ -100,6 +100,9 @@ class Harness:
                                          **overrides)
             if apps is not None:
                 settings = replace(settings, apps=dict(apps))
+            elif mode == "plaintext":  # playing a plaintext WeChat: the test app accepts plaintext
+                settings = replace(settings, apps={
+                    name: replace(cfg, require_encryption=False) for name, cfg in settings.apps.items()})
             if not settings.is_sqlite:  # `csbot serve` migrates only SQLite by itself
                 from csbot.store.migrate import upgrade_async
 

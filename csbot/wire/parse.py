@@ -1,8 +1,15 @@
 """Parsing a push body into WeChat's own field dict, and deriving dedup keys and text.
 
-Nothing here trusts the body: XML with any markup declaration (DOCTYPE,
-ENTITY, ...) is refused before a parser sees it, so neither XXE nor entity
-expansion bombs can happen; JSON must be an object.
+Nothing here trusts the body. XML is read by expat with handlers that refuse a document
+type declaration, an entity declaration or an external reference the moment the parser
+meets one (wherever the bytes hide it: inside a processing instruction, behind an encoding
+declaration), so neither XXE nor entity expansion can happen; predefined entities and
+character references still work. Both formats are held to the same limits while they are
+read: nesting depth, number of values, and every field's size (``MAX_FIELD_BYTES``, so a
+``Content`` of more than 64 KiB is refused, never truncated), with text free of NUL
+characters and lone surrogates, which no SQL store can keep. Fields stored in columns of
+their own (``FromUserName``, ``MsgType``, ``Event``, ``MsgId``) are held to those columns'
+widths. Every refusal is a ``BadPush`` (400) with a short reason.
 """
 
 from __future__ import annotations
@@ -10,18 +17,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
+from xml.parsers import expat
 
 from .errors import BadPush
 
-__all__ = ["sniff_format", "parse_fields", "normalize_event", "dedup_key", "describe"]
+__all__ = ["sniff_format", "parse_fields", "normalize_event", "dedup_key", "describe", "MAX_FIELD_BYTES"]
 
 _BOM = b"\xef\xbb\xbf"
 _WS = b" \t\r\n"
 _MAX_DEPTH = 32
 _MAX_KEY = 500
+#: the largest value of one field, in UTF-8 bytes (WeChat's own text limit is far lower)
+MAX_FIELD_BYTES = 64 * 1024
+#: values (XML elements, JSON scalars and containers) in one push
+_MAX_VALUES = 4096
+#: a field name (XML element, JSON key)
+_MAX_NAME = 128
+#: fields that have a column of their own in the store, and its width
+_COLUMN_WIDTHS = {"FromUserName": 128, "MsgType": 64, "Event": 128, "MsgId": 64}
+#: characters no SQL store keeps: NUL (PostgreSQL text) and lone surrogates (not UTF-8)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 #: fields that are ids: always strings, because MsgId exceeds 2**53 and JSON
 #: gives a number where XML gives text
@@ -55,85 +72,181 @@ def sniff_format(body: bytes) -> str:
     raise BadPush("body is neither XML nor JSON")
 
 
-def _refuse_declarations(body: bytes) -> None:
-    """Refuse DTDs, entity declarations and any other ``<!`` markup declaration.
+class _XMLFields:
+    """expat callbacks that build the field dict of ``<xml>…</xml>`` under the limits.
 
-    A markup declaration can only appear outside CDATA sections and comments,
-    so those are skipped: a customer typing ``<!DOCTYPE html>`` into the chat
-    (which arrives inside CDATA) is not refused, while a real DTD always is.
-    The body is parsed as UTF-8 whatever it declares (see ``parse_fields``),
-    so this byte scan sees exactly what the parser sees.
+    The root's children become keys; a leaf gives its text ('' when empty, never stripped),
+    an element with children a nested dict, repeated names a list. Mixed text around child
+    elements and attributes are ignored, as WeChat sends neither.
     """
-    i = 0
-    while True:
-        i = body.find(b"<!", i)
-        if i < 0:
+
+    __slots__ = ("root", "stack", "names", "texts", "sizes", "values", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.root: dict[str, Any] | None = None
+        self.stack: list[dict[str, Any]] = []
+        self.names: list[str] = []
+        self.texts: list[list[str]] = []
+        self.sizes: list[int] = []
+        self.values = 0
+
+    def start(self, name: str, _attrs: Any) -> None:
+        self.values += 1
+        if self.values > _MAX_VALUES:
+            raise BadPush(f"push has more than {_MAX_VALUES} fields")
+        if len(self.stack) > _MAX_DEPTH:
+            raise BadPush("XML is nested too deeply")
+        if len(name) > _MAX_NAME:
+            raise BadPush(f"an XML element name is longer than {_MAX_NAME} characters")
+        node: dict[str, Any] = {}
+        if self.root is None:
+            self.root = node
+        self.stack.append(node)
+        self.names.append(name)
+        self.texts.append([])
+        self.sizes.append(0)
+
+    def data(self, text: str) -> None:
+        if not self.texts:
             return
-        if body.startswith(b"<![CDATA[", i):
-            end = body.find(b"]]>", i + 9)
-            if end < 0:
-                raise BadPush("malformed XML")
-            i = end + 3
-        elif body.startswith(b"<!--", i):
-            end = body.find(b"-->", i + 4)
-            if end < 0:
-                raise BadPush("malformed XML")
-            i = end + 3
-        else:
-            raise BadPush("DTD and entity declarations are not accepted")
+        self.texts[-1].append(text)
+        self.sizes[-1] += len(text)
+        if self.sizes[-1] > self.limit:  # characters <= bytes: refuse before reading on
+            raise BadPush(f"{_field(self.names[-1])} is longer than {self.limit} bytes")
 
-
-def _element_value(elem: ET.Element, depth: int) -> Any:
-    if len(elem) == 0:
-        return elem.text or ""
-    if depth > _MAX_DEPTH:
-        raise BadPush("XML is nested too deeply")
-    return _children(elem, depth + 1)
-
-
-def _children(elem: ET.Element, depth: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for child in elem:
-        value = _element_value(child, depth)
-        tag = child.tag
-        if tag in out:
-            prev = out[tag]
+    def end(self, name: str) -> None:
+        node = self.stack.pop()
+        self.names.pop()
+        texts = self.texts.pop()
+        self.sizes.pop()
+        if not self.stack:
+            return
+        value: Any = node if node else "".join(texts)
+        if isinstance(value, str) and len(value) > self.limit // 4 and _utf8_size(value) > self.limit:
+            raise BadPush(f"{_field(name)} is longer than {self.limit} bytes")
+        parent = self.stack[-1]
+        if name in parent:
+            prev = parent[name]
             if isinstance(prev, list):
                 prev.append(value)
             else:
-                out[tag] = [prev, value]
+                parent[name] = [prev, value]
         else:
-            out[tag] = value
-    return out
+            parent[name] = value
+
+
+def _refuse_dtd(*_args: Any) -> Any:
+    raise BadPush("DTD and entity declarations are not accepted")
+
+
+def _parse_xml(body: bytes, limit: int) -> dict[str, Any]:
+    # "utf-8" overrides any declared encoding: WeChat only sends UTF-8, and a declared
+    # UTF-16/UTF-7 body must not be read differently from what it looks like.
+    parser = expat.ParserCreate("utf-8")
+    fields = _XMLFields(limit)
+    parser.buffer_text = True
+    parser.StartElementHandler = fields.start
+    parser.EndElementHandler = fields.end
+    parser.CharacterDataHandler = fields.data
+    # refused where the parser meets them, never by looking at bytes
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_dtd
+    parser.UnparsedEntityDeclHandler = _refuse_dtd
+    parser.NotationDeclHandler = _refuse_dtd
+    parser.ExternalEntityRefHandler = _refuse_dtd
+    try:
+        parser.Parse(body, True)
+    except expat.ExpatError:
+        raise BadPush("malformed XML") from None
+    except RecursionError:  # pragma: no cover - depth is limited above
+        raise BadPush("XML is nested too deeply") from None
+    if fields.root is None:  # pragma: no cover - expat refuses a document without a root
+        raise BadPush("malformed XML")
+    return fields.root
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+#: the only way a NUL or a surrogate gets into JSON text: a \\u escape (raw ones are not UTF-8)
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _json_within_limits(body: bytes, data: dict[str, Any], limit: int) -> bool:
+    """True when the body's bytes alone prove every limit holds, so no walk is needed: no string
+    can be longer than the body, no body shorter than 2 bytes a value holds too many values, no
+    document with few brackets nests deeply, and no text without a risky escape has a NUL or a
+    surrogate. A flat object's keys are checked here too. Typical pushes take this path."""
+    brackets = body.count(b"{") + body.count(b"[")
+    if len(body) > limit or len(body) >= 2 * _MAX_VALUES or brackets > _MAX_DEPTH or _RISKY_ESCAPE.search(body):
+        return False
+    if brackets == 1:  # a flat object: its keys are all there is
+        return all(len(key) <= _MAX_NAME for key in data)
+    return False
+
+
+def _check_json(data: Any, limit: int) -> None:
+    """Depth, number of values, sizes and storable text of a parsed JSON body (iteratively)."""
+    todo: list[tuple[Any, int]] = [(data, 1)]
+    values = 0
+    while todo:
+        value, depth = todo.pop()
+        values += 1
+        if values > _MAX_VALUES:
+            raise BadPush(f"push has more than {_MAX_VALUES} fields")
+        if isinstance(value, str):
+            _check_text(value, None, limit)
+        elif isinstance(value, dict):
+            if depth > _MAX_DEPTH:
+                raise BadPush("JSON is nested too deeply")
+            for key, item in value.items():
+                if len(key) > _MAX_NAME:
+                    raise BadPush(f"a JSON key is longer than {_MAX_NAME} characters")
+                if _UNSTORABLE.search(key):
+                    raise BadPush("a JSON key has a NUL character or a lone surrogate")
+                if isinstance(item, str):
+                    _check_text(item, key, limit)
+                    values += 1
+                else:
+                    todo.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > _MAX_DEPTH:
+                raise BadPush("JSON is nested too deeply")
+            todo.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str, name: str | None, limit: int) -> None:
+    if len(text) > limit // 4 and (len(text) > limit or _utf8_size(text) > limit):
+        raise BadPush(f"{_field(name)} is longer than {limit} bytes")
+    if _UNSTORABLE.search(text):
+        raise BadPush(f"{_field(name)} has a NUL character or a lone surrogate")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _field(name: str | None) -> str:
+    """A field's name for a refusal reason: the caller's own text only when it is a plain name."""
+    return f"field {name}" if name is not None and _PLAIN_NAME.fullmatch(name) else "a field"
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_fields(body: bytes, fmt: str) -> dict[str, Any]:
+def parse_fields(body: bytes, fmt: str, *, field_limit: int = MAX_FIELD_BYTES) -> dict[str, Any]:
     """Parse a WeChat XML or JSON body into a dict of its top-level fields.
 
     XML: the root's children become keys; leaves give their text (``''`` when
     empty, never stripped), elements with children give nested dicts, repeated
-    names give lists. JSON: must be an object; integers stay exact.
+    names give lists. JSON: must be an object; integers stay exact. Both are held
+    to the limits of the module docstring; ``field_limit`` is raised only for an
+    encrypted envelope, whose ``Encrypt`` is as large as the message it carries.
     """
     if fmt == "xml":
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadPush("malformed XML") from None
-        _refuse_declarations(body)
-        try:
-            # encoding= overrides any declared encoding: WeChat only sends
-            # UTF-8, and a declared UTF-16/EBCDIC body could hide a DTD from
-            # the byte scan above.
-            parser = ET.XMLParser(encoding="utf-8")
-            parser.feed(body)
-            root = parser.close()
-        except (ET.ParseError, ValueError, UnicodeError):
-            raise BadPush("malformed XML") from None
-        return _children(root, 1)
+        return _parse_xml(body, field_limit)
     if fmt == "json":
         try:
             data = json.loads(body, parse_constant=_reject_constant)
@@ -141,6 +254,8 @@ def parse_fields(body: bytes, fmt: str) -> dict[str, Any]:
             raise BadPush("malformed JSON") from None
         if not isinstance(data, dict):
             raise BadPush("JSON body is not an object")
+        if not _json_within_limits(body, data, field_limit):
+            _check_json(data, field_limit)
         return data
     raise BadPush(f"unknown body format {fmt!r}")
 
@@ -205,6 +320,7 @@ def normalize_event(fields: Mapping[str, Any]) -> dict[str, Any]:
       container key (``{"SubscribeMsgPopupEvent": {"List": [...]}}``), whether
       the push was XML (container with repeated ``<List>``) or JSON (top-level
       ``"List"`` that is an object for one item and an array for several).
+    * ``FromUserName``, ``MsgType``, ``Event`` and ``MsgId`` fit their store columns.
     * Unknown ``MsgType``/``Event`` values are returned as they are.
     """
     event = _ids_to_str(dict(fields))
@@ -212,6 +328,12 @@ def normalize_event(fields: Mapping[str, Any]) -> dict[str, Any]:
         value = event.get(name)
         if not isinstance(value, str) or not value:
             raise BadPush(f"push has no {name}")
+    for name, width in _COLUMN_WIDTHS.items():
+        value = event.get(name)
+        if isinstance(value, (Mapping, list)):
+            raise BadPush(f"{name} is not a single value")
+        if isinstance(value, str) and len(value) > width:
+            raise BadPush(f"{name} is longer than {width} characters")
     if "CreateTime" not in event or event["CreateTime"] in ("", None):
         raise BadPush("push has no CreateTime")
     event["CreateTime"] = _create_time(event["CreateTime"])

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from .crypto import VALIDATE_APPID_ERROR, MessageCrypto
 from .errors import BadPush, CryptoError, SignatureError
-from .parse import describe, dedup_key, normalize_event, parse_fields, sniff_format
+from .parse import MAX_FIELD_BYTES, describe, dedup_key, normalize_event, parse_fields, sniff_format
 from .signature import check_msg_signature, check_signature
 
 __all__ = ["Push", "AppKeys", "verify_handshake", "decode_push"]
@@ -82,13 +82,22 @@ def _check_query_signature(app: AppKeys, query: Mapping[str, str]) -> tuple[str,
     return timestamp, nonce
 
 
-def verify_handshake(app: AppKeys, query: Mapping[str, str]) -> str:
+def _check_timestamp(timestamp: str, now: float, max_clock_skew: int) -> None:
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise SignatureError("timestamp is not an integer")
+    if max_clock_skew > 0 and abs(now - int(timestamp)) > max_clock_skew:
+        raise SignatureError("timestamp outside the allowed clock skew")
+
+
+def verify_handshake(app: AppKeys, query: Mapping[str, str], *, now: float, max_clock_skew: int) -> str:
     """GET URL verification: return ``echostr`` unchanged if the 3-field signature is right.
 
     Mini Programs and Official Accounts echo ``echostr`` as-is in every mode
-    (the encrypted echostr with msg_signature is WeCom only).
+    (the encrypted echostr with msg_signature is WeCom only). The timestamp is held to
+    the same window as a push's, so a handshake URL found in a log cannot be replayed later.
     """
-    _check_query_signature(app, query)
+    timestamp, _ = _check_query_signature(app, query)
+    _check_timestamp(timestamp, now, max_clock_skew)
     echostr = query.get("echostr")
     if echostr is None:
         raise BadPush("missing echostr")
@@ -123,15 +132,14 @@ def decode_push(
     and duplicates are handled by ``Push.dedup_key``.
     """
     timestamp, nonce = _check_query_signature(app, query)
-    if not _TIMESTAMP.fullmatch(timestamp):
-        raise SignatureError("timestamp is not an integer")
-    if max_clock_skew > 0 and abs(now - int(timestamp)) > max_clock_skew:
-        raise SignatureError("timestamp outside the allowed clock skew")
+    _check_timestamp(timestamp, now, max_clock_skew)
 
     fmt = sniff_format(body)
-    fields = parse_fields(body, fmt)
-
     encrypt_type = (query.get("encrypt_type") or "").strip().lower()
+    # an envelope's Encrypt is as large as the message; the message's own fields get the limits
+    fields = parse_fields(body, fmt, field_limit=max(len(body), MAX_FIELD_BYTES) if encrypt_type == "aes"
+                          else MAX_FIELD_BYTES)
+
     aes_key: str | None = None
     if encrypt_type == "aes":
         if not app.aes_keys:

