@@ -344,6 +344,7 @@ def setup_cloud(app: web.Application) -> None:
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
     from csbot.cloud.apidoc import tcb_openapi_document
+    from csbot.cloud.database.http import database_routes, tcb_routes as database_tcb_routes
     from csbot.cloud.functions_tcb import functions_tcb_routes
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
@@ -357,9 +358,11 @@ def setup_cloud(app: web.Application) -> None:
     app.router.add_post("/cloud/logout", logout)
     app.router.add_post("/cloud/functions/{name}", call_function)
     app.router.add_routes(storage_routes())
+    app.router.add_routes(database_routes())
     if settings.server_key:
         app.router.add_routes(functions_tcb_routes())
         app.router.add_routes(storage_tcb_routes())
+        app.router.add_routes(database_tcb_routes())
 
         async def openapi_json(request: web.Request) -> web.Response:
             return web.json_response(tcb_openapi_document())

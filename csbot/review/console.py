@@ -253,6 +253,11 @@ def build_console(services: Services) -> web.Application:
                 "apps": list(settings.apps), "conv_statuses": STATUSES,
                 "my_unread": await live().my_unread(session.actor), **lang_ctx(request)}
 
+    def page_ctx(session: ConsoleSession) -> dict[str, Any]:
+        """What base.html needs, for pages other modules add (the database view)."""
+        return {"agent": session.actor.name, "role": session.actor.role, "csrf": session.csrf,
+                "apps": list(settings.apps), "lang": i18n.current(), "here": "/admin/"}
+
     async def language(request: web.Request) -> web.Response:
         lang = request.match_info["lang"]
         if lang not in i18n.LANGUAGES:
@@ -583,6 +588,8 @@ def build_console(services: Services) -> web.Application:
     r.add_post("/logout", logout)
     r.add_get("/lang/{lang}", language)
     r.add_get("/c/{app}/{openid}", thread_page)
+    from csbot.cloud.database.console import add_database_pages  # csbot.cloud.database: /admin/db
+    add_database_pages(console, services, require, render, page_ctx)
     r.add_get("/c/{app}/{openid}/details", details_fragment)
     r.add_post("/c/{app}/{openid}/reply", reply)
     r.add_post("/c/{app}/{openid}/image", send_image)
