@@ -43,7 +43,7 @@ async def test_stopping_lets_a_running_handler_finish_and_record_its_outcome(tmp
             await bot.send_text("oU", "go")
             await asyncio.wait_for(started.wait(), 5)
         # the harness stopped the service the way SIGTERM does, while the handler ran
-    assert rows(tmp_path / "csbot.db", "in") == [("go", "done", 0)]
+    assert rows(tmp_path / "csbot.db", "in") == [("go", "done", 1)]
     assert rows(tmp_path / "csbot.db", "out") == [("done", "queued", 0)]  # no new send once stopping
 
 
@@ -74,7 +74,7 @@ async def test_a_drain_is_bounded_by_drain_seconds(tmp_path):
             await asyncio.sleep(0.3)
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 3
-    assert rows(tmp_path / "csbot.db", "in") == [("go", "pending", 0)]  # handled again after the restart
+    assert rows(tmp_path / "csbot.db", "in") == [("go", "pending", 1)]  # handled again after the restart
 
 
 async def test_a_second_serve_on_the_same_sqlite_file_refuses_to_start(tmp_path):
