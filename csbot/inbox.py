@@ -613,6 +613,10 @@ class Inbox:
             self.metrics.handled.labels(row.app, result.status).inc()
         if applied and result.replies:
             self.on_replies()
+        webhooks = getattr(self.services, "webhooks", None)
+        if applied and webhooks is not None and status == ConversationStatus.CLOSED \
+                and user_action_kind(event) == "message":  # the customer wrote again: reopened as bot
+            webhooks.status_changed(row.app, row.openid)
 
     async def _keep_image(self, row: Message, event: dict[str, Any]) -> str | None:
         """Fetch an image the user sent and keep it in storage (WeChat's copy expires); its fileID."""
