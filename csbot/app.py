@@ -12,6 +12,7 @@ import logging
 from aiohttp import web
 from sqlalchemy import text
 
+from csbot.cloud.database.store import DocumentStore
 from csbot.cloud.sessions import SessionStore
 from csbot.config import Settings
 from csbot.cloud.storage import start_storage
@@ -50,6 +51,9 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.engine = make_engine(settings.database_url)
         await ensure_schema(services.engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         services.sessionmaker = make_sessionmaker(services.engine)
+        services.database = DocumentStore(services.engine, max_document_size=settings.db_max_document_size,
+                                          indexes=settings.collection_indexes, metrics=metrics)
+        await services.database.ensure_indexes()
         services.writer = BatchWriter(services.sessionmaker)
         services.writer.start()
         services.openapi = OpenAPIRegistry(settings, services.sessionmaker)

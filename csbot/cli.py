@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from csbot.review.cli import add_commands  # csbot.review: conversations, reply, takeover, handback, close
     add_commands(sub, common)
+    from csbot.cloud.database.cli import add_commands as add_db_commands  # csbot db ...
+    add_db_commands(sub, common)
     return parser
 
 

@@ -127,6 +127,11 @@ class Settings:
     keep_refused: int = 0
     #: outbound webhooks, ``[webhooks.NAME]`` tables (csbot.outbound_webhooks.WebhookConfig)
     webhooks: Mapping[str, Any] = field(default_factory=dict)
+    #: cloud database (csbot.cloud.database): ``[collections.NAME]`` security rules (parsed) and
+    #: declared indexes, and the largest document in bytes
+    collection_rules: Mapping[str, Any] = field(default_factory=dict)
+    collection_indexes: Mapping[str, Any] = field(default_factory=dict)
+    db_max_document_size: int = 1024 * 1024
     #: where the settings came from, for ``csbot check``
     source: str = "environment"
 
@@ -311,11 +316,13 @@ _GENERAL = {
     "function_rate_per_second": "CSBOT_FUNCTION_RATE",
     "function_rate_burst": "CSBOT_FUNCTION_BURST",
     "keep_refused": "CSBOT_KEEP_REFUSED",  # csbot.refused
+    "db_max_document_size": "CSBOT_DB_MAX_DOCUMENT_SIZE",  # csbot.cloud.database
 }
 _INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
          "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst",
-         "keep_refused"}
+         "keep_refused",
+         "db_max_document_size"}
 _FLOATS = {"inline_budget", "lease_seconds", "retry_base_delay", "api_rate_per_second", "api_timeout",
            "human_timeout", "cloud_session_lifetime", "cloud_session_cache_seconds",
            "function_rate_per_second"}
@@ -349,7 +356,7 @@ def load_settings(
             general[key] = data[key]
         if env.get(var, "") != "":
             general[key] = env[var]
-    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "webhooks"}
+    known_top = set(_GENERAL) | {"apps", "handlers", "storage", "webhooks", "collections"}
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -359,7 +366,8 @@ def load_settings(
         name = _GENERAL[key]
         if key in _INTS:
             value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts",
-                                                           "storage_max_file_size", "function_rate_burst") else 0)
+                                                           "storage_max_file_size", "function_rate_burst",
+                                                           "db_max_document_size") else 0)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:
@@ -435,7 +443,41 @@ def load_settings(
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError("CSBOT_PUBLIC_URL must be an http:// or https:// URL")
     kwargs["public_url"] = public_url.rstrip("/")
+    kwargs["collection_rules"], kwargs["collection_indexes"] = _collections(data.get("collections", {}))
     return Settings(**kwargs)
+
+
+def _collections(tables: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[collections.NAME]``: security rules (``csbot.cloud.database.rules``) and ``indexes``."""
+    from csbot.cloud.database.errors import DatabaseError
+    from csbot.cloud.database.rules import RuleError, rules_from_config
+    from csbot.cloud.database.store import check_collection
+    from csbot.cloud.database.values import split_path
+
+    if not isinstance(tables, dict):
+        raise ConfigError("config file: [collections] must be a table of [collections.NAME] tables")
+    rules: dict[str, Any] = {}
+    indexes: dict[str, Any] = {}
+    for name, table in tables.items():
+        where = f"collections.{name}"
+        try:
+            check_collection(name)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where} must be a table")
+            rules[name] = rules_from_config(table, where=where)
+            declared = table.get("indexes", [])
+            if (not isinstance(declared, list) or len(declared) > 100
+                    or not all(isinstance(i, list) and 0 < len(i) <= 31 for i in declared)):
+                raise ConfigError(f"{where}.indexes must be a list of field lists, e.g. [[\"status\", \"createdAt\"]]")
+            for fields in declared:
+                for f in fields:
+                    split_path(f, where=f"{where}.indexes")
+            if declared:
+                indexes[name] = [list(i) for i in declared]
+        except (RuleError, DatabaseError) as exc:
+            raise ConfigError(str(exc)) from None
+    return rules, indexes
+
 
 
 def _storage_rules(table: Any) -> dict[str, Any]:

@@ -102,6 +102,17 @@ class Context:
         except Exception as exc:
             self.logger.debug("set_typing ignored: %s", exc)
 
+    @property
+    def db(self) -> Any:
+        """This app's cloud database, server side (``csbot.cloud.database.Database``): what
+        ``cloud.database()`` is in a cloud function. No security rules apply here."""
+        store = getattr(self.services, "database", None)
+        if store is None:
+            raise RuntimeError("the cloud database is not available in this context")
+        from csbot.cloud.database.api import Database
+
+        return Database(store, self.app)
+
     def getWXContext(self) -> dict[str, Any]:  # noqa: N802 - the cloud SDK's name
         return {"OPENID": self.OPENID, "APPID": self.APPID, "UNIONID": self.UNIONID,
                 "SOURCE": self.SOURCE, "ENV": self.app, "CLIENTIP": self.CLIENTIP,

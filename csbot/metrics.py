@@ -42,6 +42,11 @@ class Metrics:
         self.webhooks = Counter(
             "csbot_webhook_deliveries_total", "Outbound webhook delivery attempts, by outcome",
             ["webhook", "outcome"], registry=self.registry)
+        self.cloud_db = Counter(
+            "csbot_cloud_db_operations_total",
+            "Cloud database operations, by app, collection, operation and outcome "
+            "(ok, invalid, denied, not_found, too_large, error)",
+            ["app", "collection", "operation", "outcome"], registry=self.registry)
         #: read from the store just before each scrape (gauges of what the store holds)
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
 

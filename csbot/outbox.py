@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from csbot.aio import wait_event
 from csbot.config import Settings
 from csbot.messages import FALLBACK_KEY, NOTICE_TYPES, SubscribeMessage, TemplateMessage
-from csbot.statuses import OUTBOUND_DUE, OUTBOUND_UNDELIVERED, OutboundStatus
+from csbot.statuses import OUTBOUND_DUE, OUTBOUND_UNDELIVERED, OUTBOUND_UNSETTLED, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import LaneOp
@@ -157,8 +157,9 @@ class Outbox:
                                        .where(Message.id == message_id, Message.direction == "out"))).first()
             if row is None:
                 raise KeyError(f"no outbound message {message_id}")
-            if row.status not in (QUEUED, SENDING, IN_DOUBT) or time.monotonic() >= deadline:
-                return {"status": str(row.status), "errcode": row.errcode, "errmsg": row.errmsg or row.error}
+            if row.status not in OUTBOUND_UNSETTLED or time.monotonic() >= deadline:
+                return {"status": OutboundStatus(row.status), "errcode": row.errcode,
+                        "errmsg": row.errmsg or row.error}
             await asyncio.sleep(0.05)
 
     def start(self) -> None:

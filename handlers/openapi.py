@@ -19,6 +19,7 @@ from typing import Any
 
 from csbot import function
 from csbot.messages import SubscribeMessage, TemplateMessage
+from csbot.statuses import OUTBOUND_UNSETTLED, OutboundStatus
 from csbot.subscriptions import record_consents
 
 #: seconds the answer waits for WeChat's verdict on the send (it is sent anyway if longer)
@@ -47,9 +48,9 @@ async def _delivered(context: Any, api: str, reply: Any) -> dict[str, Any]:
     outbox = context.services.outbox
     message_id = await outbox.enqueue(context.app, context.OPENID, reply, author="function:openapi")
     state = await outbox.outcome(message_id, wait=WAIT_SECONDS)
-    if state["status"] == "sent":
+    if state["status"] == OutboundStatus.SENT:
         return {"errCode": 0, "errMsg": f"openapi.{api}:ok", "messageId": message_id}
-    if state["status"] in ("queued", "sending", "in_doubt"):
+    if state["status"] in OUTBOUND_UNSETTLED:
         return {"errCode": 0, "errMsg": f"openapi.{api}:queued", "messageId": message_id}
     return {**_fail(api, state["errmsg"] or state["status"], state["errcode"] or -1), "messageId": message_id}
 

@@ -80,20 +80,25 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser takes them; a function could not answer them)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json_object(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
     """The body as a JSON object, or a 400/413 ``CloudError`` saying what is wrong."""
     raw = await read_body(request, limit)
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise CloudError(400, ERR_BAD_REQUEST, "body is not UTF-8") from None
     except RecursionError:
         raise CloudError(400, ERR_BAD_REQUEST, "body is nested too deeply") from None
     except ValueError as exc:
-        raise CloudError(400, ERR_BAD_REQUEST, f"body is not JSON ({exc.msg} at {exc.pos})"  # type: ignore[attr-defined]
-                         if hasattr(exc, "msg") else "body is not JSON") from None
+        reason = f"{exc.msg} at {exc.pos}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise CloudError(400, ERR_BAD_REQUEST, f"body is not JSON ({reason})") from None
     if not isinstance(body, dict):
         raise CloudError(400, ERR_BAD_REQUEST, "body must be a JSON object")
     if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
@@ -339,6 +344,7 @@ def setup_cloud(app: web.Application) -> None:
     ``/tcb/*`` exists only when ``CSBOT_SERVER_KEY`` is set (otherwise it answers 404).
     """
     from csbot.cloud.apidoc import tcb_openapi_document
+    from csbot.cloud.database.http import database_routes, tcb_routes as database_tcb_routes
     from csbot.cloud.functions_tcb import functions_tcb_routes
     from csbot.cloud.storage_http import storage_routes, storage_tcb_routes
 
@@ -352,9 +358,11 @@ def setup_cloud(app: web.Application) -> None:
     app.router.add_post("/cloud/logout", logout)
     app.router.add_post("/cloud/functions/{name}", call_function)
     app.router.add_routes(storage_routes())
+    app.router.add_routes(database_routes())
     if settings.server_key:
         app.router.add_routes(functions_tcb_routes())
         app.router.add_routes(storage_tcb_routes())
+        app.router.add_routes(database_tcb_routes())
 
         async def openapi_json(request: web.Request) -> web.Response:
             return web.json_response(tcb_openapi_document())

@@ -16,6 +16,8 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
+        from csbot.cloud.database.matcher import regexp_sql_function  # the cloud database's $regex
+
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -26,11 +28,17 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            # the cloud database's $regex (csbot.cloud.database): Python's re, as its reference matcher
+            dbapi_conn.create_function("csbot_regexp", 3, regexp_sql_function, deterministic=True)
 
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
+    # JIT compiling pays off for long analytic queries only; the cloud database's nested JSON
+    # conditions have high cost estimates and would spend seconds compiling short queries
+    connect_args = kwargs.setdefault("connect_args", {})
+    connect_args.setdefault("server_settings", {}).setdefault("jit", "off")
     return create_async_engine(url, **kwargs)
 
 

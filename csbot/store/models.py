@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGSERIAL.
@@ -229,3 +230,24 @@ class PushNonce(Base):
     #: sha256 of the body bytes
     body_sha256: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class CloudDocument(Base):
+    """A document of the cloud database (csbot.cloud.database): one row per app, collection
+    and ``_id``; ``body`` is the whole document as JSON (JSONB on PostgreSQL)."""
+
+    __tablename__ = "cloud_documents"
+    __table_args__ = (
+        UniqueConstraint("app", "collection", "doc_id", name="uq_cloud_documents_id"),
+        Index("ix_cloud_documents_order", "app", "collection", "seq"),
+        Index("ix_cloud_documents_owner", "app", "collection", "openid"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(64))
+    collection: Mapped[str] = mapped_column(String(64))
+    doc_id: Mapped[str] = mapped_column(String(128))
+    openid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    body: Mapped[str] = mapped_column(Text().with_variant(JSONB(), "postgresql"))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

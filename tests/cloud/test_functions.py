@@ -140,6 +140,7 @@ class TestRefusals:
         assert status == 400 and body["errMsg"]
 
     @pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe{}", b'{"data": {"x": "\\ud800"}}',
+                                     b'{"data": {"x": NaN}}', b'{"data": {"x": -Infinity}}',
                                      b'{"data":' * 100_000 + b"{}" + b"}" * 100_000])
     async def test_malformed_bodies_are_400(self, user: MiniProgram, raw: bytes) -> None:
         resp = await user.bot.session.post(f"{user.bot.url}/cloud/functions/echo", data=raw, headers=user.headers())
@@ -201,3 +202,42 @@ class TestDecorator:
                 "from csbot import function\n\n@function('same')\nasync def main(event, context):\n    return 1\n")
         with pytest.raises(HandlerLoadError, match="same"):
             FunctionRegistry.from_router(Router.load(tmp_path, use_entry_points=False))
+
+
+class TestHostileInput:
+    async def test_generated_bodies_never_get_a_500_or_a_non_json_answer(self, user: MiniProgram) -> None:
+        """Hypothesis makes the bodies (bytes, JSON of every shape, CloudID look-alikes); each one
+        must be answered 200 or a 4xx with the error shape, never a server error."""
+        import json as json_
+
+        from hypothesis import HealthCheck, given, settings, strategies as st
+
+        scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+        values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                              | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+        markers = st.builds(lambda k, v: {k: v}, st.sampled_from(["__csbotCloudID", "__cloudID"]),
+                            scalars | st.text(min_size=1, max_size=10))
+        bodies = st.one_of(
+            st.binary(max_size=200),
+            values.map(lambda v: json_.dumps(v).encode()),
+            st.dictionaries(st.text(max_size=8), values | markers, max_size=4)
+            .map(lambda d: json_.dumps({"data": d}).encode()),
+        )
+        corpus: list[bytes] = []
+
+        @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(bodies)
+        def collect(body: bytes) -> None:
+            corpus.append(body)
+
+        collect()
+        user.bot.services.functions.rate_per_second = 0  # every body reaches the parser
+        statuses = set()
+        for body in corpus:
+            resp = await user.bot.session.post(f"{user.bot.url}/cloud/functions/echo", data=body,
+                                               headers=user.headers())
+            assert resp.status < 500 or resp.status == 503, (body, resp.status)
+            answer = await resp.json()
+            assert ("result" in answer) if resp.status == 200 else set(answer) >= {"errCode", "errMsg"}
+            statuses.add(resp.status)
+        assert {200, 400} <= statuses
