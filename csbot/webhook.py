@@ -103,7 +103,11 @@ async def receive(request: web.Request) -> web.Response:
             return _store_unavailable(name, metrics, exc)
         if not first:
             return _refuse(request, name, 403, "timestamp and nonce already used with another body")
-    inline_routes = services.router.inline_routes(push.event)
+    try:
+        inline_routes = services.router.inline_routes(push.event)
+    except Exception:  # routing can never keep a push from being stored and acknowledged
+        log.exception("routing push %s for app %s failed; it takes the normal path", push.dedup_key, name)
+        inline_routes = []
     try:
         accepted = await inbox.accept(
             name, push, status=InboundStatus.INLINE if inline_routes else InboundStatus.PENDING)
