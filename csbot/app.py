@@ -69,8 +69,7 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
                                storage=services.storage, media_fetcher=services.media_fetcher,
                                instance_id=instance_id, metrics=metrics,
                                services=services)
-        services.review = Review(settings, services.sessionmaker, services.outbox.enqueue,
-                                 retry=services.outbox.retry)
+        services.review = Review(settings, services.sessionmaker, services.outbox)
         if settings.keep_refused:  # CSBOT_KEEP_REFUSED: refused pushes kept for `csbot refused`
             services.refused = RefusedKeeper(services.sessionmaker, settings.keep_refused)
         if settings.webhooks:  # [webhooks.NAME]: events to the operator's other systems

@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from csbot.escaping import terminal_safe
 from csbot.config import ConfigError, Settings, load_settings, with_overrides
-from csbot.statuses import OUTBOUND_UNDELIVERED
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -69,8 +69,11 @@ class Settings:
     port: int = 8080
     max_clock_skew: int = 300
     max_body_size: int = 1024 * 1024
-    #: seconds an inline (passive-reply) handler may take before the webhook answers
+    #: the longest an inline (passive-reply) route may run before the webhook answers: each
+    #: route's own ``budget`` is capped by it (below WeChat's 5-second deadline)
     inline_budget: float = 3.0
+    #: times one push's handlers are started before the push is marked ``failed`` (a poison push)
+    max_handler_attempts: int = 5
     #: directory for media and other files (default: ./data)
     data_dir: Path = Path("./data")
     #: access-token source: "stable" (cgi-bin/stable_token), "plain" (cgi-bin/token) or a URL
@@ -295,6 +298,7 @@ _GENERAL = {
     "data_dir": "CSBOT_DATA_DIR",
     "token_source": "CSBOT_TOKEN_SOURCE",
     "worker_concurrency": "CSBOT_WORKER_CONCURRENCY",
+    "max_handler_attempts": "CSBOT_MAX_HANDLER_ATTEMPTS",
     "lease_seconds": "CSBOT_LEASE_SECONDS",
     "max_send_attempts": "CSBOT_MAX_SEND_ATTEMPTS",
     "retry_base_delay": "CSBOT_RETRY_BASE_DELAY",
@@ -318,7 +322,7 @@ _GENERAL = {
     "keep_refused": "CSBOT_KEEP_REFUSED",  # csbot.refused
     "db_max_document_size": "CSBOT_DB_MAX_DOCUMENT_SIZE",  # csbot.cloud.database
 }
-_INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts",
+_INTS = {"port", "max_clock_skew", "max_body_size", "worker_concurrency", "max_send_attempts", "max_handler_attempts",
          "quota_replies_per_message", "quota_window_seconds", "quota_replies_on_enter",
          "quota_enter_window_seconds", "storage_max_file_size", "function_rate_burst",
          "keep_refused",
@@ -366,12 +370,14 @@ def load_settings(
         name = _GENERAL[key]
         if key in _INTS:
             value = _int(name, value, minimum=1 if key in ("port", "max_body_size", "worker_concurrency", "max_send_attempts",
-                                                           "storage_max_file_size", "function_rate_burst",
-                                                           "db_max_document_size") else 0)
+                                                           "max_handler_attempts", "storage_max_file_size",
+                                                           "function_rate_burst", "db_max_document_size") else 0)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
         elif key in _FLOATS:
             value = _float(name, value)
+            if key == "inline_budget" and not 0 < value < 5:
+                raise ConfigError(f"{name} must be between 0 and WeChat's 5-second deadline, got {value}")
         elif key == "quota_subscribe_fallback":
             value = _bool(name, value)
         elif key in ("handlers_dir", "data_dir"):

@@ -6,10 +6,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from csbot.cloud.opendata import ILLEGAL_AES_KEY, OpenDataError, decrypt_open_data, raw_data_signature_ok
-from csbot.messages import Reply, as_reply
+from csbot.messages import Reply, as_reply, reply_from_send_body
 from csbot.statuses import ConversationStatus
 
 
@@ -47,13 +47,16 @@ class ConversationInfo:
     status: str = ConversationStatus.BOT
 
 
+#: queues one reply now: ``await send(reply, touser=None)``; True when it was queued
+Send = Callable[..., Awaitable[bool]]
+
+
 @dataclass
 class Context:
     """Passed as the second argument of ``main(event, context)``.
 
-    ``OPENID``, ``APPID`` and ``UNIONID`` mirror ``cloud.getWXContext()``. Replies given with
-    ``await context.reply(...)`` or returned are written to the outbox together with the
-    handler's outcome, so a re-run after a crash never sends them twice.
+    ``OPENID``, ``APPID`` and ``UNIONID`` mirror ``cloud.getWXContext()`` (``UNIONID`` when a push
+    carried it or the user logged in through ``wx.login`` with a bound account).
     """
 
     OPENID: str
@@ -73,7 +76,9 @@ class Context:
     #: the ``re.Match`` of the route's ``regex`` on the text (``context.match.group(1)``); None for
     #: routes without a regex
     match: re.Match[str] | None = None
+    #: what ``reply`` gave, when this context has no outbox behind it (unit tests of a handler)
     replies: list[Reply] = field(default_factory=list)
+    send: Send | None = field(default=None, repr=False)
     #: csbot.cloud: the caller's IP (mini-program calls), the keys of the event that hold open
     #: data resolved from CloudIDs by csbot (never a client's look-alike), the call's id
     CLIENTIP: str | None = None
@@ -84,10 +89,22 @@ class Context:
     call_depth: int = 0
 
     async def reply(self, message: str | Reply) -> None:
-        """Queue a reply to this user (text, or a csbot message object)."""
+        """Send ``message`` (text, or a csbot message object) to this user now.
+
+        The reply is committed to the outbox before this returns and the sender is woken, so a
+        "please wait" leaves while the handler goes on working. It is keyed by the push and its
+        place among this handler's replies: if the handler runs again after a crash, a reply it
+        had already given is not queued twice. While a person has the conversation, replies of
+        routes not declared ``while_human`` are not sent. A reply that cannot be sent raises
+        :class:`csbot.outbox.ReplyNotSendable`.
+        """
         reply = as_reply(message)
-        if reply is not None:
+        if reply is None:
+            return
+        if self.send is None:
             self.replies.append(reply)
+            return
+        await self.send(reply)
 
     async def typing(self, on: bool = True) -> None:
         """Show (or stop) "typing…" to the user. Failures are ignored: it is only a courtesy.
@@ -166,3 +183,38 @@ class Context:
         except OpenDataError:
             return False
         return raw_data_signature_ok(raw_data, signature, key)
+
+
+
+class HandlerOpenAPI:
+    """``context.openapi``: the app's WeChat API client, with customer-service sends queued.
+
+    A handler's ``customer_service_message.send(...)`` goes through the outbox like
+    ``context.reply`` (retries, the user's order, the quota count, the review thread) and
+    answers ``{"errcode": 0, "errmsg": "ok", "queued": true}`` once committed, not WeChat's answer.
+    Everything else is the plain client.
+    """
+
+    def __init__(self, api: Any, send: Send) -> None:
+        self._api = api
+        self.customer_service_message = _QueuedCustomerService(api.customer_service_message, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def __repr__(self) -> str:
+        return f"<HandlerOpenAPI {self._api!r}>"
+
+
+class _QueuedCustomerService:
+    def __init__(self, real: Any, send: Send) -> None:
+        self._real = real
+        self._send = send
+
+    async def send(self, *, touser: str, msgtype: str, **parts: Any) -> dict[str, Any]:
+        reply = reply_from_send_body({"msgtype": msgtype, **parts})
+        queued = await self._send(reply, touser)
+        return {"errcode": 0, "errmsg": "ok", "queued": queued}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)

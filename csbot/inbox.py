@@ -14,29 +14,34 @@ run in parallel. Pushes left pending by a crash are found again at start and whe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import traceback
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Sequence
 
-from sqlalchemy import case, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
 from csbot.config import Settings
-from csbot.context import ConversationInfo, Context, MessageInfo, PushLogger
-from csbot.messages import (OFFICIAL_ACCOUNT_ONLY, PASSIVE_TYPES, Image, PassiveReply, Reply, Text, as_reply,
-                            send_body)
+from csbot import conversations
+from csbot.context import ConversationInfo, Context, HandlerOpenAPI, MessageInfo, PushLogger
+from csbot.conversations import Activity
+from csbot.messages import (OFFICIAL_ACCOUNT_ONLY, PASSIVE_TYPES, Image, PassiveReply, Reply, Text,
+                            TransferCustomerService, as_reply)
+from csbot.outbox import OutboundMessage, ReplyNotSendable, outbound_message, queue_messages
 from csbot.routing import NEXT, Route, Router
-from csbot.statuses import ConversationStatus, InboundStatus, OutboundStatus
-from csbot.store import Conversation, Message
+from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED, ConversationStatus, InboundStatus
+from csbot.store import Conversation, Message, User
 from csbot.store.batch import BatchWriter
 from csbot.store.leases import LaneOp
 from csbot.store.statements import cached as _cached, dialect_of as _dialect
+from csbot.store.users import remember_unionid
 from csbot.wire import Push
 
 log = logging.getLogger("csbot.inbox")
@@ -61,6 +66,7 @@ def user_action_kind(event: dict[str, Any]) -> str | None:
 
 _MSG = Message.__table__
 _CONV = Conversation.__table__
+_USER = User.__table__
 @dataclass
 class IntakeOp:
     """Insert one verified push; ON CONFLICT DO NOTHING makes retries free."""
@@ -87,25 +93,30 @@ class IntakeOp:
 
 @dataclass
 class OutcomeOp:
-    """Record a handler's outcome and queue its replies, atomically."""
+    """Record a handler's outcome and queue its replies, atomically.
+
+    Whether the replies may go out is decided here, inside the transaction that queues them:
+    if a person took the conversation over while the handler ran, they are withheld (noted on
+    the push) unless the route runs ``while_human``.
+    """
 
     message_id: int
-    app: str
-    openid: str
     status: str
     handler: str | None
     error: str | None
-    replies: list[tuple[Reply, str]]
-    conversation_id: int | None
-    #: when the push was received (our clock): the reply window and quota count from here
-    action_at: float
-    action_kind: str | None
+    #: prepared by the outbox (:func:`csbot.outbox.outbound_message`)
+    replies: list[OutboundMessage]
+    activity: Activity
+    while_human: bool = False
     passive_reply: str | None = None
     media_path: str | None = None
     #: fileID of the image the customer sent, kept in storage
     file_id: str | None = None
     expect: str = PENDING
     batch_kind: str = "outcome"
+    #: set when applied: replies were queued / withheld because a person has the conversation
+    queued: bool = field(default=False, init=False)
+    withheld: bool = field(default=False, init=False)
 
     def _params(self, now: float) -> dict[str, Any]:
         return {"mid": self.message_id, "expect": self.expect, "status": self.status,
@@ -125,67 +136,154 @@ class OutcomeOp:
                     handled_at=bindparam("handled_at"), passive_reply=bindparam("passive_reply"),
                     media_path=func.coalesce(bindparam("media_path"), _MSG.c.media_path),
                     file_id=func.coalesce(bindparam("file_id"), _MSG.c.file_id))))
-        # outcomes without replies: one executemany (nothing else depends on their row count)
-        plain = [op for op in ops if not op.replies and op.conversation_id is not None]
+        # inline: the lane (and so the conversation row) may not exist yet
+        await conversations.ensure(conn, [(op.activity.app, op.activity.openid) for op in ops
+                                          if op.expect != PENDING], now)
+        # outcomes that send nothing: one executemany (nothing else depends on their row count)
+        plain = [op for op in ops if not op.replies and op.passive_reply is None and op.expect == PENDING]
         if plain:
             await conn.execute(set_outcome, [op._params(now) for op in plain])
-        applied: dict[int, bool] = {id(op): True for op in plain}
-        replies: list[dict[str, Any]] = []
+            await conversations.record_activity(conn, [op.activity for op in plain], now)
+        results: dict[int, bool] = {id(op): True for op in plain}
+        queued: list[OutboundMessage] = []
         for op in ops:
-            if id(op) in applied:
+            if id(op) in results:
                 continue
-            res = await conn.execute(set_outcome, op._params(now))
-            ok = res.rowcount == 1
-            applied[id(op)] = ok  # not 1: someone else finished it, its replies are not ours to send
-            if ok:
-                for reply, author in op.replies:
-                    body = send_body(reply, op.openid)
-                    replies.append(dict(
-                        app=op.app, openid=op.openid, direction="out", msg_type=reply.msgtype, event=None,
-                        text=reply.describe(), raw=json.dumps(body, ensure_ascii=False), dedup_key=None,
-                        created_at=now, received_at=now, status=OutboundStatus.QUEUED, author=author,
-                        in_reply_to=op.message_id, attempts=0, next_attempt_at=now))
-        if replies:
-            await conn.execute(_MSG.insert(), replies)
-        await self._touch_conversations(conn, dialect, [op for op in ops if applied[id(op)]], now)
-        return [applied[id(op)] for op in ops]
+            answering = replace(op.activity, transferred=False)
+            status = await conversations.record_activity_and_status(conn, answering, now)
+            params = op._params(now)
+            allowed = conversations.bot_may_answer(status, while_human=op.while_human)
+            if not allowed:
+                params["passive_reply"] = None
+                params["error"] = "; ".join(filter(None, [op.error, WITHHELD]))
+            res = await conn.execute(set_outcome, params)
+            results[id(op)] = res.rowcount == 1  # not 1: someone else finished it; its replies are not ours
+            if not results[id(op)]:
+                continue
+            op.withheld = not allowed and bool(op.replies or op.passive_reply)
+            if allowed:
+                queued.extend(op.replies)
+                op.queued = bool(op.replies)
+                if op.activity.transferred:
+                    await conversations.record_activity(conn, [op.activity], now)
+        await queue_messages(conn, queued, now=now)
+        return [results[id(op)] for op in ops]
 
-    @staticmethod
-    async def _touch_conversations(conn: Any, dialect: str, ops: Sequence["OutcomeOp"], now: float) -> None:
-        """One cached UPDATE per batch: activity, the user's last action, reopening, transfers."""
-        from sqlalchemy import and_, bindparam, func
 
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
+WITHHELD = "replies withheld: a person has taken the conversation over"
+
+
+@dataclass
+class Claim:
+    """One handling attempt, started: its number and the conversation as it is now."""
+
+    attempts: int
+    last_error: str | None
+    conversation_status: str
+    unionid: str | None
+
+
+#: ClaimOp's answer when an earlier push of the user is still unsettled (e.g. in an inline handler)
+BLOCKED = "blocked"
+#: how long a lane that met such a push waits before it gives the user back to the dispatcher
+BLOCKED_PAUSE = 0.2
+
+
+@dataclass
+class ClaimOp:
+    """Start a handling attempt of a pending push: count it durably, read the conversation now.
+
+    The count comes before the handler runs, so a push that kills its handler or its process
+    every time is still counted, and given up after ``max_handler_attempts``. A push waits
+    while an earlier push of the same user is unsettled, e.g. in an inline handler: it comes first.
+    """
+
+    message_id: int
+    app: str
+    openid: str
+    #: a UnionID the push carried, remembered for the user
+    unionid: str | None = None
+    batch_kind: str = "claim"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["ClaimOp"]) -> list[Claim | str | None]:
+        from sqlalchemy import and_, bindparam, exists
+
+        dialect = _dialect(session)
+        conn = await session.connection()
+        earlier = _MSG.alias("earlier")
+        claim = _cached(dialect, "claim", lambda _: (
+            update(_MSG).where(
+                _MSG.c.id == bindparam("mid"), _MSG.c.status == PENDING,
+                ~exists().where(and_(earlier.c.direction == "in", earlier.c.status.in_(INBOUND_UNSETTLED),
+                                     earlier.c.app == bindparam("c_app"),
+                                     earlier.c.openid == bindparam("c_openid"),
+                                     earlier.c.id < bindparam("mid"))))
+            .values(attempts=_MSG.c.attempts + 1).returning(_MSG.c.attempts, _MSG.c.error)))
+        state = _cached(dialect, "claim_state", lambda _: (
+            select(_CONV.c.status, _USER.c.unionid).select_from(_CONV.outerjoin(
+                _USER, (_USER.c.app == _CONV.c.app) & (_USER.c.openid == _CONV.c.openid)))
+            .where(_CONV.c.app == bindparam("c_app"), _CONV.c.openid == bindparam("c_openid"))))
+        results: list[Claim | str | None] = []
         for op in ops:
-            values = latest.setdefault((op.app, op.openid), {
-                "c_app": op.app, "c_openid": op.openid, "lma": now, "action_at": None, "action_kind": None,
-                "reopen": False, "transferred_at": None, "cid": op.conversation_id})
-            if op.action_kind is not None:
-                values.update(action_at=op.action_at, action_kind=op.action_kind)
-            if op.action_kind == "message":  # csbot.review: writing again reopens a closed conversation
-                values["reopen"] = True
-            if op.passive_reply is not None and "transfer_customer_service" in op.passive_reply:
-                # the hand-off to WeChat's customer-service tool shows on the thread
-                values["transferred_at"] = now
-        touch = _cached(dialect, "touch_conversation", lambda _: (
-            update(_CONV).where(_CONV.c.app == bindparam("c_app"), _CONV.c.openid == bindparam("c_openid"))
-            .values(last_message_at=bindparam("lma"),
-                    last_user_action_at=func.coalesce(bindparam("action_at"), _CONV.c.last_user_action_at),
-                    last_user_action_kind=func.coalesce(bindparam("action_kind"), _CONV.c.last_user_action_kind),
-                    transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
-                    status=case((and_(_CONV.c.status == ConversationStatus.CLOSED, bindparam("reopen") == True),  # noqa: E712
-                                 ConversationStatus.BOT),
-                                else_=_CONV.c.status))))
-        missing = [v for v in latest.values() if v["cid"] is None]
-        if missing:  # inline: the lane (and so the conversation row) may not exist yet
-            await conn.execute(
-                _cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
-                    index_elements=["app", "openid"])),
-                [dict(app=v["c_app"], openid=v["c_openid"], status=ConversationStatus.BOT, created_at=now, last_message_at=now,
-                      tags="[]") for v in missing])
-        params = [{k: v for k, v in values.items() if k != "cid"} for values in latest.values()]
-        if params:
-            await conn.execute(touch, params)
+            keys = {"mid": op.message_id, "c_app": op.app, "c_openid": op.openid}
+            row = (await conn.execute(claim, keys)).first()
+            if row is None:
+                still = (await conn.execute(select(_MSG.c.status).where(_MSG.c.id == op.message_id))).scalar()
+                results.append(BLOCKED if still == PENDING else None)
+                continue
+            if op.unionid:
+                await remember_unionid(conn, op.app, op.openid, op.unionid)
+            conv = (await conn.execute(state, keys)).first()
+            results.append(Claim(row.attempts, row.error,
+                                 (conv.status if conv is not None else None) or ConversationStatus.BOT,
+                                 conv.unionid if conv is not None else None))
+        return results
+
+
+@dataclass
+class AttemptFailedOp:
+    """Note why a handling attempt ended without an outcome (the push stays pending)."""
+
+    message_id: int
+    error: str
+    batch_kind: str = "attempt_failed"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["AttemptFailedOp"]) -> list[None]:
+        for op in ops:
+            await session.execute(update(_MSG).where(_MSG.c.id == op.message_id, _MSG.c.status == PENDING)
+                                  .values(error=op.error[:2000]))
+        return [None] * len(ops)
+
+
+@dataclass
+class ReplyOp:
+    """Queue one reply now (``context.reply``), if the push is still this run's and the bot may answer."""
+
+    message: OutboundMessage
+    push_id: int
+    #: the push's status while this run handles it
+    expect: str
+    while_human: bool = False
+    batch_kind: str = "reply"
+
+    async def apply_many(self, session: AsyncSession, ops: Sequence["ReplyOp"]) -> list[bool]:
+        conn = await session.connection()
+        now = time.time()
+        await conversations.ensure(conn, [(op.message.app, op.message.openid) for op in ops], now)
+        results = []
+        for op in ops:
+            current = (await conn.execute(select(_MSG.c.status).where(_MSG.c.id == op.push_id))).scalar()
+            if current != op.expect:
+                results.append(False)  # another run finished this push: it is not ours to answer
+                continue
+            status = await conversations.record_activity_and_status(
+                conn, Activity(op.message.app, op.message.openid), now)
+            if not conversations.bot_may_answer(status, while_human=op.while_human):
+                results.append(False)
+                continue
+            (queued_id,) = await queue_messages(conn, [op.message], now=now)
+            results.append(queued_id is not None)  # None: queued by an earlier run of this handler
+        return results
 
 
 @dataclass
@@ -213,6 +311,8 @@ LANE_LINGER = 1.0
 INLINE_ABANDONED_AFTER = 10.0
 #: how often a running process looks for work abandoned by a process that died
 SWEEP_SECONDS = 5.0
+#: an inline push whose user has something earlier unsettled checks again this often (within its budget)
+INLINE_WAIT_STEP = 0.05
 
 
 class _Lane:
@@ -246,8 +346,60 @@ class HandlerResult:
     status: str
     handler: str | None
     error: str | None
-    replies: list[tuple[Reply, str]] = field(default_factory=list)
+    #: replies still to queue with the outcome (those given with ``context.reply`` already are)
+    replies: list[OutboundMessage] = field(default_factory=list)
     passive: Any = None
+    #: the route that produced them answers even while a person has the conversation
+    while_human: bool = False
+
+
+class HandlerMisuse(Exception):
+    """A handler asked for something csbot cannot do where it runs."""
+
+
+class _Replies:
+    """The replies of one handling run, numbered in order across its routes.
+
+    Each gets the key ``<push id>:<source>:<index>``, unique in the store: if the handler runs
+    again after a crash, it gives the same keys and nothing it had already queued goes twice.
+    """
+
+    def __init__(self, inbox: "Inbox", info: MessageInfo, source: str) -> None:
+        self.inbox = inbox
+        self.info = info
+        self.source = source
+        self._next = 0
+
+    def prepare(self, reply: Any, *, author: str, openid: str | None = None,
+                key_suffix: str | None = None) -> OutboundMessage:
+        message = as_reply(reply)
+        if message is not None:
+            self.inbox._check_kind(self.info.app, message)  # e.g. an Official-Account-only type
+        if key_suffix is None:
+            key_suffix = str(self._next)
+            self._next += 1
+        return outbound_message(self.info.app, openid or self.info.openid, reply, author=author,
+                                in_reply_to=self.info.id, key=f"{self.info.id}:{self.source}:{key_suffix}")
+
+    def sender(self, route: Route) -> Callable[..., Awaitable[bool]]:
+        """``context.reply`` of ``route``: the reply is committed to the outbox before it returns."""
+        async def send(reply: Any, touser: str | None = None) -> bool:
+            message = self.prepare(reply, author=route.name, openid=touser)
+            queued = await self.inbox.writer.run(ReplyOp(message, self.info.id, self.info.status,
+                                                         while_human=route.while_human))
+            if queued:
+                self.inbox.on_replies()
+            return bool(queued)
+        return send
+
+
+def unionid_of(event: dict[str, Any]) -> str | None:
+    """The UnionID a push carries, if any (WeChat adds it to some pushes of bound accounts)."""
+    for name in ("UnionId", "UnionID", "unionid", "unionId"):
+        value = event.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 class Inbox:
@@ -319,23 +471,34 @@ class Inbox:
 
         The push was stored with status ``inline`` so no worker takes it meanwhile. Whatever
         happens, it ends ``done`` (the inline handler answered) or ``pending`` (normal path).
+        An inline route runs only when nothing earlier of the user is unsettled (a push waiting or
+        in a handler, a reply not yet sent), so its answer cannot overtake theirs: it waits for
+        them within its budget, and if they are not done by then the push takes the normal path.
         """
         info = MessageInfo(id=message_id, app=app, openid=push.openid, msg_type=push.msg_type,
                            event=push.event_name, text=push.text, dedup_key=push.dedup_key, status=INLINE)
-        async with self.sessionmaker() as s:
-            conv_status = (await s.execute(select(_CONV.c.status).where(
-                _CONV.c.app == app, _CONV.c.openid == push.openid))).scalar_one_or_none() or ConversationStatus.BOT
-        if conv_status == ConversationStatus.HUMAN:  # a person has this customer: only routes that asked to run
+        budget = min(min(r.budget for r in routes), self.settings.inline_budget)
+        deadline = time.monotonic() + budget
+        while True:
+            conv_status, unionid, earlier = await self._inline_state(app, push.openid, message_id)
+            if not earlier or time.monotonic() + INLINE_WAIT_STEP >= deadline:
+                break
+            await asyncio.sleep(INLINE_WAIT_STEP)  # the user's earlier push or reply is nearly done
+        if earlier:
+            log.info("push %s takes the normal path: an earlier push or reply of its user is unsettled",
+                     message_id)
+            routes = []
+        elif conv_status == ConversationStatus.HUMAN:  # a person has this customer: only routes that asked
             routes = [r for r in routes if r.while_human]
         if not routes:
             await self._to_normal_path(message_id)
             return None
-        budget = min(r.budget for r in routes)
+        budget = max(deadline - time.monotonic(), 0.001)
         try:
             async with asyncio.timeout(budget):
                 result = await self._run_routes(app, appid, info, dict(push.event),
                                                 ConversationInfo(id=None, status=conv_status),
-                                                routes, source="inline")
+                                                routes, source="inline", unionid=unionid)
         except TimeoutError:
             log.warning("inline handler for push %s exceeded its %.1fs budget; continuing after the ack",
                         message_id, budget)
@@ -346,16 +509,44 @@ class Inbox:
             return None
         passive = (result.passive.fields(push.event, int(time.time()))
                    if result.passive is not None else None)
-        await self.writer.run(OutcomeOp(
-            message_id=message_id, app=app, openid=push.openid, status=result.status,
-            handler=result.handler, error=result.error, replies=result.replies, conversation_id=None,
-            action_at=time.time(), action_kind=user_action_kind(push.event),
+        op = OutcomeOp(
+            message_id=message_id, status=result.status, handler=result.handler, error=result.error,
+            replies=result.replies, while_human=result.while_human,
+            activity=Activity(app, push.openid, user_message=user_action_kind(push.event) == "message",
+                              transferred=isinstance(result.passive, TransferCustomerService)),
             passive_reply=json.dumps(passive, ensure_ascii=False) if passive is not None else None,
-            expect=INLINE,
-        ))
-        if result.replies:
+            expect=INLINE)
+        applied = await self.writer.run(op)
+        self._wake.set()  # later pushes of this user may have waited for this one
+        if op.queued:
             self.on_replies()
+        if not applied:
+            # the push was moved to the normal path meanwhile (e.g. the run outlived the sweep):
+            # the lane answers it, so the webhook must not answer it too
+            log.warning("inline outcome of push %s not recorded: it went on through the normal path", message_id)
+            return None
+        if op.withheld:
+            return None
         return passive
+
+    async def _inline_state(self, app: str, openid: str, message_id: int) -> tuple[str, str | None, bool]:
+        """The conversation's status, the user's UnionID, and whether something earlier is unsettled.
+
+        Earlier: a push of the user still waiting or in a handler, or a reply to them not yet sent.
+        """
+        async with self.sessionmaker() as s:
+            conv = (await s.execute(
+                select(_CONV.c.status, _USER.c.unionid).select_from(_CONV.outerjoin(
+                    _USER, (_USER.c.app == _CONV.c.app) & (_USER.c.openid == _CONV.c.openid)))
+                .where(_CONV.c.app == app, _CONV.c.openid == openid))).first()
+            earlier = (await s.execute(
+                select(_MSG.c.id).where(
+                    _MSG.c.app == app, _MSG.c.openid == openid,
+                    ((_MSG.c.direction == "in") & _MSG.c.status.in_(INBOUND_UNSETTLED) & (_MSG.c.id < message_id))
+                    | ((_MSG.c.direction == "out") & _MSG.c.status.in_(OUTBOUND_UNSETTLED)))
+                .limit(1))).first()
+        status = (conv.status if conv is not None else None) or ConversationStatus.BOT
+        return status, conv.unionid if conv is not None else None, earlier is not None
 
     async def _to_normal_path(self, message_id: int) -> None:
         await self.writer.run(StatusOp(message_id, INLINE, PENDING))
@@ -364,55 +555,65 @@ class Inbox:
     # ---- routing and running handlers
 
     async def _run_routes(self, app: str, appid: str, info: MessageInfo, event: dict[str, Any],
-                          conv: ConversationInfo, routes: list[Route], *, source: str) -> HandlerResult:
+                          conv: ConversationInfo, routes: list[Route], *, source: str,
+                          unionid: str | None = None) -> HandlerResult:
+        """Run the first matching route (or the next ones, while they return ``NEXT``).
+
+        Whatever a handler gets wrong ends here as a ``failed`` result with the error and the
+        app's apology: an exception, a reply that cannot be sent, a transfer outside an inline
+        route. Replies given with ``context.reply`` are queued as they are given.
+        """
         logger = PushLogger(logging.getLogger("csbot.handler"),
                             {"push_id": info.id, "app": app, "openid": info.openid})
+        replies = _Replies(self, info, source)
+        openapi = self.openapi_for(app)
         for r in routes:
+            send = replies.sender(r)
             ctx = Context(OPENID=info.openid, APPID=appid, app=app, message=info, conversation=conv,
-                          logger=logger, openapi=self.openapi_for(app), options=r.options, SOURCE=source,
+                          logger=logger, openapi=HandlerOpenAPI(openapi, send) if openapi is not None else None,
+                          options=r.options, UNIONID=unionid, SOURCE=source, send=send,
                           match=r.match(event), services=self.services)
             try:
                 value = await r.func(dict(event), ctx)
+                if value is NEXT:
+                    continue
+                passive = None
+                final: list[OutboundMessage] = []
+                if isinstance(value, TransferCustomerService):
+                    if source != "inline":
+                        raise HandlerMisuse(
+                            "transfer_customer_service is a passive reply: only a route declared with "
+                            "inline=True can return it (WeChat takes it only as the webhook's answer)")
+                    if info.msg_type == "event":
+                        log.warning("handler %s asked to transfer an event (push %s); WeChat only transfers "
+                                    "user messages, ignored", r.name, info.id)
+                    else:
+                        passive = value
+                elif value is not None:
+                    reply = as_reply(value)
+                    if reply is not None and source == "inline" and self._passive_allowed(app, reply):
+                        self._check_kind(app, reply)
+                        passive = PassiveReply(reply)  # an Official Account answers in the webhook's response
+                    elif reply is not None:
+                        final.append(replies.prepare(reply, author=r.name))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("handler %s raised on push %s: %s", r.name, info.id, exc,
-                            exc_info=exc)
+                log.warning("handler %s failed on push %s: %s", r.name, info.id, exc,
+                            exc_info=None if isinstance(exc, (HandlerMisuse, ReplyNotSendable)) else exc)
                 err = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                replies: list[tuple[Reply, str]] = []
-                apology = self.settings.apps[app].apology_text if app in self.settings.apps else ""
-                if apology and source != "inline":
-                    replies.append((Text(apology), "apology"))
-                return HandlerResult(FAILED, r.name, err[:2000], replies)
-            if value is NEXT:
-                continue
-            passive = None
-            replies = [(reply, r.name) for reply in ctx.replies]
-            from csbot.messages import TransferCustomerService  # local: keeps the import list short
-            if isinstance(value, TransferCustomerService):
-                if info.msg_type == "event":
-                    log.warning("handler %s asked to transfer an event (push %s); WeChat only transfers "
-                                "user messages, ignored", r.name, info.id)
-                elif source == "inline":
-                    passive = value
-                else:
-                    log.warning("handler %s returned transfer_customer_service outside an inline route "
-                                "(push %s): a passive reply is only possible before the ack", r.name, info.id)
-            else:
-                try:
-                    reply = as_reply(value)
-                except TypeError as exc:
-                    return HandlerResult(FAILED, r.name, str(exc), replies)
-                if reply is not None and source == "inline" and self._passive_allowed(app, reply):
-                    passive = PassiveReply(reply)  # an Official Account answers in the webhook's response
-                elif reply is not None:
-                    replies.append((reply, r.name))
-            wrong_kind = next((self._kind_error(app, reply) for reply, _ in replies
-                               if self._kind_error(app, reply)), None)
-            if wrong_kind:
-                return HandlerResult(FAILED, r.name, wrong_kind, [])
-            return HandlerResult(DONE, r.name, None, replies, passive)
+                return HandlerResult(FAILED, r.name, err[:2000], self._apology(replies, source),
+                                     while_human=r.while_human)
+            return HandlerResult(DONE, r.name, None, final, passive, while_human=r.while_human)
         return HandlerResult(DONE, None, None)
+
+    def _apology(self, replies: "_Replies", source: str) -> list[OutboundMessage]:
+        """The app's apology for a failed push (none inline: the normal path takes the push over)."""
+        app = replies.info.app
+        apology = self.settings.apps[app].apology_text if app in self.settings.apps else ""
+        if not apology or source == "inline":
+            return []
+        return [replies.prepare(Text(apology), author="apology", key_suffix="apology")]
 
     def _is_official_account(self, app: str) -> bool:
         cfg = self.settings.apps.get(app)
@@ -424,6 +625,11 @@ class Inbox:
         if not self._is_official_account(app) or not isinstance(reply, PASSIVE_TYPES):
             return False
         return not (isinstance(reply, Image) and reply.media_id is None)
+
+    def _check_kind(self, app: str, reply: Reply) -> None:
+        error = self._kind_error(app, reply)
+        if error:
+            raise HandlerMisuse(error)
 
     def _kind_error(self, app: str, reply: Reply) -> str | None:
         if isinstance(reply, OFFICIAL_ACCOUNT_ONLY) and not self._is_official_account(app):
@@ -569,7 +775,8 @@ class Inbox:
                     continue
                 row = lane.queue.popleft()
                 async with self._sem:
-                    await self._handle_row(row, lane)
+                    if not await self._handle_row(row, lane):
+                        break
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -588,31 +795,56 @@ class Inbox:
                     log.warning("could not release lane %s/%s; its lease will expire", *lane.key)
                 self._wake.set()
 
-    async def _handle_row(self, row: Any, lane: "_Lane") -> None:
+    async def _handle_row(self, row: Any, lane: "_Lane") -> bool:
+        """One handling attempt of one push. False: the lane must stop here and try again later."""
         event = json.loads(row.raw)
+        claim = await self.writer.run(ClaimOp(row.id, row.app, row.openid, unionid=unionid_of(event)))
+        if claim is None:
+            return True  # no longer pending: handled elsewhere
+        if claim == BLOCKED:
+            # an earlier push of this user is still unsettled (in an inline handler, or given back
+            # to the normal path): stop; the next lane starts from the earliest one
+            await asyncio.sleep(BLOCKED_PAUSE)
+            return False
         app_cfg = self.settings.apps.get(row.app)
         appid = app_cfg.appid if app_cfg else ""
-        file_id = row.file_id
-        if row.msg_type == "image" and not file_id and not row.media_path and self.storage is not None:
-            file_id = await self._keep_image(row, event)
         info = MessageInfo(id=row.id, app=row.app, openid=row.openid, msg_type=row.msg_type,
                            event=row.event, text=row.text, dedup_key=row.dedup_key, status=PENDING,
-                           attempts=row.attempts, media_path=row.media_path, file_id=file_id)
-        status = row.conversation_status or ConversationStatus.BOT
-        conv = ConversationInfo(id=lane.conversation_id, status=status)
-        routes = [r for r in self.router.candidates(event, human=status == ConversationStatus.HUMAN)
-                  if not r.inline]
-        result = await self._run_routes(row.app, appid, info, event, conv, routes, source="push")
-        applied = await self.writer.run(OutcomeOp(
-            message_id=row.id, app=row.app, openid=row.openid, status=result.status,
-            handler=result.handler, error=result.error, replies=result.replies,
-            conversation_id=lane.conversation_id, action_at=row.received_at,
-            action_kind=user_action_kind(event), file_id=file_id,
-        ))
+                           attempts=claim.attempts, media_path=row.media_path, file_id=row.file_id)
+        activity = Activity(row.app, row.openid, user_message=user_action_kind(event) == "message")
+        if claim.attempts > self.settings.max_handler_attempts:
+            last = claim.last_error or "the process stopped or lost the push during handling"
+            error = f"gave up after {claim.attempts - 1} attempts; last: {last}"
+            log.error("push %s of %s/%s %s", row.id, row.app, row.openid, error)
+            result = HandlerResult(FAILED, None, error[:2000], self._apology(_Replies(self, info, "push"), "push"))
+        else:
+            if row.msg_type == "image" and not info.file_id and not row.media_path and self.storage is not None:
+                info.file_id = await self._keep_image(row, event)
+            conv = ConversationInfo(id=lane.conversation_id, status=claim.conversation_status)
+            human = claim.conversation_status == ConversationStatus.HUMAN
+            routes = [r for r in self.router.candidates(event, human=human) if not r.inline]
+            result = await self._run_routes(row.app, appid, info, event, conv, routes, source="push",
+                                            unionid=claim.unionid)
+        op = OutcomeOp(message_id=row.id, status=result.status, handler=result.handler, error=result.error,
+                       replies=result.replies, while_human=result.while_human, activity=activity,
+                       file_id=info.file_id)
+        try:
+            await self.writer.run(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the attempt is counted; say why it did not end
+            with contextlib.suppress(Exception):
+                await self.writer.run(AttemptFailedOp(row.id, f"could not record the outcome: {exc!r}"))
+            raise
         if self.metrics is not None:
             self.metrics.handled.labels(row.app, result.status).inc()
-        if applied and result.replies:
+        if op.queued:
             self.on_replies()
+        webhooks = getattr(self.services, "webhooks", None)
+        if webhooks is not None and claim.conversation_status == ConversationStatus.CLOSED \
+                and activity.user_message:  # the customer wrote again: the conversation reopened as bot
+            webhooks.status_changed(row.app, row.openid)
+        return True
 
     async def _keep_image(self, row: Message, event: dict[str, Any]) -> str | None:
         """Fetch an image the user sent and keep it in storage (WeChat's copy expires); its fileID."""

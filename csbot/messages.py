@@ -328,6 +328,43 @@ def as_reply(value: Any) -> Reply | None:
     raise TypeError(f"a handler may return str, a csbot message object or None, not {type(value).__name__}")
 
 
+def reply_from_send_body(message: Any) -> Reply:
+    """A message object from a ``custom/send`` body's ``msgtype`` and typed part.
+
+    Raises ``ValueError`` saying what is wrong (safe to show to the caller).
+    """
+    if not isinstance(message, dict):
+        raise ValueError("the message must be a JSON object")
+    msgtype = message.get("msgtype")
+    part = message.get(msgtype) if isinstance(msgtype, str) else None
+    if msgtype not in ("text", "image", "link", "miniprogrampage"):
+        raise ValueError("msgtype must be one of text, image, link, miniprogrampage")
+    if not isinstance(part, dict):
+        raise ValueError(f"a {msgtype} message needs a {msgtype!r} object")
+
+    def field(name: str, *, optional: bool = False, limit: int = 2048) -> Any:
+        value = part.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or (not value and not optional) or len(value) > limit:
+            raise ValueError(f"{msgtype}.{name} must be a non-empty string of at most {limit} characters")
+        return value
+
+    if msgtype == "text":
+        return Text(field("content", limit=MAX_TEXT))
+    if msgtype == "image":
+        return Image(media_id=field("media_id"))
+    if msgtype == "link":
+        return Link(title=field("title"), description=field("description"), url=field("url"),
+                    thumb_url=field("thumb_url"))
+    return MiniProgramPage(title=field("title"), pagepath=field("pagepath"),
+                           thumb_media_id=field("thumb_media_id"), appid=field("appid", optional=True))
+
+
+#: the longest text csbot sends in one message (WeChat's limit is in bytes and larger)
+MAX_TEXT = 4000
+
+
 def send_body(reply: Reply, touser: str) -> dict[str, Any]:
     """The full JSON body of ``cgi-bin/message/custom/send``."""
     body = {"touser": touser, "msgtype": reply.msgtype, reply.msgtype: reply.body()}

@@ -70,6 +70,82 @@ class MarkOp:
         return out
 
 
+# --------------------------------------------------------------------------- creating outbound rows
+# The outbox is the one place that makes outbound rows: handlers' replies (through the inbox),
+# agents' and operators' messages (through the review) all become rows here.
+
+
+class ReplyNotSendable(ValueError):
+    """A reply whose send body cannot be built or stored (e.g. a ``Decimal`` in a text)."""
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One reply, checked and serialised, ready to be queued in some transaction."""
+
+    app: str
+    openid: str
+    msg_type: str
+    text: str | None
+    raw: str
+    author: str
+    in_reply_to: int | None
+    #: unique per app in the store: queuing the same key twice queues it once
+    key: str
+
+
+def outbound_message(app: str, openid: str, reply: Any, *, author: str, in_reply_to: int | None = None,
+                     key: str | None = None) -> OutboundMessage:
+    """Check and serialise ``reply`` now, so a reply that cannot be sent fails where it is made.
+
+    ``key`` makes queuing idempotent (a handler's reply: push id and reply index); without one
+    the message is new each time. Raises :class:`ReplyNotSendable`.
+    """
+    from csbot.messages import as_reply, send_body
+
+    try:
+        message = as_reply(reply)
+        if message is None:
+            raise ReplyNotSendable("nothing to send")
+        raw = json.dumps(send_body(message, openid), ensure_ascii=False)
+        text = message.describe()
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"its text is a {type(text).__name__}, not a str")
+        raw.encode("utf-8")  # a lone surrogate would fail the whole commit later
+        (text or "").encode("utf-8")
+    except ReplyNotSendable:
+        raise
+    except (TypeError, ValueError, UnicodeError, AttributeError) as exc:
+        kind = getattr(reply, "msgtype", None) or type(reply).__name__
+        raise ReplyNotSendable(f"reply ({kind}) cannot be sent: {exc}") from exc
+    return OutboundMessage(app=app, openid=openid, msg_type=message.msgtype, text=text, raw=raw,
+                           author=author, in_reply_to=in_reply_to, key=f"out:{key or uuid.uuid4().hex}")
+
+
+async def queue_messages(conn: Any, messages: Sequence[OutboundMessage], *, now: float | None = None
+                         ) -> list[int | None]:
+    """Insert ``messages`` as ``queued`` rows in the caller's transaction, in order.
+
+    Returns each row's id, or None where a message with the same key is already stored (a
+    handler re-run after a crash does not send its replies twice). Wake the sender after commit.
+    """
+    if not messages:
+        return []
+    from csbot.store.statements import cached
+
+    now = time.time() if now is None else now
+    table = Message.__table__
+    stmt = cached(conn.dialect.name, "queue_outbound", lambda insert: (
+        insert(table).on_conflict_do_nothing(index_elements=["app", "dedup_key"])
+        .returning(table.c.id, table.c.app, table.c.dedup_key)))
+    rows = [dict(app=m.app, openid=m.openid, direction="out", msg_type=m.msg_type, event=None, text=m.text,
+                 raw=m.raw, dedup_key=m.key, created_at=now, received_at=now, status=QUEUED, author=m.author,
+                 in_reply_to=m.in_reply_to, attempts=0, next_attempt_at=now) for m in messages]
+    result = await conn.execute(stmt, rows)
+    ids = {(r.app, r.dedup_key): r.id for r in result.all()}
+    return [ids.get((m.app, m.key)) for m in messages]
+
+
 def backoff_delay(attempt: int, base: float, cap: float = 600.0) -> float:
     """Exponential backoff with full jitter: uniform(base/2, base * 2**(attempt-1)), capped."""
     high = min(cap, base * (2 ** max(attempt - 1, 0)))
@@ -109,22 +185,15 @@ class Outbox:
         return LaneOp(action, self.instance_id, until, kind="send_lease", **kw)
 
     async def enqueue(self, app: str, openid: str, reply: Any, *, author: str,
-                      in_reply_to: int | None = None) -> int:
-        """Queue a reply that no handler produced (an agent's, an operator's); returns its id."""
-        from csbot.messages import as_reply, send_body
+                      in_reply_to: int | None = None, key: str | None = None) -> int | None:
+        """Queue a message in a transaction of its own and wake the sender; returns its id.
 
-        reply = as_reply(reply)
-        if reply is None:
-            raise ValueError("nothing to send")
-        now = time.time()
-        row = Message(app=app, openid=openid, direction="out", msg_type=reply.msgtype,
-                      text=reply.describe(), raw=json.dumps(send_body(reply, openid), ensure_ascii=False),
-                      created_at=now, received_at=now, status=QUEUED, author=author,
-                      in_reply_to=in_reply_to, attempts=0, next_attempt_at=now)
+        For a message that is part of a larger change, call :func:`queue_messages` inside that
+        change's transaction and :meth:`wake` after it commits.
+        """
+        message = outbound_message(app, openid, reply, author=author, in_reply_to=in_reply_to, key=key)
         async with self.sessionmaker() as s, s.begin():
-            s.add(row)
-            await s.flush()
-            message_id = row.id
+            (message_id,) = await queue_messages(await s.connection(), [message])
         self._wake.set()
         return message_id
 

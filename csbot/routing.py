@@ -83,8 +83,12 @@ class Route:
         if self.regex is not None:
             if not isinstance(text, str) or not self.regex.search(text):
                 return False
-        if self.predicate is not None and not self.predicate(event):
-            return False
+        if self.predicate is not None:
+            try:
+                return bool(self.predicate(event))
+            except Exception as exc:  # a predicate's mistake is "not for me", never a wedged user
+                _predicate_failed(self.name, exc)
+                return False
         return True
 
     def match(self, event: Mapping[str, Any]) -> re.Match[str] | None:
@@ -94,6 +98,21 @@ class Route:
         if self.regex is None or not isinstance(text, str):
             return None
         return self.regex.search(text)
+
+
+#: (route, exception type) of predicate failures already logged: each is logged once per process
+_logged_failures: set[tuple[str, str]] = set()
+
+
+def _predicate_failed(route_name: str, exc: Exception) -> None:
+    key = (route_name, type(exc).__name__)
+    if key in _logged_failures:
+        log.debug("predicate of route %s raised %r again; no match", route_name, exc)
+        return
+    if len(_logged_failures) < 10_000:
+        _logged_failures.add(key)
+    log.warning("predicate of route %s raised %r: counted as no match (logged once per error type)",
+                route_name, exc, exc_info=exc)
 
 
 def route(

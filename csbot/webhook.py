@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from csbot.config import AppConfig
 from csbot.refused import keep_refused
@@ -103,7 +103,11 @@ async def receive(request: web.Request) -> web.Response:
             return _store_unavailable(name, metrics, exc)
         if not first:
             return _refuse(request, name, 403, "timestamp and nonce already used with another body")
-    inline_routes = services.router.inline_routes(push.event)
+    try:
+        inline_routes = services.router.inline_routes(push.event)
+    except Exception:  # routing can never keep a push from being stored and acknowledged
+        log.exception("routing push %s for app %s failed; it takes the normal path", push.dedup_key, name)
+        inline_routes = []
     try:
         accepted = await inbox.accept(
             name, push, status=InboundStatus.INLINE if inline_routes else InboundStatus.PENDING)
@@ -148,8 +152,12 @@ def _refused_values(exc: BaseException) -> bool:
 
 
 def _store_unavailable(name: str, metrics: Any, exc: Exception) -> web.Response:
-    # the exception's type only: a driver's message may quote the statement's values
-    log.error("could not store a push for app %s: %s", name, type(exc).__name__)
+    # why, for the operator: the first line of the message (statement parameters are hidden by the
+    # engine), except for a constraint violation, whose message quotes the row's values
+    detail = type(exc).__name__
+    if not isinstance(exc, IntegrityError):
+        detail += ": " + (str(exc).splitlines() or [""])[0][:200]
+    log.error("could not store a push for app %s: %s", name, detail)
     metrics.pushes.labels(name, "store_unavailable").inc()
     return _text("store unavailable, retry later", 503)
 

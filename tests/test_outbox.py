@@ -289,3 +289,20 @@ async def test_a_send_abandoned_by_a_dead_process_becomes_in_doubt_and_is_sent(m
         assert bot.replies_to("oGone") == ["lost?"]
         [row] = await outbound(bot, "oGone")
         assert row.status == "sent" and row.attempts == 2 and "in doubt" in row.error
+
+
+async def test_the_outbox_alone_makes_outbound_rows_and_a_key_queues_once():
+    import pytest
+
+    from csbot.outbox import ReplyNotSendable
+
+    async with Harness.start(handlers_dir=None) as bot:
+        outbox = bot.services.outbox
+        bot.fake.user_message(bot.settings.apps["default"].appid, "oK")
+        first = await outbox.enqueue("default", "oK", "hello", author="operator", key="campaign-1:oK")
+        again = await outbox.enqueue("default", "oK", "hello", author="operator", key="campaign-1:oK")
+        assert isinstance(first, int) and again is None
+        with pytest.raises(ReplyNotSendable):
+            await outbox.enqueue("default", "oK", object(), author="operator")
+        await bot.wait_idle()
+        assert bot.replies_to("oK") == ["hello"]

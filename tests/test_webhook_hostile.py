@@ -236,3 +236,18 @@ async def test_a_stale_handshake_is_refused():
         async with bot.session.get(bot.url + "/wechat", params=q) as resp:
             assert resp.status == 403 and "4375120948345356249" not in await resp.text()
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_store_outage_is_logged_with_its_cause(monkeypatch, caplog):
+    from csbot.inbox import IntakeOp
+
+    async def down(self, session, ops):
+        raise ConnectionError("connection refused by 10.0.0.5:5432")
+
+    async with Harness.start(handlers_dir=None) as bot:
+        monkeypatch.setattr(IntakeOp, "apply_many", down)
+        status, _ = await bot.send_text("oU", "MY-SECRET-TEXT")
+        assert status == 503
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("ConnectionError: connection refused by 10.0.0.5:5432" in m for m in errors)
+    assert not any("MY-SECRET-TEXT" in m for m in errors)

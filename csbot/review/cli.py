@@ -140,12 +140,10 @@ async def open_review(settings: Settings, *, with_outbox: bool = False) -> Async
     try:
         await ensure_schema(engine, settings.database_url, auto_upgrade=settings.is_sqlite)
         sm = make_sessionmaker(engine)
-        enqueue = None
-        retry = None
-        if with_outbox:  # only its enqueue and retry: the running service's sender delivers
+        outbox = None
+        if with_outbox:  # only to queue and retry: the running service's sender delivers (it polls)
             outbox = Outbox(settings, sm, None, lambda _app: None)  # type: ignore[arg-type]
-            enqueue, retry = outbox.enqueue, outbox.retry
-        yield Review(settings, sm, enqueue, retry=retry)
+        yield Review(settings, sm, outbox)
     finally:
         await engine.dispose()
 

@@ -1,7 +1,11 @@
 """The web console at ``/admin``: agents sign in, read conversations, step in, hand back.
 
-Server-rendered with Jinja2 (autoescaped) and a little plain JavaScript (``static/console.js``,
-no build step). Security:
+Three panes on a desktop (conversation list | thread | customer and conversation details), each
+scrolling on its own with the composer always in view; one pane at a time on a phone. Rendered
+on the server with Jinja2 (autoescaped, every string from the gettext catalogs of
+:mod:`csbot.review.i18n`) and kept live by ``static/console.js`` over server-sent events
+(:mod:`csbot.review.stream`), which carry server-rendered HTML, so the browser never builds
+markup or sentences from data. Security:
 
 - sign-in with an agent's name and password (:mod:`csbot.review.agents`: argon2id, rate-limited
   per name and per address); while no agent exists, the sign-in page creates the first admin
@@ -10,22 +14,21 @@ no build step). Security:
   HTTPS; the store keeps its hash): disabling an agent or resetting their password ends it;
 - a CSRF token (random, kept with the session) on every form and POST; the sign-in form itself
   uses a double-submit cookie;
-- customer text is only ever rendered as text: Jinja2 autoescape on the server, ``textContent``
-  in the live updates, and a Content-Security-Policy without inline scripts.
-
-New messages reach open pages as server-sent events: each connected page polls the store for
-messages newer than the last one it has, every half second.
+- customer text is only ever rendered as text: Jinja2 autoescape (links made clickable only for
+  ``http``/``https``, ``rel="noopener noreferrer"``), and a Content-Security-Policy without
+  inline scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import mimetypes
+import re
 import secrets
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -33,24 +36,29 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
-from csbot.review.agents import ConsoleSession, RateLimited, SESSION_TTL
-from csbot.review.service import STATUSES, ReviewError, ago, iso, message_item, timestamp
+from csbot.review import i18n
+from csbot.review.agents import SESSION_TTL, ConsoleSession, RateLimited
+from csbot.review.live import LiveState
+from csbot.review.saved_replies import SavedReplies
+from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, timestamp
 from csbot.services import Services
-from csbot.statuses import UNSETTLED, as_json as statuses_json
+from csbot.statuses import as_json as statuses_json
 
 log = logging.getLogger("csbot.review.console")
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "csbot_session"
 LOGIN_COOKIE = "csbot_login"
-#: a live-update stream re-checks its session this often (a signed-out agent stops receiving)
-SESSION_RECHECK = 3.0
-POLL_SECONDS = 0.5
 THREAD_LIMIT = 300
+#: images an agent sends: WeChat takes JPEG, PNG and GIF up to 10 MB as a temporary image
+MAX_IMAGE = 10 * 1024 * 1024
+IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"GIF87a": ".gif", b"GIF89a": ".gif"}
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+#: http(s) URLs in text; what ends a URL in running Chinese or English text is left out
+URL = re.compile(r"""https?://[^\s<>"'`，。！？；：、（）【】《》“”‘’]+""", re.IGNORECASE)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,42 +73,115 @@ def time_tag(at: str | float | None, *, mode: str = "datetime") -> Markup:
     if ts is None:
         return Markup("")
     utc = datetime.fromtimestamp(ts, timezone.utc)
-    text = ago(ts) if mode == "ago" else utc.strftime("%Y-%m-%d %H:%M UTC")
+    text = ago_text(ts) if mode == "ago" else utc.strftime("%Y-%m-%d %H:%M UTC")
     return Markup('<time datetime="{}" data-local="{}" title="{}">{}</time>').format(
         iso(ts), mode, utc.strftime("%Y-%m-%d %H:%M:%S UTC"), text)
 
 
+def ago_text(ts: float | None) -> str:
+    """``3 min ago``, in the request's language (the same catalog strings as console.js)."""
+    if ts is None:
+        return ""
+    _ = i18n.gettext
+    delta = max(0.0, time.time() - ts)
+    if delta < 60:
+        return _("just now")
+    if delta < 3600:
+        return _("%(n)s min ago") % {"n": int(delta // 60)}
+    if delta < 86400:
+        return _("%(n)s h ago") % {"n": int(delta // 3600)}
+    if delta < 7 * 86400:
+        return _("%(n)s d ago") % {"n": int(delta // 86400)}
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
+
+
+def linkify(text: Any) -> Markup:
+    """Text with its http/https URLs as links (new tab, no opener, no referrer); the rest escaped."""
+    text = "" if text is None else str(text)
+    out: list[Any] = []
+    pos = 0
+    for m in URL.finditer(text):
+        url = m.group(0).rstrip(".,;:!?)]}")
+        out.append(escape(text[pos:m.start()]))
+        out.append(Markup('<a href="{0}" target="_blank" rel="noopener noreferrer">{0}</a>').format(url))
+        pos = m.start() + len(url)
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
+def is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().startswith(("https://", "http://"))
+
+
 def make_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("csbot.review", "templates"),
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False)
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False,
+                             extensions=["jinja2.ext.i18n"])
+    i18n.install(env)
     env.filters["when"] = time_tag
     env.filters["ago"] = lambda at: time_tag(at, mode="ago")
     env.filters["q"] = lambda s: quote(str(s), safe="")
+    env.filters["linkify"] = linkify
+    env.globals["is_http_url"] = is_http_url
+    env.globals["statuses"] = statuses_json()
+    env.globals["languages"] = i18n.LANGUAGES
     for name in env.list_templates():  # loaded once, at start-up: no file reads while serving
         env.get_template(name)
     return env
 
 
-def is_http_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("https://", "http://"))
+def js_strings() -> dict[str, str]:
+    """What console.js says, through the catalog (placeholders filled in by the script)."""
+    _ = i18n.gettext
+    return {
+        "title_waiting": _("(%(n)s) waiting · csbot"),
+        "title_idle": _("csbot console"),
+        "notify_new": _("New conversation: %(openid)s"),
+        "notify_mine": _("%(openid)s wrote in your conversation"),
+        "notify_on": _("Notifications on"),
+        "notify_off": _("Notifications"),
+        "notify_denied": _("Notifications blocked by the browser"),
+        "no_saved": _("No saved replies match"),
+        "just_now": _("just now"),
+        "min_ago": _("%(n)s min ago"),
+        "h_ago": _("%(n)s h ago"),
+        "d_ago": _("%(n)s d ago"),
+    }
+
+
+class Renderer:
+    """Pages and fragments (the stream sends fragments), all in the request's language."""
+
+    def __init__(self, env: jinja2.Environment) -> None:
+        self.env = env
+
+    def page(self, template: str, http_status: int = 200, **ctx: Any) -> web.Response:
+        return web.Response(text=self.env.get_template(template).render(**ctx), status=http_status,
+                            content_type="text/html", charset="utf-8")
+
+    def macro(self, template: str, name: str, *args: Any, **ctx: Any) -> str:
+        module = self.env.get_template(template).make_module(ctx)
+        return str(getattr(module, name)(*args))
 
 
 def build_console(services: Services) -> web.Application:
     """The ``/admin`` sub-application."""
-    settings = services.settings
-    env = make_env()
-    env.globals["is_http_url"] = is_http_url
-    env.globals["statuses"] = statuses_json()
+    from csbot.review.stream import stream_events
 
-    def render(template: str, http_status: int = 200, **ctx: Any) -> web.Response:
-        return web.Response(text=env.get_template(template).render(**ctx), status=http_status,
-                            content_type="text/html", charset="utf-8")
+    settings = services.settings
+    renderer = Renderer(make_env())
+    render = renderer.page
 
     def error_page(status: int, message: str) -> web.Response:
-        return render("error.html", http_status=status, status_code=status, message=message)
+        return render("error.html", http_status=status, status_code=status, message=message,
+                      **lang_ctx_of_current())
+
+    def lang_ctx_of_current() -> dict[str, Any]:
+        return {"lang": i18n.current(), "here": "/admin/"}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        i18n.activate(i18n.pick(request.cookies.get(i18n.LANG_COOKIE), request.headers.get("Accept-Language")))
         try:
             resp = await handler(request)
         except web.HTTPException as exc:
@@ -124,11 +205,22 @@ def build_console(services: Services) -> web.Application:
             resp.headers.setdefault("X-Frame-Options", "DENY")
             if not request.path.startswith("/admin/static/"):
                 resp.headers.setdefault("Cache-Control", "no-store")
+                resp.headers.setdefault("Vary", "Cookie, Accept-Language")
         if isinstance(resp, web.HTTPException):
             raise resp
         return resp
 
-    console = web.Application(middlewares=[middleware])
+    console = web.Application(middlewares=[middleware], client_max_size=MAX_IMAGE + 64 * 1024)
+    saved_replies = SavedReplies(services.sessionmaker) if services.sessionmaker else None
+
+    def saved() -> SavedReplies:
+        nonlocal saved_replies
+        if saved_replies is None:
+            saved_replies = SavedReplies(services.sessionmaker)  # type: ignore[arg-type]
+        return saved_replies
+
+    def live() -> LiveState:
+        return LiveState(services.review)  # type: ignore[arg-type]
 
     async def session_of(request: web.Request) -> ConsoleSession | None:
         return await services.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote)
@@ -153,9 +245,28 @@ def build_console(services: Services) -> web.Application:
     def secure(request: web.Request) -> bool:
         return request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
 
-    def base_ctx(session: ConsoleSession) -> dict[str, Any]:
+    def lang_ctx(request: web.Request) -> dict[str, Any]:
+        return {"lang": i18n.current(), "here": request.path_qs}
+
+    async def base_ctx(request: web.Request, session: ConsoleSession) -> dict[str, Any]:
         return {"agent": session.actor.name, "role": session.actor.role, "csrf": session.csrf,
-                "apps": list(settings.apps), "statuses": STATUSES}
+                "apps": list(settings.apps), "conv_statuses": STATUSES,
+                "my_unread": await live().my_unread(session.actor), **lang_ctx(request)}
+
+    def page_ctx(session: ConsoleSession) -> dict[str, Any]:
+        """What base.html needs, for pages other modules add (the database view)."""
+        return {"agent": session.actor.name, "role": session.actor.role, "csrf": session.csrf,
+                "apps": list(settings.apps), "lang": i18n.current(), "here": "/admin/"}
+
+    async def language(request: web.Request) -> web.Response:
+        lang = request.match_info["lang"]
+        if lang not in i18n.LANGUAGES:
+            raise web.HTTPNotFound(reason="no such language")
+        nxt = request.query.get("next", "/admin/")
+        resp = web.HTTPSeeOther(nxt if nxt.startswith("/admin/") and not nxt.startswith("/admin//") else "/admin/")
+        resp.set_cookie(i18n.LANG_COOKIE, lang, httponly=True, samesite="Lax", path="/admin",
+                        secure=secure(request), max_age=365 * 86400)
+        raise resp
 
     # ---- sign in / out
 
@@ -163,7 +274,7 @@ def build_console(services: Services) -> web.Application:
                          name: str = "") -> web.Response:
         nonce = secrets.token_urlsafe(24)
         nxt = request.query.get("next", "/admin/")
-        resp = render("login.html", http_status=status, csrf=nonce, message=message, name=name,
+        resp = render("login.html", http_status=status, csrf=nonce, message=message, name=name, **lang_ctx(request),
                       bootstrap=await services.agents.count() == 0,
                       next=nxt if nxt.startswith("/admin/") else "/admin/")
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/admin",
@@ -226,75 +337,238 @@ def build_console(services: Services) -> web.Application:
 
     # ---- pages
 
+    def list_filters(request: web.Request) -> dict[str, Any]:
+        q = request.query
+        return {"status": q.get("status") if q.get("status") in STATUSES else None,
+                "search": (q.get("q") or "").strip()[:200],
+                "app": q.get("app") if q.get("app") in settings.apps else None,
+                "assigned": q.get("assigned") if q.get("assigned") in ASSIGNED_FILTERS else None,
+                "cursor": q.get("cursor") or None}
+
+    def make_list_qs(filters: dict[str, Any]) -> Callable[..., str]:
+        def list_qs(**changes: Any) -> str:
+            merged = {**{k: filters[k] for k in ("status", "assigned", "app")}, "q": filters["search"], **changes}
+            if "cursor" not in changes:
+                merged.pop("cursor", None)
+            query = urlencode({k: v for k, v in merged.items() if v})
+            return "?" + query if query else ""
+        return list_qs
+
+    async def console_page(request: web.Request, session: ConsoleSession,
+                           thread: dict[str, Any] | None = None) -> web.Response:
+        f = list_filters(request)
+        page = await services.review.list_conversations(
+            app=f["app"], status=f["status"], search=f["search"] or None, limit=50, cursor=f["cursor"],
+            assigned=f["assigned"], viewer=session.actor)
+        keys = [(c["app"], c["openid"]) for c in page.conversations]
+        c = thread["conversation"] if thread else None
+        if c is not None and (c["app"], c["openid"]) not in keys:
+            keys.append((c["app"], c["openid"]))
+        unread = await live().unread(session.actor.agent_id, keys)
+        list_qs = make_list_qs(f)
+        marks = await live().marks()
+        items = thread["items"] if thread else []
+        watch = [i["id"] for i in items if i["kind"] == "message" and i["status"] in statuses_json()["groups"]["unsettled"]]
+        page_data = {
+            "after": marks[0], "after_event": marks[1], "after_audit": marks[2],
+            "app": c["app"] if c else None, "openid": c["openid"] if c else None,
+            "watch": watch[-200:], "csrf": session.csrf, "me": session.actor.name,
+            "filters": {k: f[k] for k in ("status", "assigned", "app", "search")},
+            "list_qs": list_qs(), "strings": js_strings(),
+            "saved": [{"shortcut": r["shortcut"], "text": r["text"]} for r in await saved().list()] if c else [],
+        }
+        agent_names = await services.agents.names() if session.actor.is_admin and c else []
+        return render("console.html", **(await base_ctx(request, session)), conversations=page.conversations,
+                      next_cursor=page.next_cursor, status=f["status"], search=f["search"], assigned=f["assigned"],
+                      unread=unread, list_qs=list_qs, thread_qs=list_qs(), c=c, items=items,
+                      truncated=thread["truncated"] if thread else False, agent_names=agent_names,
+                      page_data=page_data)
+
     async def list_page(request: web.Request) -> web.Response:
         session = await require(request, page=True)
-        q = request.query
-        status = q.get("status") if q.get("status") in STATUSES else None
-        search = (q.get("q") or "").strip()[:200]
-        app = q.get("app") if q.get("app") in settings.apps else None
-        page = await services.review.list_conversations(app=app, status=status, search=search or None, limit=50,
-                                                   cursor=q.get("cursor") or None, viewer=session.actor)
-        after = await services.review.max_message_id()
-        return render("list.html", **base_ctx(session), conversations=page.conversations,
-                      next_cursor=page.next_cursor, status=status, search=search, app=app, after=after,
-                      filtered=bool(search or app or q.get("cursor")), now=time.time())
+        return await console_page(request, session)
 
     async def thread_page(request: web.Request) -> web.Response:
         session = await require(request, page=True)
         app, openid = request.match_info["app"], request.match_info["openid"]
         thread = await services.review.thread(app, openid, limit=THREAD_LIMIT, viewer=session.actor)
-        last_id = max((i["id"] for i in thread["items"] if i["kind"] == "message"), default=0)
-        return render("thread.html", **base_ctx(session), c=thread["conversation"], items=thread["items"],
-                      truncated=thread["truncated"], after=last_id, now=time.time())
+        return await console_page(request, session, thread)
 
-    def back_to_thread(app: str, openid: str) -> web.HTTPSeeOther:
-        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}")
+    def back_to_thread(request: web.Request, app: str, openid: str) -> web.HTTPSeeOther:
+        """Back to the thread, keeping the list's filters (they ride along in the query string)."""
+        qs = request.query_string
+        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}" + (f"?{qs}" if qs else ""))
+
+    def key_of(request: web.Request) -> tuple[str, str]:
+        return request.match_info["app"], request.match_info["openid"]
 
     async def reply(request: web.Request) -> web.Response:
         session, form = await require_post(request)
-        app, openid = request.match_info["app"], request.match_info["openid"]
+        app, openid = key_of(request)
         await services.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
-                               by=session.actor)
-        raise back_to_thread(app, openid)
+                                    by=session.actor)
+        raise back_to_thread(request, app, openid)
+
+    async def send_image(request: web.Request) -> web.Response:
+        """An image from the agent's computer: kept in the media store, sent through the outbox."""
+        from csbot.messages import Image
+
+        session, form = await require_post(request)
+        app, openid = key_of(request)
+        field = form.get("image")
+        data = field.file.read(MAX_IMAGE + 1) if isinstance(field, web.FileField) else b""
+        if not data:
+            raise Invalid("choose an image to send")
+        if len(data) > MAX_IMAGE:
+            raise Invalid("the image is larger than 10 MB")
+        ext = next((e for magic, e in IMAGE_TYPES.items() if data.startswith(magic)), None)
+        if ext is None:
+            raise Invalid("send a JPEG, PNG or GIF image")
+        await services.review.conversation(app, openid, viewer=session.actor)  # exists, and theirs to answer
+        key = await services.media.put(f"outgoing/{uuid.uuid4().hex}{ext}", data)  # type: ignore[union-attr]
+        await services.review.reply_with(app, openid, Image(path=str(services.media.path_of(key))),  # type: ignore[union-attr]
+                                         agent=session.actor.name, by=session.actor, action="image")
+        raise back_to_thread(request, app, openid)
 
     async def set_status(request: web.Request) -> web.Response:
         session, form = await require_post(request)
-        app, openid = request.match_info["app"], request.match_info["openid"]
+        app, openid = key_of(request)
         await services.review.set_status(app, openid, str(form.get("status") or ""), agent=session.actor.name,
-                                    by=session.actor)
-        raise back_to_thread(app, openid)
+                                         by=session.actor)
+        raise back_to_thread(request, app, openid)
 
-    async def tags(request: web.Request) -> web.Response:
+    async def assign(request: web.Request) -> web.Response:
         session, form = await require_post(request)
-        app, openid = request.match_info["app"], request.match_info["openid"]
-        add = [t for t in str(form.get("add") or "").split(",") if t.strip()]
-        remove = [str(form["remove"])] if form.get("remove") else []
-        await services.review.set_tags(app, openid, add=add, remove=remove, by=session.actor)
-        raise back_to_thread(app, openid)
-
-    async def notes(request: web.Request) -> web.Response:
-        session, form = await require_post(request)
-        app, openid = request.match_info["app"], request.match_info["openid"]
-        await services.review.add_note(app, openid, str(form.get("text") or ""), author=session.actor.name,
-                                  by=session.actor)
-        raise back_to_thread(app, openid)
+        app, openid = key_of(request)
+        await services.review.assign(app, openid, str(form.get("agent") or "") or None, by=session.actor,
+                                     known_agents=await services.agents.names())
+        raise back_to_thread(request, app, openid)
 
     async def retry(request: web.Request) -> web.Response:
+        """A failed, dead or quota_exceeded reply queued again (ops' Review.retry: order and quota kept)."""
         session, _form = await require_post(request)
         try:
             message_id = int(request.match_info["id"])
         except ValueError:
             raise web.HTTPNotFound() from None
-        item = await services.review.retry(message_id, by=session.actor)
-        raise back_to_thread(item["app"], item["openid"])
+        item = await services.review.retry(message_id, by=session.actor)  # type: ignore[union-attr]
+        raise back_to_thread(request, item["app"], item["openid"])
+
+    async def tags(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = key_of(request)
+        add = [t for t in str(form.get("add") or "").split(",") if t.strip()]
+        remove = [str(form["remove"])] if form.get("remove") else []
+        await services.review.set_tags(app, openid, add=add, remove=remove, by=session.actor)
+        raise back_to_thread(request, app, openid)
+
+    async def notes(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = key_of(request)
+        await services.review.add_note(app, openid, str(form.get("text") or ""), author=session.actor.name,
+                                       by=session.actor)
+        raise back_to_thread(request, app, openid)
+
+    async def mark_read(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        app, openid = key_of(request)
+        try:
+            last_id = int(str(form.get("last_id") or "0"))
+        except ValueError:
+            raise Invalid("last_id must be an integer") from None
+        await live().mark_read(session.actor, app, openid, last_id)
+        return web.json_response({"ok": True, "my_unread": await live().my_unread(session.actor)})
+
+    async def details_fragment(request: web.Request) -> web.Response:
+        session = await require(request)
+        app, openid = key_of(request)
+        c = await services.review.conversation(app, openid, viewer=session.actor)
+        names = await services.agents.names() if session.actor.is_admin else []
+        html = renderer.macro("_details.html", "details", c, session.actor.name, session.actor.role, names,
+                              session.csrf)
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+    # ---- agents (admins manage them here or with `csbot agents`)
+
+    async def require_admin(request: web.Request, *, post: bool = False) -> tuple[ConsoleSession, Any]:
+        session, form = (await require_post(request)) if post else (await require(request, page=True), None)
+        if not session.actor.is_admin:
+            raise web.HTTPForbidden(reason="only an admin manages agents")
+        return session, form
+
+    async def agents_page(request: web.Request) -> web.Response:
+        session, _form = await require_admin(request)
+        return render("agents.html", **(await base_ctx(request, session)), agents=await services.agents.list())
+
+    async def agent_add(request: web.Request) -> web.Response:
+        session, form = await require_admin(request, post=True)
+        await services.agents.add(str(form.get("name") or ""), str(form.get("password") or ""),
+                                  role=str(form.get("role") or "agent"), by=session.actor)
+        raise web.HTTPSeeOther("/admin/agents")
+
+    async def agent_change(request: web.Request) -> web.Response:
+        session, form = await require_admin(request, post=True)
+        name, what = request.match_info["name"], request.match_info["what"]
+        if what in ("disable", "enable"):
+            await services.agents.set_disabled(name, what == "disable", by=session.actor)
+        elif what == "password":
+            await services.agents.reset_password(name, str(form.get("password") or ""), by=session.actor)
+        else:
+            raise web.HTTPNotFound()
+        raise web.HTTPSeeOther("/admin/agents")
+
+    # ---- saved replies (admins manage them; everyone uses them)
+
+    async def saved_page(request: web.Request) -> web.Response:
+        session = await require(request, page=True)
+        if not session.actor.is_admin:
+            raise web.HTTPForbidden(reason="only an admin manages saved replies")
+        return render("saved_replies.html", **(await base_ctx(request, session)), saved=await saved().list())
+
+    async def saved_put(request: web.Request) -> web.Response:
+        session, form = await require_post(request)
+        await saved().put(str(form.get("shortcut") or ""), str(form.get("text") or ""), by=session.actor)
+        raise web.HTTPSeeOther("/admin/saved-replies")
+
+    async def saved_delete(request: web.Request) -> web.Response:
+        session, _form = await require_post(request)
+        try:
+            reply_id = int(request.match_info["id"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        await saved().delete(reply_id, by=session.actor)
+        raise web.HTTPSeeOther("/admin/saved-replies")
+
+    async def sent_image(row: Any) -> web.Response:
+        """An image an agent sent from the console (kept under the media store's ``outgoing/``)."""
+        import json
+
+        try:
+            path = json.loads(row.raw).get("image", {}).get("path")
+        except (ValueError, AttributeError):
+            path = None
+        root = services.media.path_of("outgoing")  # type: ignore[union-attr]
+        if not path or not Path(path).resolve().is_relative_to(root):
+            raise web.HTTPNotFound(reason="no stored media for this message")
+        try:
+            data = await asyncio.to_thread(Path(path).read_bytes)
+        except OSError:
+            raise web.HTTPNotFound(reason="the stored media file is missing") from None
+        ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return web.Response(body=data, content_type=ctype if ctype.startswith("image/") else "application/octet-stream",
+                            headers={"Cache-Control": "private, max-age=3600"})
 
     async def media(request: web.Request) -> web.Response:
-        await require(request)
+        session = await require(request)
         try:
             message_id = int(request.match_info["id"])
         except ValueError:
             raise web.HTTPNotFound() from None
         row = await services.review.media(message_id)
+        if row is not None:  # an agent sees the media of the conversations they may see
+            await services.review.conversation(row.app, row.openid, viewer=session.actor)
+        if row is not None and row.direction == "out":
+            return await sent_image(row)
         if row is None or row.direction != "in" or not (row.file_id or row.media_path):
             raise web.HTTPNotFound(reason="no stored media for this message")
         if row.file_id:  # kept in cloud storage
@@ -324,105 +598,46 @@ def build_console(services: Services) -> web.Application:
         return web.Response(body=data, content_type=ctype,
                             headers={"Cache-Control": "private, max-age=3600"})
 
+
     # ---- live updates
 
     async def events(request: web.Request) -> web.StreamResponse:
         session = await require(request)
-        app = request.query.get("app") or None
-        openid = request.query.get("openid") or None
-        try:
-            after = int(request.query.get("after") or 0)
-        except ValueError:
-            raise web.HTTPBadRequest(reason="after must be an integer") from None
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-
-        async def send(event: str, data: dict[str, Any]) -> None:
-            await resp.write(f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
-
-        unsettled: dict[int, str] = {}
-        for part in (request.query.get("watch") or "").split(",")[:200]:
-            if part.strip().isdigit():
-                unsettled[int(part)] = "?"  # shown unsettled on the page: send its state once
-        waiting: set[tuple[str, str]] = set()
-        conv_state: tuple[Any, ...] | None = None
-        last_ping = last_check = time.monotonic()
-        try:
-            await resp.write(b"retry: 2000\n\n")
-            while not services.closing.is_set():
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break
-                if time.monotonic() - last_check > SESSION_RECHECK:
-                    last_check = time.monotonic()
-                    if await services.agents.session(request.cookies.get(SESSION_COOKIE), address=request.remote) is None:
-                        await send("signed_out", {})
-                        break
-                if openid and app:
-                    new = await services.review.new_messages(after, app=app, openid=openid)
-                    for m in new:
-                        after = max(after, m.id)
-                        await send("message", message_item(m))
-                        if m.status in UNSETTLED:
-                            unsettled[m.id] = m.status
-                    for m in await services.review.messages_by_id(list(unsettled)):
-                        if m.status != unsettled[m.id] or m.media_path or m.file_id:
-                            await send("update", message_item(m))
-                        if m.status in UNSETTLED:
-                            unsettled[m.id] = m.status
-                        else:
-                            unsettled.pop(m.id, None)
-                    try:
-                        conv = await services.review.conversation(app, openid)
-                    except ReviewError:
-                        conv = None
-                    if conv is not None:
-                        state = (conv["status"], conv["assigned_agent"], tuple(conv["tags"]))
-                        if conv_state is not None and state != conv_state:
-                            await send("conversation", conv)
-                        conv_state = state
-                else:
-                    new = await services.review.new_messages(after)
-                    for m in new:
-                        after = max(after, m.id)
-                        waiting.add((m.app, m.openid))
-                    if waiting:
-                        for conv in await services.review.conversations_for(list(waiting)):
-                            waiting.discard((conv["app"], conv["openid"]))
-                            if session.actor.is_admin or conv["assigned_agent"] in (None, session.actor.name):
-                                await send("conversation", conv)
-                if time.monotonic() - last_ping > 15:
-                    await resp.write(b": ping\n\n")
-                    last_ping = time.monotonic()
-                try:
-                    await asyncio.wait_for(services.closing.wait(), POLL_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
-        except (ConnectionResetError, ConnectionError):
-            pass
-        return resp
+        return await stream_events(request, services, session, renderer,
+                                   lambda: session_of(request), live())
 
     async def to_list(request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/admin/")
 
-    console.router.add_get("", to_list)
-    console.router.add_get("/", list_page)
-    console.router.add_get("/login", login_page)
-    console.router.add_post("/login", login)
-    console.router.add_post("/logout", logout)
-    console.router.add_get("/c/{app}/{openid}", thread_page)
+    r = console.router
+    r.add_get("", to_list)
+    r.add_get("/", list_page)
+    r.add_get("/login", login_page)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_get("/lang/{lang}", language)
+    r.add_get("/c/{app}/{openid}", thread_page)
     from csbot.cloud.database.console import add_database_pages  # csbot.cloud.database: /admin/db
-    add_database_pages(console, services, require, render, base_ctx)
-    console.router.add_post("/c/{app}/{openid}/reply", reply)
-    console.router.add_post("/c/{app}/{openid}/status", set_status)
-    console.router.add_post("/c/{app}/{openid}/tags", tags)
-    console.router.add_post("/c/{app}/{openid}/notes", notes)
-    console.router.add_post("/messages/{id}/retry", retry)
-    console.router.add_get("/media/{id}", media)
-    console.router.add_get("/events", events)
-    console.router.add_static("/static", HERE / "static", append_version=True)
+    add_database_pages(console, services, require, render, page_ctx)
+    r.add_get("/c/{app}/{openid}/details", details_fragment)
+    r.add_post("/c/{app}/{openid}/reply", reply)
+    r.add_post("/c/{app}/{openid}/image", send_image)
+    r.add_post("/c/{app}/{openid}/status", set_status)
+    r.add_post("/c/{app}/{openid}/assign", assign)
+    r.add_post("/messages/{id}/retry", retry)
+    r.add_post("/c/{app}/{openid}/tags", tags)
+    r.add_post("/c/{app}/{openid}/notes", notes)
+    r.add_post("/c/{app}/{openid}/read", mark_read)
+    r.add_get("/agents", agents_page)
+    r.add_post("/agents", agent_add)
+    r.add_post("/agents/{name}/{what}", agent_change)
+    r.add_get("/saved-replies", saved_page)
+    r.add_post("/saved-replies", saved_put)
+    r.add_post("/saved-replies/{id}/delete", saved_delete)
+    r.add_get("/media/{id}", media)
+    r.add_get("/events", events)
+    r.add_static("/static", HERE / "static", append_version=True)
     return console
 
 
-__all__ = ["build_console", "Sessions"]
+__all__ = ["build_console", "linkify"]

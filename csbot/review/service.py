@@ -10,9 +10,10 @@ Status of a conversation (one per app and openid):
   (except routes declared ``while_human=True``), pushes are shown to agents. An agent's reply
   takes the conversation over if it was not already.
 - ``closed``: done. The bot still answers a customer who writes again, and that message
-  reopens the conversation as ``bot`` (done by the inbox when it records the push's outcome).
+  reopens the conversation as ``bot`` (recorded with the push's outcome).
 
-Every change made here is recorded as a ``conversation_events`` row and shows on the thread.
+The transitions themselves live in :mod:`csbot.conversations`, shared with the inbox. Every
+change made here is recorded as a ``conversation_events`` row and shows on the thread.
 Everything here is async; nothing blocks the event loop.
 """
 
@@ -25,14 +26,16 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
-from sqlalchemy import and_, case, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, exists, func, or_, select, tuple_, update
 from sqlalchemy.orm import aliased
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from csbot import conversations
 from csbot.config import Settings
-from csbot.messages import Image, Link, MiniProgramPage, Reply, Text
+from csbot.messages import MAX_TEXT, Reply, Text, reply_from_send_body
+from csbot.outbox import outbound_message, queue_messages
 from csbot.review.audit import Actor, record
 from csbot.review.models import AuditEntry, ConversationEvent
 from csbot.review.search import matching_ids
@@ -44,18 +47,12 @@ STATUSES = tuple(ConversationStatus)
 UNDELIVERED = OUTBOUND_UNDELIVERED
 #: audited actions whose thread item (the note, the message) already says who and when
 IN_THREAD_ALREADY = ("note", "reply", "image")
-EVENT_FOR_STATUS = {ConversationStatus.HUMAN: "takeover", ConversationStatus.BOT: "handback",
-                    ConversationStatus.CLOSED: "close"}
-MAX_TEXT = 4000
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 32
 MAX_NAME = 64
 MAX_LIMIT = 500
 #: fields of an inbound push that are about the envelope, not what the customer sent
 _ENVELOPE = {"ToUserName", "FromUserName", "CreateTime", "MsgType", "Encrypt", "MsgId"}
-
-Enqueue = Callable[..., Awaitable[int]]
-
 
 class ReviewError(Exception):
     """Something the caller asked for cannot be done; the message says why (safe to show)."""
@@ -252,11 +249,11 @@ class Review:
     """Queries and actions on conversations, over one store."""
 
     def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
-                 enqueue: Enqueue | None = None, *, retry: Callable[..., Awaitable[bool]] | None = None) -> None:
+                 outbox: Any = None) -> None:
+        """``outbox`` (a :class:`~csbot.outbox.Outbox`) is needed only to send and to retry."""
         self.settings = settings
         self.sessionmaker = sessionmaker
-        self._enqueue = enqueue
-        self._retry = retry
+        self._outbox = outbox
         #: called with (app, openid) after a conversation's status changed (outbound webhooks)
         self.on_status: Callable[[str, str], None] | None = None
 
@@ -428,7 +425,7 @@ class Review:
         side = sorted((p for p in side if p[0] >= start), key=lambda p: p[0])
         items: list[dict[str, Any]] = []
         for m in messages:
-            while side and side[0][0] < m.received_at:
+            while side and side[0][0] <= m.received_at:  # an event at the same instant caused it
                 items.append(side.pop(0)[1])
             items.append(message_item(m))
         if after is None:
@@ -508,8 +505,7 @@ class Review:
         by = as_actor(by, actor)
         if isinstance(message_id, bool) or not isinstance(message_id, int) or not 0 < message_id < 2**62:
             raise Invalid("message_id must be a positive integer")
-        if self._retry is None:
-            raise RuntimeError("this Review has no outbox")
+        outbox = self._require_outbox()
         async with self.sessionmaker() as s:
             row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
         if row is None:
@@ -521,7 +517,7 @@ class Review:
         if row.status not in UNDELIVERED:
             raise Conflict(f"reply {message_id} is {row.status}; only {', '.join(map(str, UNDELIVERED))} replies "
                            "can be retried")
-        if not await self._retry(message_id, actor=by.name):
+        if not await outbox.retry(message_id, actor=by.name):
             raise Conflict(f"reply {message_id} changed meanwhile; reload and try again")
         async with self.sessionmaker() as s, s.begin():
             await record(s, "retry", by, conversation_id=conv.id, app=row.app, openid=row.openid,
@@ -546,37 +542,14 @@ class Review:
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
-            changed = await self._change(s, conv, status, agent=agent or actor, actor=by.name, now=now)
+            changed = await conversations.change(s, conv, status, agent=agent or actor, actor=by.name, now=now)
             if changed:
-                await record(s, EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app, openid=openid,
-                             detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent
-                             and agent != by.name
-                             else None, at=now)
+                await record(s, conversations.EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app,
+                             openid=openid, detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN
+                             and agent and agent != by.name else None, at=now)
         if changed:
             self._status_changed(app, openid)
         return await self.conversation(app, openid)
-
-    async def _change(self, s: AsyncSession, conv: Conversation, status: str, *, agent: str | None,
-                      actor: str | None, now: float, detail: str | None = None) -> bool:
-        """Whether the status changed."""
-        if status == ConversationStatus.HUMAN:
-            agent = agent or conv.assigned_agent or "agent"
-            if conv.status == ConversationStatus.HUMAN and conv.assigned_agent == agent:
-                return False
-            values: dict[str, Any] = dict(status=ConversationStatus.HUMAN, assigned_agent=agent, human_since=now, closed_at=None)
-        elif status == ConversationStatus.BOT:
-            if conv.status == ConversationStatus.BOT:
-                return False
-            values = dict(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
-        else:
-            if conv.status == ConversationStatus.CLOSED:
-                return False
-            values = dict(status=ConversationStatus.CLOSED, assigned_agent=None, human_since=None, closed_at=now)
-        await s.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
-        await s.execute(insert(ConversationEvent).values(
-            conversation_id=conv.id, at=now, kind=EVENT_FOR_STATUS[status], actor=actor,
-            detail=detail or (f"assigned to {agent}" if status == ConversationStatus.HUMAN and agent != actor else None)))
-        return True
 
     async def assign(self, app: str, openid: str, agent: str | None, *, by: Actor | None = None,
                      known_agents: list[str] | None = None) -> dict[str, Any]:
@@ -606,32 +579,39 @@ class Review:
 
     async def reply_with(self, app: str, openid: str, message: Reply, *, agent: str, by: Actor | None = None,
                          action: str = "reply") -> int:
-        """An agent's reply of any kind (text, image), queued in the outbox, audited as ``action``."""
+        """An agent's reply of any kind (text, image), audited as ``action``; takes the conversation over.
+
+        One transaction: the takeover, the queued reply, the agent-reply time and the audit entry
+        commit together (or none of them does).
+        """
         by = as_actor(by, agent)
         agent = check_name(by.name if not by.is_admin else agent)
         if app not in self.settings.apps:
             raise NotFound(f"unknown app {app!r}")
-        if self._enqueue is None:
-            raise RuntimeError("this Review has no outbox")
+        outbox = self._require_outbox()
+        outbound = outbound_message(app, openid, message, author=f"agent:{agent}")
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
             taken_over = False
             if conv.status != ConversationStatus.HUMAN:
-                if await self._change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
+                if await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
                     taken_over = True
                     await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
                                  detail="by replying")
-            conv_id = conv.id
+            (message_id,) = await queue_messages(await s.connection(), [outbound], now=now)
+            await conversations.record_agent_reply(s, conv, now)
+            await record(s, action, by, conversation_id=conv.id, app=app, openid=openid,
+                         detail=f"message {message_id}")
+        outbox.wake()
         if taken_over:
             self._status_changed(app, openid)
-        message_id = await self._enqueue(app, openid, message, author=f"agent:{agent}")
-        async with self.sessionmaker() as s, s.begin():
-            await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
-                            .values(last_agent_reply_at=time.time(), last_message_at=time.time()))
-            await record(s, action, by, conversation_id=conv_id, app=app, openid=openid,
-                         detail=f"message {message_id}")
-        return message_id
+        return message_id  # type: ignore[return-value]  # a new key is never a duplicate
+
+    def _require_outbox(self) -> Any:
+        if self._outbox is None:
+            raise RuntimeError("this Review has no outbox")
+        return self._outbox
 
     async def send(self, app: str, touser: str, message: dict[str, Any], *, author: str = "operator",
                    by: Actor | None = None) -> int:
@@ -641,19 +621,20 @@ class Review:
         if not isinstance(touser, str) or not 0 < len(touser) <= 128:
             raise Invalid("touser must be an openid")
         reply = build_reply(message)
-        if self._enqueue is None:
-            raise RuntimeError("this Review has no outbox")
+        outbox = self._require_outbox()
         by = as_actor(by, author)
         async with self.sessionmaker() as s:
             conv = (await s.execute(select(Conversation).where(
                 Conversation.app == app, Conversation.openid == touser))).scalars().first()
             if conv is not None:
                 check_access(conv, by)
-        message_id = await self._enqueue(app, touser, reply, author=author if by.is_admin else f"agent:{by.name}")
-        async with self.sessionmaker() as s, s.begin():
+        outbound = outbound_message(app, touser, reply, author=author if by.is_admin else f"agent:{by.name}")
+        async with self.sessionmaker() as s, s.begin():  # the message and its audit entry together
+            (message_id,) = await queue_messages(await s.connection(), [outbound])
             await record(s, "send", by, conversation_id=conv.id if conv else None, app=app, openid=touser,
                          detail=f"message {message_id} ({reply.msgtype})")
-        return message_id
+        outbox.wake()
+        return message_id  # type: ignore[return-value]
 
     async def set_tags(self, app: str, openid: str, *, tags: list[str] | None = None,
                        add: list[str] | None = None, remove: list[str] | None = None,
@@ -703,52 +684,19 @@ class Review:
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
         """``human`` conversations with no agent reply for ``timeout`` seconds go back to the bot."""
         now = time.time() if now is None else now
-        cutoff = now - timeout
         async with self.sessionmaker() as s, s.begin():
-            rows = (await s.execute(
-                update(Conversation)
-                .where(Conversation.status == ConversationStatus.HUMAN,
-                       func.coalesce(Conversation.human_since, 0) < cutoff,
-                       or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
-                .values(status=ConversationStatus.BOT, assigned_agent=None, human_since=None)
-                .returning(Conversation.id, Conversation.app, Conversation.openid))).all()
-            if rows:
-                await s.execute(insert(ConversationEvent), [
-                    dict(conversation_id=r.id, at=now, kind="timeout", actor=None,
-                         detail=f"no agent reply for {int(timeout)} s: back to the bot") for r in rows])
-        for r in rows:
-            self._status_changed(r.app, r.openid)
-        return [(r.app, r.openid) for r in rows]
+            returned = await conversations.return_idle_to_bot(s, timeout, now)
+        for app, openid in returned:
+            self._status_changed(app, openid)
+        return returned
 
 
 def build_reply(message: dict[str, Any]) -> Reply:
     """A message object from an openapi send body's ``msgtype`` and typed part."""
-    if not isinstance(message, dict):
-        raise Invalid("the message must be a JSON object")
-    msgtype = message.get("msgtype")
-    part = message.get(msgtype) if isinstance(msgtype, str) else None
-    if msgtype not in ("text", "image", "link", "miniprogrampage"):
-        raise Invalid("msgtype must be one of text, image, link, miniprogrampage")
-    if not isinstance(part, dict):
-        raise Invalid(f"a {msgtype} message needs a {msgtype!r} object")
-
-    def field(name: str, *, optional: bool = False, limit: int = 2048) -> Any:
-        value = part.get(name)
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or (not value and not optional) or len(value) > limit:
-            raise Invalid(f"{msgtype}.{name} must be a non-empty string of at most {limit} characters")
-        return value
-
-    if msgtype == "text":
-        return Text(check_text(part.get("content"), "text.content"))
-    if msgtype == "image":
-        return Image(media_id=field("media_id"))
-    if msgtype == "link":
-        return Link(title=field("title"), description=field("description"), url=field("url"),
-                    thumb_url=field("thumb_url"))
-    return MiniProgramPage(title=field("title"), pagepath=field("pagepath"),
-                           thumb_media_id=field("thumb_media_id"), appid=field("appid", optional=True))
+    try:
+        return reply_from_send_body(message)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
 
 
 EXPORT_FIELDS = ["id", "app", "openid", "direction", "type", "event", "text", "status", "handler", "author",

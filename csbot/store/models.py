@@ -58,9 +58,6 @@ class Conversation(Base):
     status: Mapped[str] = mapped_column(String(16), default="bot")
     created_at: Mapped[float] = mapped_column(Float)
     last_message_at: Mapped[float] = mapped_column(Float)
-    #: the last user action (message or event) that opened WeChat's reply window
-    last_user_action_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    last_user_action_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     #: the agent (console user name) who took the conversation over
     assigned_agent: Mapped[str | None] = mapped_column(String(128), nullable=True)
     #: JSON array of tag strings
@@ -81,9 +78,11 @@ class Conversation(Base):
 class Message(Base):
     """Every inbound push and every outbound reply.
 
-    Inbound (direction ``in``) status: pending → handling → done | failed; ``inline`` while an
-    inline handler runs before the ack. Outbound (direction ``out``) status: queued → sending →
-    sent | failed | dead | quota_exceeded; ``in_doubt`` after a crash during a send.
+    Statuses: :mod:`csbot.statuses`. Inbound (direction ``in``): pending → done | failed;
+    ``inline`` while an inline handler runs before the ack; ``attempts`` counts handling
+    attempts. Outbound (direction ``out``): queued → sending → sent | failed | dead |
+    quota_exceeded; ``in_doubt`` after a crash during a send; ``dedup_key`` (``out:…``) makes
+    queuing a handler's reply idempotent.
     """
 
     __tablename__ = "messages"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from csbot.cloud.opendata import OpenDataError, decrypt_open_data, raw_data_signature_ok
-from csbot.testing.harness import TEST_APPID, Harness
+from csbot.testing.harness import TEST_APPID
 
 from tests.cloud.conftest import MiniProgram
 

@@ -58,11 +58,20 @@ async def test_faq_reads_another_file_and_sees_edits(tmp_path):
 async def test_human_transfers_when_the_customer_asks_for_a_person():
     human = routes()["human"]
     assert human.inline and human.priority > routes()["faq"].priority
-    for ask in ("人工", "转人工", "我要人工客服", "Human please", "can I talk to an agent"):
+    for ask in ("人工", "转人工", "我要人工客服", "人工！", " 转人工吧 ", "真人", "Human please",
+                "can I talk to an agent", "AGENT", "I want a real person."):
         assert human.matches(text(ask)), ask
         assert isinstance(await human.func(text(ask), ctx()), TransferCustomerService), ask
     # anything else never reaches it, so ordinary pushes do not wait for an inline handler
     assert not human.matches(text("退货")) and not human.matches({"MsgType": "image"})
+
+
+def test_human_does_not_transfer_words_that_only_contain_a_phrase():
+    human = routes()["human"]
+    for not_asking in ("the reagent arrived", "human-readable labels, please", "真人秀几点开始", "真人秀",
+                       "人工智能有什么用", "我不需要人工，谢谢你帮我查一下订单", "agents' fees", "humane treatment",
+                       "请问你们的人工客服几点上班？我明天再来"):
+        assert not human.matches(text(not_asking)), not_asking
 
 
 def test_human_phrases_come_from_configuration():

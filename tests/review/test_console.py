@@ -3,6 +3,7 @@ conversation, watch a push arrive live, take over, reply, hand back; customer te
 requests without a session or CSRF token are refused."""
 
 import asyncio
+import os
 import re
 import struct
 import time
@@ -11,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from csbot.services import services_of
+
 from .support import ADMIN_TOKEN, PASSWORD, add_agent, agents_of, console_sign_in, review_of, start
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).parents[2] / "test-output"
 XSS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
+LINKS = 'javascript:alert(1) http://evil.test/"onmouseover="alert(1)'
+
 
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
                                     reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
@@ -82,85 +87,259 @@ async def fill(bot):
     await bot.wait_idle()
 
 
+#: the README's screenshots are written to docs/ only when asked (CSBOT_SCREENSHOTS=docs), so a
+#: test run leaves the working tree clean
+DOCS = Path(__file__).parents[2] / "docs" if os.environ.get("CSBOT_SCREENSHOTS") == "docs" else SHOTS
+
+
+async def wait_until(predicate, timeout=10.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def pane_boxes(page):
+    return {name: await page.locator(f".pane-{name}").bounding_box() for name in ("list", "thread", "details")}
+
+
 @needs_chromium
 async def test_an_agent_finds_a_conversation_watches_it_live_takes_over_replies_and_hands_back(browser):
     SHOTS.mkdir(exist_ok=True)
     async with start() as bot:
         await fill(bot)
+        for n in range(25):  # a long thread: the panes scroll on their own, the composer stays
+            await bot.send_text("oWang", f"第 {n} 条：请看 https://example.com/order?id={n} 谢谢")
         await review_of(bot).set_tags("default", "oAnn", add=["refund"])
+        await bot.wait_idle()
         page, dialogs = await signed_in_page(browser, bot)
 
         rows = page.locator("#conv-list li.conv")
         assert await rows.count() == 4
-        assert await rows.first.get_attribute("data-key") == "default/oDan"  # newest activity first
+        assert await rows.first.get_attribute("data-key") == "default/oWang"  # newest activity first
         assert await page.locator("li.conv[data-key='default/oCat'] .badge.unanswered").count() == 1
         assert await page.locator("li.conv[data-key='default/oDan'] .badge.transferred").count() == 1
+        assert await page.locator("li.conv[data-key='default/oCat'] .count.unread").inner_text() == "1"
         # a new customer shows up in the open list without a reload
         await bot.send_text("oEve", "hello, anyone there?")
-        await page.locator("li.conv[data-key='default/oEve']").wait_for(timeout=5000)
+        await page.locator("li.conv[data-key='default/oEve']").wait_for(timeout=15000)
         assert await rows.first.get_attribute("data-key") == "default/oEve"
-        await page.screenshot(path=str(SHOTS / "console-list.png"), full_page=True)
+        await wait_until(lambda: page.evaluate("document.title.startsWith('(')"), what="the waiting count in the title")
 
         await page.fill("input[name=q]", "羊毛围巾")
         await page.press("input[name=q]", "Enter")
         await page.wait_for_url(re.compile(r"q=%E7%BE%8A"))
         assert await rows.count() == 1
         await rows.first.click()
-        await page.wait_for_url(re.compile(r"/admin/c/default/oWang$"))
+        await page.wait_for_url(re.compile(r"/admin/c/default/oWang\?q="))
 
+        # three panes side by side, each scrolling on its own; the composer in view
+        boxes = await pane_boxes(page)
+        assert boxes["list"]["x"] < boxes["thread"]["x"] < boxes["details"]["x"]
         thread = page.locator("#thread")
+        assert await thread.evaluate("t => t.scrollHeight > t.clientHeight + 100")
+        assert await thread.evaluate("t => Math.abs(t.scrollHeight - t.clientHeight - t.scrollTop) < 80")  # at the bottom
+        assert await page.evaluate("document.scrollingElement.scrollHeight <= window.innerHeight")
+        composer = await page.locator("#send-reply").bounding_box()
+        assert composer["y"] + composer["height"] <= 860
+
         await thread.get_by_text("我买的蓝色羊毛围巾还没发货").wait_for()
         photo = thread.locator("img.photo")
         assert await photo.count() == 1
-        assert await photo.evaluate("img => img.complete && img.naturalWidth") == 160  # served from the media store
+        await wait_until(lambda: photo.evaluate("img => img.complete && img.naturalWidth === 160"), what="the photo")
         assert await thread.get_by_text("MediaId EXPIRED_MEDIA_ID_42").count() == 1  # placeholder
         assert await thread.locator(".card-mp .card-title").inner_text() == "羊毛围巾 · 蓝色"
+        link = thread.locator("a[href='https://example.com/order?id=24']")
+        assert await link.get_attribute("rel") == "noopener noreferrer" and await link.get_attribute("target") == "_blank"
 
-        await bot.send_text("oWang", "还在吗？")  # a push arrives while the agent reads
-        await thread.get_by_text("还在吗？").wait_for(timeout=5000)
+        await bot.send_text("oWang", "还在吗？")  # a push arrives while the agent reads at the bottom
+        await thread.get_by_text("还在吗？").wait_for(timeout=15000)
+        await wait_until(lambda: thread.evaluate("t => Math.abs(t.scrollHeight - t.clientHeight - t.scrollTop) < 80"),
+                         what="the thread to follow the new message")
+        await page.goto(bot.url + "/admin/c/default/oWang")  # the README's picture: the whole list
+        await page.locator("#thread").get_by_text("还在吗？").wait_for()
+        await asyncio.sleep(0.3)
+        await page.screenshot(path=str(DOCS / "console-three-pane.png"))
 
         await page.click("button:has-text('Take over')")
-        await page.wait_for_url(re.compile(r"/admin/c/default/oWang$"))
-        assert await page.locator("#conv-status").text_content() == "human"
-        await page.fill("textarea[name=text]", "您好，我是客服 Alice，马上为您查询。")
+        await page.wait_for_url(re.compile(r"/admin/c/default/oWang"))
+        assert await page.locator("#conv-status").get_attribute("data-status") == "human"
+        await page.fill("#reply-text", "您好，我是客服 Alice，马上为您查询。")
         await page.click("#send-reply")
-        await page.wait_for_url(re.compile(r"/admin/c/default/oWang$"))
-        deadline = time.monotonic() + 10
-        while "您好，我是客服 Alice，马上为您查询。" not in bot.replies_to("oWang"):
-            assert time.monotonic() < deadline, "the reply never reached WeChat"
-            await asyncio.sleep(0.1)
-        await page.locator(".msg.out.agent .pill-sent").wait_for(timeout=5000)  # delivery state, live
-        await page.fill("textarea[name=text]", "")
-        await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        await page.wait_for_url(re.compile(r"/admin/c/default/oWang"))
+        await wait_until(lambda: asyncio.sleep(0, "您好，我是客服 Alice，马上为您查询。" in bot.replies_to("oWang")),
+                         what="the reply to reach WeChat")
+        await page.locator(".msg.out.agent .pill-sent").last.wait_for(timeout=15000)  # delivery state, live
         await page.screenshot(path=str(SHOTS / "console-thread.png"))
 
         await page.click("button:has-text('Hand back to bot')")
-        await page.wait_for_url(re.compile(r"/admin/c/default/oWang$"))
-        assert await page.locator("#conv-status").text_content() == "bot"
+        await page.wait_for_url(re.compile(r"/admin/c/default/oWang"))
+        assert await page.locator("#conv-status").get_attribute("data-status") == "bot"
         assert (await review_of(bot).conversation("default", "oWang"))["status"] == "bot"
         assert dialogs == []
 
 
 @needs_chromium
+async def test_changes_made_elsewhere_unread_marks_new_message_marker_and_notifications(browser):
+    async with start() as bot:
+        await add_agent(bot, "bob")
+        await bot.send_text("oAnn", "我想退货")
+        for n in range(30):
+            await bot.send_text("oBen", f"message {n}")
+        await bot.wait_idle()
+        page, dialogs = await signed_in_page(browser, bot)
+        await page.context.grant_permissions(["notifications"])
+        await page.add_init_script("""
+            window.__notes = [];
+            window.Notification = class { constructor(title, opts) { window.__notes.push(title); }
+              static get permission() { return 'granted'; } static requestPermission() { return Promise.resolve('granted'); } };
+        """)
+        await page.goto(bot.url + "/admin/c/default/oBen")
+        await page.click("#notify-toggle")  # opt in
+        await wait_until(lambda: page.evaluate("localStorage.getItem('csbot-notify') === '1'"), what="the opt-in")
+        assert await page.locator("#take-over").count() == 1
+
+        # someone else takes the conversation over (the CLI here): the details update, no stale button
+        await review_of(bot).set_status("default", "oBen", "human", agent="bob")
+        await page.locator("#details .details-inner[data-assigned='bob']").wait_for(timeout=15000)
+        assert await page.locator("#conv-status").get_attribute("data-status") == "human"
+        assert await page.locator("#side-agent").inner_text() == "bob"
+
+        # scrolled up: a new message shows the marker instead of jumping
+        await page.locator("#thread").evaluate("t => { t.scrollTop = 0; }")
+        await bot.send_text("oBen", "are you there?")
+        await page.locator("#new-marker").wait_for(state="visible", timeout=15000)
+        assert await page.locator("#thread").evaluate("t => t.scrollTop < 50")
+        await page.click("#new-marker")
+        assert await page.locator("#new-marker").is_hidden()
+
+        # another customer writes: unread count on the row, a notification for a new unassigned one
+        await bot.send_text("oCy", "hello?")
+        await page.locator("li.conv[data-key='default/oCy'] .count.unread").wait_for(timeout=15000)
+        await wait_until(lambda: page.evaluate("window.__notes.length > 0"), what="a notification")
+        assert "oCy" in (await page.evaluate("window.__notes"))[0]
+        assert re.match(r"^\(\d+\) ", await page.title())
+        assert dialogs == []
+
+
+@needs_chromium
+async def test_saved_replies_images_and_assignment(browser):
+    async with start() as bot:
+        await add_agent(bot, "bob")
+        await bot.send_text("oAnn", "怎么退款")
+        await bot.send_text("oBen", "hello")
+        await bot.wait_idle()
+        page, dialogs = await signed_in_page(browser, bot)
+        await page.goto(bot.url + "/admin/saved-replies")
+        await page.fill("input[name=shortcut]", "refund")
+        await page.fill(".saved-form textarea[name=text]", "退款会在 3 个工作日内原路退回。")
+        await page.click(".saved-form button[type=submit]")
+        await page.locator("tr[data-shortcut='refund']").wait_for()
+
+        await page.goto(bot.url + "/admin/c/default/oAnn")
+        await page.locator("#reply-text").type("您好！/ref")
+        await page.locator("#saved-menu li[data-shortcut='refund']").wait_for(state="visible")
+        await page.keyboard.press("Enter")
+        assert await page.input_value("#reply-text") == "您好！退款会在 3 个工作日内原路退回。"
+        await page.keyboard.press("Control+Enter")
+        await page.wait_for_url(re.compile(r"/admin/c/default/oAnn"))
+        await wait_until(lambda: asyncio.sleep(0, "您好！退款会在 3 个工作日内原路退回。" in bot.replies_to("oAnn")),
+                         what="the saved reply to be sent")
+
+        png = tiny_png(120, 80)
+        await page.set_input_files("#image-file", files=[{"name": "receipt.png", "mimeType": "image/png", "buffer": png}])
+        await page.wait_for_url(re.compile(r"/admin/c/default/oAnn"))
+        await wait_until(lambda: asyncio.sleep(0, any(m.get("msgtype") == "image" for m in bot.fake.sent_to("oAnn"))),
+                         what="the image to be sent")
+        await page.locator("img.photo.sent").wait_for()
+
+        await page.goto(bot.url + "/admin/c/default/oBen")
+        await page.select_option(".assign-form select", "bob")
+        await page.click("#assign")
+        await page.wait_for_url(re.compile(r"/admin/c/default/oBen"))
+        assert await page.locator("#side-agent").inner_text() == "bob"
+        await page.click("#filter-unassigned")
+        await page.wait_for_url(re.compile(r"assigned=unassigned"))
+        keys = await page.locator("#conv-list li.conv").evaluate_all("ls => ls.map(l => l.dataset.key)")
+        assert keys == []  # oAnn is Alice's (she replied), oBen is bob's
+        await page.click("#filter-mine")
+        keys = await page.locator("#conv-list li.conv").evaluate_all("ls => ls.map(l => l.dataset.key)")
+        assert keys == ["default/oAnn"]
+        audit = [e["action"] for e in await services_of(bot.app).audit.entries()]
+        assert {"saved_reply", "reply", "image", "assign", "takeover", "sign_in"} <= set(audit)
+        assert dialogs == []
+
+
+@needs_chromium
+async def test_phone_width_and_the_chinese_interface(browser):
+    DOCS.mkdir(exist_ok=True)
+    async with start() as bot:
+        await fill(bot)
+        await add_agent(bot, "小王")
+        context = await browser.new_context(viewport={"width": 390, "height": 844}, locale="zh-CN",
+                                            extra_http_headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"},
+                                            is_mobile=True, has_touch=True)
+        page = await context.new_page()
+        await page.goto(bot.url + "/admin/")
+        assert await page.locator("h1").inner_text() == "登录客服台"
+        await page.fill("input[name=name]", "小王")
+        await page.fill("input[name=password]", PASSWORD)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(re.compile(r"/admin/$"))
+        assert await page.locator(".pane-thread").is_hidden()  # one pane at a time
+        assert await page.locator(".tab.active").first.inner_text() == "全部"
+        await page.click("li.conv[data-key='default/oWang'] a")
+        await page.wait_for_url(re.compile(r"/admin/c/default/oWang"))
+        assert await page.locator(".pane-list").is_hidden()
+        assert await page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")  # nothing cut off
+        for selector in ("#send-reply", "#reply-text", ".thread-head .back", "#details-toggle"):
+            box = await page.locator(selector).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844, selector
+        assert await page.locator("#send-reply").inner_text() == "发送"
+        await page.screenshot(path=str(DOCS / "console-phone.png"))
+        await page.click("#details-toggle")
+        assert await page.locator("#take-over").inner_text() == "接管"
+        await page.click("#details-close")
+        assert await page.locator("#take-over").is_hidden()
+
+        desktop = await browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN",
+                                            extra_http_headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+        await desktop.add_cookies(await context.cookies())
+        wide = await desktop.new_page()
+        await wide.goto(bot.url + "/admin/c/default/oWang")
+        assert await wide.locator("#take-over").inner_text() == "接管"
+        await wide.screenshot(path=str(DOCS / "console-zh.png"))
+        await wide.click("a[hreflang=en]")  # the header's switch
+        await wide.wait_for_url(re.compile(r"/admin/c/default/oWang"))
+        assert await wide.locator("#take-over").inner_text() == "Take over"
+        await desktop.close()
+        await context.close()
+
+
+@needs_chromium
 async def test_customer_text_that_looks_like_html_is_shown_as_text_and_runs_nothing(browser):
     async with start() as bot:
+        await bot.send_text("oXss", LINKS)
         await bot.send_text("oXss", XSS[0])
         await bot.wait_idle()
         page, dialogs = await signed_in_page(browser, bot)
         await page.locator("li.conv[data-key='default/oXss']").get_by_text(XSS[0]).wait_for()
         await bot.send_text("oXss", XSS[1])  # arrives in the list through the live-update script
-        await page.locator("li.conv[data-key='default/oXss']").get_by_text(XSS[1]).wait_for(timeout=5000)
+        await page.locator("li.conv[data-key='default/oXss']").get_by_text(XSS[1]).wait_for(timeout=15000)
 
         await page.click("li.conv[data-key='default/oXss'] a")
         await page.wait_for_url(re.compile(r"/admin/c/default/oXss$"))
         for payload in XSS:
             await page.locator("#thread").get_by_text(payload, exact=True).wait_for()
         await bot.send_text("oXss", XSS[1] + " (live)")  # rendered by the thread's live-update script
-        await page.locator("#thread").get_by_text(XSS[1] + " (live)", exact=True).wait_for(timeout=5000)
+        await page.locator("#thread").get_by_text(XSS[1] + " (live)", exact=True).wait_for(timeout=15000)
         await asyncio.sleep(0.3)
         assert dialogs == []
         assert await page.locator("img[src=x]").count() == 0
         assert await page.locator("#thread script").count() == 0
+        assert await page.locator("#thread a[href^='javascript']").count() == 0
+        link = page.locator("#thread a[href^='http://evil.test/']").first
+        assert await link.get_attribute("onmouseover") is None and await link.get_attribute("rel") == "noopener noreferrer"
 
 
 async def form_csrf(bot, session, path):

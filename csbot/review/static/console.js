@@ -1,22 +1,41 @@
-// csbot console: live updates over server-sent events.
-// Everything a customer wrote is put into the page with textContent, never as HTML.
+// csbot console: live updates over server-sent events, unread marks, notifications, saved replies.
+// The server renders every piece of HTML (escaped, in the agent's language); this script only
+// places it. Its own words come from the page's catalog strings (#console-data), with named
+// placeholders filled in here: no sentence is assembled from pieces.
 (function () {
   'use strict';
 
-  function el(tag, className, text) {
-    var node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
+  var data = {};
+  var strings = {};
+
+  function format(template, values) {
+    return String(template).replace(/%\((\w+)\)s/g, function (_, name) {
+      return values && values[name] !== undefined ? String(values[name]) : '';
+    });
   }
+
+  function fragment(html) {
+    var t = document.createElement('template');
+    t.innerHTML = html;  // server-rendered, autoescaped markup
+    localizeAll(t.content);
+    return t.content;
+  }
+
+  function post(url, fields) {
+    var body = new URLSearchParams(fields || {});
+    body.set('csrf', data.csrf);
+    return fetch(url, { method: 'POST', body: body, credentials: 'same-origin',
+      headers: { 'X-CSRF-Token': data.csrf } });
+  }
+
+  // ---- times: the server sends ISO 8601 with an offset (UTC text as a fallback); every one
+  // is shown in this browser's zone, with the full time and the zone's offset on hover.
 
   function pad(n) { return n < 10 ? '0' + n : String(n); }
 
-  // Times come from the server as ISO 8601 with an offset; every one is shown in this
-  // browser's zone, with the full time and the zone's offset on hover.
   function toDate(at) {
     if (at === null || at === undefined || at === '') return null;
-    var d = typeof at === 'number' ? new Date(at * 1000) : new Date(at);
+    var d = new Date(at);
     return isNaN(d.getTime()) ? null : d;
   }
 
@@ -24,265 +43,324 @@
     var m = -d.getTimezoneOffset();
     var sign = m >= 0 ? '+' : '-';
     m = Math.abs(m);
-    return 'UTC' + sign + pad(Math.floor(m / 60)) + ':' + pad(m % 60);
+    return format('UTC%(sign)s%(h)s:%(m)s', { sign: sign, h: pad(Math.floor(m / 60)), m: pad(m % 60) });
   }
 
-  function when(at) {
-    var d = toDate(at);
-    if (!d) return '';
-    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
-      pad(d.getHours()) + ':' + pad(d.getMinutes());
+  function when(d) {
+    return format('%(y)s-%(mo)s-%(d)s %(h)s:%(mi)s', { y: d.getFullYear(), mo: pad(d.getMonth() + 1),
+      d: pad(d.getDate()), h: pad(d.getHours()), mi: pad(d.getMinutes()) });
   }
 
-  function fullWhen(d) {
-    return when(d) + ':' + pad(d.getSeconds()) + ' ' + offset(d);
+  function ago(d) {
+    var s = Math.max(0, (Date.now() - d.getTime()) / 1000);
+    if (s < 60) return strings.just_now;
+    if (s < 3600) return format(strings.min_ago, { n: Math.floor(s / 60) });
+    if (s < 86400) return format(strings.h_ago, { n: Math.floor(s / 3600) });
+    return format(strings.d_ago, { n: Math.floor(s / 86400) });
   }
 
   function localize(node) {
     var d = toDate(node.getAttribute('datetime'));
     if (!d) return;
     node.textContent = node.getAttribute('data-local') === 'ago' ? ago(d) : when(d);
-    node.title = fullWhen(d);
+    node.title = format('%(when)s:%(s)s %(offset)s', { when: when(d), s: pad(d.getSeconds()), offset: offset(d) });
   }
 
-  function timeEl(at, mode, className) {
-    var t = el('time', className);
-    var d = toDate(at);
-    if (!d) return t;
-    t.setAttribute('datetime', d.toISOString());
-    t.setAttribute('data-local', mode || 'datetime');
-    localize(t);
-    return t;
+  function localizeAll(root) {
+    (root || document).querySelectorAll('time[datetime]').forEach(localize);
   }
 
-  function ago(at) {
-    var d = toDate(at);
-    if (!d) return '';
-    var s = Math.max(0, (Date.now() - d.getTime()) / 1000);
-    if (s < 60) return 'just now';
-    if (s < 3600) return Math.floor(s / 60) + ' min ago';
-    if (s < 86400) return Math.floor(s / 3600) + ' h ago';
-    return Math.floor(s / 86400) + ' d ago';
+  function refreshAgo() {
+    document.querySelectorAll('time[data-local="ago"]').forEach(localize);
   }
 
-  function card(title, lines, kind) {
-    var box = el('div', 'card-msg card-' + kind);
-    box.appendChild(el('div', 'card-thumb', kind === 'mp' ? '▣' : '🔗'));
-    var body = el('div', 'card-body');
-    body.appendChild(el('div', 'card-title', title));
-    lines.forEach(function (l) { if (l) body.appendChild(el('div', 'card-line', l)); });
-    body.appendChild(el('div', 'card-kind', kind === 'mp' ? 'Mini Program' : 'Link'));
-    box.appendChild(body);
-    return box;
+  // ---- the thread: stay at the bottom, or say that new messages came
+
+  var thread = null;
+  var marker = null;
+
+  function atBottom() {
+    return thread.scrollHeight - thread.scrollTop - thread.clientHeight < 80;
   }
 
-  function pill(item) {
-    var frag = document.createDocumentFragment();
-    var label = item.status.replace('_', ' ');
-    if ((item.status === 'failed' || item.status === 'dead') && item.errcode) label += ' · errcode ' + item.errcode;
-    var p = el('span', 'pill pill-' + item.status, label);
-    frag.appendChild(p);
-    if (['failed', 'dead', 'quota_exceeded', 'in_doubt'].indexOf(item.status) >= 0 && (item.errmsg || item.error)) {
-      frag.appendChild(el('span', 'delivery-error', [item.errmsg, item.error].filter(Boolean).join(' — ')));
-    }
-    var csrf = document.querySelector('input[name="csrf"]');
-    if (item.retryable && csrf) {
-      var form = el('form', 'retry-form');
-      form.method = 'post';
-      form.action = '/admin/messages/' + encodeURIComponent(item.id) + '/retry';
-      var hidden = el('input');
-      hidden.type = 'hidden';
-      hidden.name = 'csrf';
-      hidden.value = csrf.value;
-      form.appendChild(hidden);
-      var button = el('button', 'btn btn-sm retry', 'Retry');
-      button.type = 'submit';
-      form.appendChild(button);
-      frag.appendChild(form);
-    }
-    return frag;
+  function toBottom() {
+    thread.scrollTop = thread.scrollHeight;
+    if (marker) marker.hidden = true;
+    markRead();
   }
 
-  function handlerError(item, node) {
-    if (item.status === 'failed') {
-      node.appendChild(el('div', 'handler-error', 'Handler ' + (item.handler || '?') + ' failed: ' + (item.error || '')));
-    }
+  function lastMessageId() {
+    var ids = Array.prototype.map.call(thread.querySelectorAll('[data-kind=message][data-id]'),
+      function (n) { return parseInt(n.getAttribute('data-id'), 10); });
+    return ids.length ? Math.max.apply(null, ids) : 0;
   }
 
-  function renderMessage(item) {
-    var c = item.content || {};
-    var node;
-    if (item.direction === 'in' && item.type === 'event') {
-      node = el('div', 'item sys');
-      var ev = (item.event || '').toLowerCase();
-      var label = ev === 'user_enter_tempsession'
-        ? 'Customer opened the chat' + (c.SessionFrom ? ' from “' + c.SessionFrom + '”' : '')
-        : 'Event ' + (item.event || '');
-      node.appendChild(el('span', null, label));
-      node.appendChild(timeEl(item.at));
-      handlerError(item, node);
-    } else {
-      var inbound = item.direction === 'in';
-      var agent = !inbound && (item.author || '').indexOf('agent:') === 0;
-      node = el('div', 'item msg ' + (inbound ? 'in' : 'out ' + (agent ? 'agent' : 'bot')));
-      var bubble = el('div', 'bubble');
-      if (item.type === 'text') {
-        bubble.appendChild(el('div', 'text', inbound ? (c.Content !== undefined ? c.Content : item.text)
-          : (c.content !== undefined ? c.content : item.text)));
-      } else if (item.type === 'image' && inbound && item.media_stored) {
-        var img = el('img', 'photo');
-        img.src = '/admin/media/' + encodeURIComponent(item.id);
-        img.alt = 'Image sent by the customer';
-        bubble.appendChild(img);
-      } else if (item.type === 'image') {
-        var missing = el('div', 'media-missing', inbound ? 'Image not stored' : 'Image');
-        missing.appendChild(el('br'));
-        missing.appendChild(el('span', 'small', inbound ? 'MediaId ' + (c.MediaId || '?') : (c.media_id || '')));
-        bubble.appendChild(missing);
-      } else if (item.type === 'miniprogrampage') {
-        bubble.appendChild(inbound ? card(c.Title || 'Mini Program card', [c.PagePath, 'AppId ' + (c.AppId || '?')], 'mp')
-          : card(c.title, [c.pagepath], 'mp'));
-      } else if (item.type === 'link') {
-        bubble.appendChild(inbound ? card(c.Title || 'Link', [c.Description, c.Url], 'link')
-          : card(c.title, [c.description, c.url], 'link'));
-      } else {
-        bubble.appendChild(el('div', 'text other', item.text || '[' + item.type + ']'));
-      }
-      node.appendChild(bubble);
-      var meta = el('div', 'meta');
-      if (inbound) {
-        meta.appendChild(timeEl(item.at));
-        if (['pending', 'inline', 'handling'].indexOf(item.status) >= 0) {
-          meta.appendChild(document.createTextNode(' · '));
-          meta.appendChild(el('span', 'pill pill-queued', item.status));
-        } else if (item.handler && item.status === 'done') {
-          meta.appendChild(document.createTextNode(' · handled by ' + item.handler));
-        }
-        node.appendChild(meta);
-        if (item.transferred) node.appendChild(el('div', 'sys-inline', "Handed to WeChat's customer-service tool"));
-        handlerError(item, node);
-      } else {
-        meta.appendChild(document.createTextNode((agent ? item.author.slice(6) : 'bot · ' + (item.author || 'handler')) + ' · '));
-        meta.appendChild(timeEl(item.at));
-        meta.appendChild(document.createTextNode(' · '));
-        meta.appendChild(pill(item));
-        node.appendChild(meta);
-      }
-    }
-    node.id = 'm' + item.id;
-    node.setAttribute('data-kind', 'message');
-    node.setAttribute('data-id', String(item.id));
-    return node;
+  var readSent = 0;
+  function markRead() {
+    if (!thread || document.hidden || !atBottom()) return;
+    var last = lastMessageId();
+    if (last <= readSent) return;
+    readSent = last;
+    post('/admin/c/' + encodeURIComponent(data.app) + '/' + encodeURIComponent(data.openid) + '/read',
+      { last_id: String(last) })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (answer) {
+        if (answer) setMyUnread(answer.my_unread);
+        var row = findRow(data.app + '/' + data.openid);
+        var badge = row && row.querySelector('.count.unread');
+        if (badge) badge.remove();
+      })
+      .catch(function () { readSent = 0; });
   }
 
-  function nearBottom() {
-    return window.innerHeight + window.scrollY >= document.body.scrollHeight - 120;
+  function placeMessage(msg, replace) {
+    var old = document.getElementById('m' + msg.id);
+    if (old && !replace) return;
+    var stick = atBottom();
+    var node = fragment(msg.html);
+    if (old) { old.replaceWith(node); return; }
+    var empty = document.getElementById('empty-thread');
+    if (empty) empty.remove();
+    thread.appendChild(node);
+    if (stick) toBottom();
+    else if (msg.inbound && marker) marker.hidden = false;
   }
 
-  function setStatusBadge(node, status) {
-    if (!node) return;
-    node.textContent = status;
-    node.className = 'badge status-' + status;
-  }
+  // ---- the list, the details pane, the header
 
-  function startThread(thread) {
-    var params = new URLSearchParams({
-      app: thread.getAttribute('data-app'),
-      openid: thread.getAttribute('data-openid'),
-      after: thread.getAttribute('data-after') || '0'
+  function findRow(key) {
+    var found = null;
+    document.querySelectorAll('#conv-list li.conv').forEach(function (li) {
+      if (li.getAttribute('data-key') === key) found = li;
     });
-    var watch = [];
-    thread.querySelectorAll('[data-unsettled]').forEach(function (n) { watch.push(n.getAttribute('data-id')); });
-    if (watch.length) params.set('watch', watch.slice(-200).join(','));
-    var source = new EventSource('/admin/events?' + params.toString());
-    source.addEventListener('message', function (e) {
-      var item = JSON.parse(e.data);
-      if (document.getElementById('m' + item.id)) return;
-      var stick = nearBottom();
-      var empty = document.getElementById('empty-thread');
-      if (empty) empty.remove();
-      thread.appendChild(renderMessage(item));
-      thread.setAttribute('data-after', String(item.id));
-      if (stick) window.scrollTo(0, document.body.scrollHeight);
-    });
-    source.addEventListener('update', function (e) {
-      var item = JSON.parse(e.data);
-      var old = document.getElementById('m' + item.id);
-      if (old) old.replaceWith(renderMessage(item));
-    });
-    source.addEventListener('conversation', function (e) {
-      var conv = JSON.parse(e.data);
-      setStatusBadge(document.getElementById('conv-status'), conv.status);
-      var side = document.getElementById('side-status');
-      if (side) side.textContent = conv.status;
-      var agent = document.getElementById('conv-agent');
-      if (agent) agent.textContent = conv.assigned_agent || '';
+    return found;
+  }
+
+  function updateRow(conv) {
+    var list = document.getElementById('conv-list');
+    if (!list) return;
+    var old = findRow(conv.key);
+    if (!conv.row || (!old && (!conv.matches || data.filters.search))) {
+      if (old && !conv.row) old.remove();
+      return;
+    }
+    var node = fragment(conv.row).firstElementChild;
+    node.classList.add('fresh');
+    if (old) old.remove();
+    var empty = list.querySelector('li.empty');
+    if (empty) empty.remove();
+    list.insertBefore(node, list.firstChild);
+  }
+
+  function updateOpen(conv) {
+    var details = document.getElementById('details-body');
+    if (details && conv.details) details.replaceChildren(fragment(conv.details));
+    var badge = document.getElementById('conv-status');
+    if (badge) {
+      badge.textContent = conv.status_label;
+      badge.className = 'badge status-' + conv.status;
+      badge.setAttribute('data-status', conv.status);
+    }
+    var agent = document.getElementById('conv-agent');
+    if (agent) agent.textContent = conv.assigned_agent || '';
+  }
+
+  function setMyUnread(n) {
+    var badge = document.getElementById('my-unread');
+    if (!badge) return;
+    badge.textContent = String(n);
+    badge.hidden = !n;
+  }
+
+  function setWaiting(n) {
+    document.title = n ? format(strings.title_waiting, { n: n }) : strings.title_idle;
+  }
+
+  // ---- browser notifications (opt-in)
+
+  var notifyButton = null;
+  function notificationsOn() {
+    return 'Notification' in window && Notification.permission === 'granted' &&
+      localStorage.getItem('csbot-notify') === '1';
+  }
+
+  function showNotifyState() {
+    if (!notifyButton) return;
+    notifyButton.hidden = !('Notification' in window);
+    if (!('Notification' in window)) return;
+    if (Notification.permission === 'denied') notifyButton.textContent = strings.notify_denied;
+    else notifyButton.textContent = notificationsOn() ? strings.notify_on : strings.notify_off;
+    notifyButton.setAttribute('aria-pressed', notificationsOn() ? 'true' : 'false');
+  }
+
+  function toggleNotifications() {
+    if (notificationsOn()) {
+      localStorage.setItem('csbot-notify', '0');
+      showNotifyState();
+      return;
+    }
+    Notification.requestPermission().then(function (permission) {
+      localStorage.setItem('csbot-notify', permission === 'granted' ? '1' : '0');
+      showNotifyState();
     });
   }
 
-  function convRow(conv) {
-    var li = el('li', 'conv');
-    li.setAttribute('data-key', conv.app + '/' + conv.openid);
-    li.setAttribute('data-status', conv.status);
-    var a = el('a', 'conv-link');
-    a.href = '/admin/c/' + encodeURIComponent(conv.app) + '/' + encodeURIComponent(conv.openid);
-    a.appendChild(el('span', 'avatar', conv.openid.slice(-2)));
-    var main = el('span', 'conv-main');
-    var top = el('span', 'conv-top');
-    top.appendChild(el('span', 'openid', conv.openid));
-    top.appendChild(el('span', 'badge status-' + conv.status, conv.status));
-    if (conv.unanswered) top.appendChild(el('span', 'badge unanswered', 'unanswered'));
-    if (conv.undelivered) top.appendChild(el('span', 'badge undelivered', 'undelivered'));
-    if (conv.transferred_at) top.appendChild(el('span', 'badge transferred', 'transferred'));
-    (conv.tags || []).forEach(function (t) { top.appendChild(el('span', 'tag', t)); });
-    main.appendChild(top);
-    var last = conv.last_message || {};
-    var line = el('span', 'conv-last');
-    line.appendChild(el('span', 'dir', last.direction === 'in' ? 'Customer: ' : (last.direction === 'out' ? 'Reply: ' : '')));
-    line.appendChild(el('span', 'last-text', last.summary || ''));
-    main.appendChild(line);
-    a.appendChild(main);
-    var side = el('span', 'conv-side');
-    side.appendChild(timeEl(conv.last_message_at, 'ago'));
-    if (conv.assigned_agent) side.appendChild(el('span', 'agent-name', conv.assigned_agent));
-    a.appendChild(side);
-    li.appendChild(a);
-    li.classList.add('fresh');
-    return li;
+  function notify(conv) {
+    if (!conv.notify || !notificationsOn()) return;
+    var text = conv.notify === 'mine' ? strings.notify_mine : strings.notify_new;
+    var n = new Notification(format(text, { openid: conv.openid }), { tag: 'csbot-' + conv.key });
+    n.onclick = function () {
+      window.focus();
+      var parts = conv.key.split('/');
+      location.href = '/admin/c/' + encodeURIComponent(parts[0]) + '/' +
+        encodeURIComponent(parts.slice(1).join('/')) + (data.list_qs || '');
+    };
   }
 
-  function startList(list) {
-    var params = new URLSearchParams({ after: list.getAttribute('data-after') || '0' });
-    var onlyStatus = list.getAttribute('data-status');
-    var filtered = list.getAttribute('data-filtered') === 'yes';
-    var source = new EventSource('/admin/events?' + params.toString());
-    source.addEventListener('conversation', function (e) {
-      var conv = JSON.parse(e.data);
-      var key = conv.app + '/' + conv.openid;
-      var old = null;
-      list.querySelectorAll('li.conv').forEach(function (li) {
-        if (li.getAttribute('data-key') === key) old = li;
+  // ---- saved replies in the composer: "/" + shortcut, or Ctrl+/
+
+  function startComposer() {
+    var text = document.getElementById('reply-text');
+    var menu = document.getElementById('saved-menu');
+    var button = document.getElementById('saved-btn');
+    var form = document.getElementById('composer');
+    if (!text || !menu) return;
+    var active = 0;
+    var shown = [];
+    // "/" and a shortcut, at the start or after a space or punctuation (not inside a URL)
+    var SLASH = /(^|[^\p{L}\p{N}_:\/])\/([\p{L}\p{N}_-]*)$/u;
+
+    function query() {
+      var m = SLASH.exec(text.value.slice(0, text.selectionStart));
+      return m ? m[2].toLowerCase() : null;
+    }
+
+    function close() { menu.hidden = true; shown = []; }
+
+    function open(filter) {
+      shown = (data.saved || []).filter(function (r) {
+        return !filter || r.shortcut.toLowerCase().indexOf(filter) === 0;
       });
-      if (!old && (filtered || (onlyStatus && conv.status !== onlyStatus))) return;
-      var row = convRow(conv);
-      if (old) old.remove();
-      var empty = list.querySelector('li.empty');
-      if (empty) empty.remove();
-      list.insertBefore(row, list.firstChild);
+      menu.replaceChildren();
+      if (!shown.length) {
+        var none = document.createElement('li');
+        none.className = 'saved-none';
+        none.textContent = strings.no_saved;
+        menu.appendChild(none);
+      }
+      shown.forEach(function (r, i) {
+        var li = document.createElement('li');
+        li.setAttribute('role', 'option');
+        li.setAttribute('data-shortcut', r.shortcut);
+        var code = document.createElement('code');
+        code.textContent = '/' + r.shortcut;
+        var body = document.createElement('span');
+        body.textContent = r.text;
+        li.appendChild(code);
+        li.appendChild(body);
+        li.addEventListener('mousedown', function (e) { e.preventDefault(); insert(i); });
+        menu.appendChild(li);
+      });
+      active = 0;
+      highlight();
+      menu.hidden = false;
+    }
+
+    function highlight() {
+      Array.prototype.forEach.call(menu.querySelectorAll('li[role=option]'), function (li, i) {
+        li.classList.toggle('active', i === active);
+        li.setAttribute('aria-selected', i === active ? 'true' : 'false');
+      });
+    }
+
+    function insert(i) {
+      var r = shown[i];
+      if (!r) return;
+      var before = text.value.slice(0, text.selectionStart);
+      var after = text.value.slice(text.selectionStart);
+      var m = SLASH.exec(before);
+      if (m) before = before.slice(0, before.length - m[0].length + m[1].length);
+      text.value = before + r.text + after;
+      var caret = before.length + r.text.length;
+      text.setSelectionRange(caret, caret);
+      close();
+      text.focus();
+    }
+
+    text.addEventListener('input', function () {
+      var q = query();
+      if (q === null) close(); else open(q);
     });
-    setInterval(function () {
-      list.querySelectorAll('time[data-local="ago"]').forEach(localize);
-    }, 30000);
+    text.addEventListener('keydown', function (e) {
+      if ((e.ctrlKey || e.metaKey) && e.key === '/') { e.preventDefault(); open(''); return; }
+      if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') { e.preventDefault(); form.requestSubmit(); return; }
+      if (menu.hidden) return;
+      if (e.key === 'ArrowDown') { e.preventDefault(); active = Math.min(active + 1, shown.length - 1); highlight(); }
+      else if (e.key === 'ArrowUp') { e.preventDefault(); active = Math.max(active - 1, 0); highlight(); }
+      else if (e.key === 'Enter' || e.key === 'Tab') { if (shown.length) { e.preventDefault(); insert(active); } }
+      else if (e.key === 'Escape') { e.preventDefault(); close(); }
+    });
+    text.addEventListener('blur', function () { setTimeout(close, 150); });
+    if (button) button.addEventListener('click', function () { text.focus(); open(''); });
+    var file = document.getElementById('image-file');
+    if (file) file.addEventListener('change', function () {
+      if (file.files.length) document.getElementById('image-form').requestSubmit();
+    });
+  }
+
+  // ---- the stream
+
+  function start() {
+    var params = new URLSearchParams({
+      after: String(data.after || 0), after_event: String(data.after_event || 0),
+      after_audit: String(data.after_audit || 0), list_qs: data.list_qs || ''
+    });
+    if (data.app) { params.set('app', data.app); params.set('openid', data.openid); }
+    if (data.watch && data.watch.length) params.set('watch', data.watch.join(','));
+    if (data.filters.status) params.set('status', data.filters.status);
+    if (data.filters.assigned) params.set('assigned', data.filters.assigned);
+    if (data.filters.app) params.set('list_app', data.filters.app);
+    var source = new EventSource('/admin/events?' + params.toString());
+    source.addEventListener('message', function (e) { if (thread) placeMessage(JSON.parse(e.data), false); });
+    source.addEventListener('update', function (e) { if (thread) placeMessage(JSON.parse(e.data), true); });
+    source.addEventListener('conversation', function (e) {
+      var conv = JSON.parse(e.data);
+      updateRow(conv);
+      if (conv.open) updateOpen(conv);
+      notify(conv);
+    });
+    source.addEventListener('summary', function (e) {
+      var s = JSON.parse(e.data);
+      setWaiting(s.waiting);
+      setMyUnread(s.my_unread);
+    });
+    source.addEventListener('signed_out', function () { source.close(); location.reload(); });
   }
 
   document.addEventListener('DOMContentLoaded', function () {
-    document.querySelectorAll('time[datetime]').forEach(localize);
-    var thread = document.getElementById('thread');
+    var holder = document.getElementById('console-data');
+    if (!holder) return;
+    data = JSON.parse(holder.textContent);
+    strings = data.strings || {};
+    localizeAll(document);
+    thread = document.getElementById('thread');
+    marker = document.getElementById('new-marker');
     if (thread) {
-      startThread(thread);
-      window.scrollTo(0, document.body.scrollHeight);
+      thread.scrollTop = thread.scrollHeight;
+      thread.addEventListener('scroll', function () { if (atBottom()) { if (marker) marker.hidden = true; markRead(); } });
+      document.addEventListener('visibilitychange', markRead);
+      if (marker) marker.addEventListener('click', toBottom);
+      markRead();
     }
-    var list = document.getElementById('conv-list');
-    if (list) startList(list);
+    var toggle = document.getElementById('details-toggle');
+    if (toggle) toggle.addEventListener('click', function () { document.body.classList.toggle('show-details'); });
+    var closeDetails = document.getElementById('details-close');
+    if (closeDetails) closeDetails.addEventListener('click', function () { document.body.classList.remove('show-details'); });
+    notifyButton = document.getElementById('notify-toggle');
+    if (notifyButton) { notifyButton.addEventListener('click', toggleNotifications); showNotifyState(); }
+    if (thread) window.addEventListener('load', function () { if (marker && marker.hidden) toBottom(); });
+    startComposer();
+    start();
+    setInterval(refreshAgo, 30000);
   });
 })();

@@ -30,7 +30,7 @@ async def test_collections_and_documents_with_a_json_filter():
             where = quote('{"n": 1}')
             async with agent.get(f"{bot.url}/admin/db/default/orders?where={where}") as resp:
                 html = await resp.text()
-                assert "1 document(s)" in html and "&lt;script&gt;" in html and "<script>alert" not in html
+                assert "1 document<" in html and "&lt;script&gt;" in html and "<script>alert" not in html
             async with agent.get(f"{bot.url}/admin/db/default/orders?where={quote('{nope')}") as resp:
                 assert "the filter is not JSON" in await resp.text()
             bad = quote('{"n": {"$bad": 1}}')
