@@ -887,6 +887,10 @@ class Inbox:
             self.metrics.handled.labels(row.app, result.status).inc()
         if op.queued:
             self.on_replies()
+        webhooks = getattr(self.services, "webhooks", None)
+        if webhooks is not None and claim.conversation_status == ConversationStatus.CLOSED \
+                and activity.user_message:  # the customer wrote again: the conversation reopened as bot
+            webhooks.status_changed(row.app, row.openid)
         return True
 
     async def _keep_image(self, row: Message, event: dict[str, Any]) -> str | None:

@@ -230,3 +230,16 @@ async def test_cli_lists_and_redelivers(tmp_path, monkeypatch):
         code, out, err = await cli("redeliver", "--failed")
         assert code == 0 and out.startswith("1 delivery"), err
         await until(lambda: len(receiver.got) == 2, timeout=15)
+
+
+async def test_a_closed_conversation_reopened_by_the_customer_is_a_status_change():
+    async with Receiver() as receiver, Harness.start(
+            router=echo_router(), webhooks=hook(receiver.url, events=["conversation.status_changed"])) as bot:
+        await bot.send_text("oAnn", "一")
+        await bot.wait_idle()
+        await bot.services.review.set_status("default", "oAnn", "closed", agent="ada")
+        await until(lambda: len(receiver.got) == 1)
+        await bot.send_text("oAnn", "二")
+        await bot.wait_idle()
+        await until(lambda: len(receiver.got) == 2)
+        assert [p["conversation"]["status"] for _, _, p in receiver.got] == ["closed", "bot"]

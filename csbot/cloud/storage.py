@@ -381,120 +381,34 @@ async def _source_chunks(source: Any) -> AsyncIterator[bytes]:
 # ---------------------------------------------------------------- rules
 
 
-_RULE_TOKEN = re.compile(r"\s*(?:(==|!=|&&|\|\||!|\(|\))|(true|false|null)\b|(auth\.openid|resource\.openid|resource\.path|auth)\b|('[^']*'|\"[^\"]*\"))")
-
-
 class StorageRule:
     """One storage rule: ``true``/``false`` or an expression over ``auth`` and ``resource``.
 
-    WeChat's storage rules only ever compare the caller with the file: ``auth.openid``,
-    ``resource.openid``, ``resource.path``, ``auth != null``, string literals, ``== !=``,
-    ``&& || !`` and parentheses. The text is parsed into a small tree once, at start (a bad
-    rule stops the start with a message), and interpreted — never evaluated as code.
+    The language is the database rules' (:mod:`csbot.cloud.database.rules`: ``== != < <= > >=
+    in && || !``, ``.`` and ``[]``, literals), over WeChat's storage variables ``auth``
+    (``openid``; null for nobody) and ``resource`` (``openid`` of the file's owner, ``path``).
+    Parsed once, at start (a bad rule stops the start with a message), and interpreted —
+    never evaluated as code.
     """
 
     def __init__(self, source: bool | str) -> None:
+        from csbot.cloud.database.rules import RuleError, parse_rule
+
         self.source = source
-        if isinstance(source, bool):
-            self.tree: Any = ("lit", source)
-            return
-        if not isinstance(source, str) or len(source) > 1024:
-            raise ValueError("a storage rule is true, false or an expression of at most 1,024 characters")
-        tokens = _tokenize_rule(source)
-        tree, rest = _parse_or(tokens)
-        if rest:
-            raise ValueError(f"storage rule {source!r}: unexpected {rest[0][1]!r}")
-        self.tree = tree
+        try:
+            self.rule = parse_rule(source, where="storage rule", variables=("auth", "resource"))
+        except RuleError as exc:
+            raise ValueError(str(exc)) from None
 
     def allows(self, auth_openid: str | None, resource: Mapping[str, Any]) -> bool:
-        env = {"auth": None if auth_openid is None else {"openid": auth_openid},
-               "auth.openid": auth_openid, "resource.openid": resource.get("openid"),
-               "resource.path": resource.get("path")}
-        return bool(_eval_rule(self.tree, env))
+        from csbot.cloud.database.rules import holds
+
+        auth = None if auth_openid is None else {"openid": auth_openid}
+        return holds(self.rule, {"auth": auth, "resource": {"openid": resource.get("openid"),
+                                                            "path": resource.get("path")}})
 
     def __repr__(self) -> str:
         return f"StorageRule({self.source!r})"
-
-
-def _tokenize_rule(text: str) -> list[tuple[str, Any]]:
-    tokens: list[tuple[str, Any]] = []
-    pos = 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = _RULE_TOKEN.match(text, pos)
-        if not m:
-            raise ValueError(f"storage rule {text!r}: cannot read {text[pos:].strip()[:20]!r} "
-                             "(allowed: auth.openid, resource.openid, resource.path, strings, == != && || ! ( ))")
-        op, lit, var, string = m.groups()
-        if op:
-            tokens.append(("op", op))
-        elif lit:
-            tokens.append(("lit", {"true": True, "false": False, "null": None}[lit]))
-        elif var:
-            tokens.append(("var", var))
-        else:
-            tokens.append(("lit", string[1:-1]))
-        pos = m.end()
-    return tokens
-
-
-def _parse_or(tokens: list[tuple[str, Any]]) -> tuple[Any, list[tuple[str, Any]]]:
-    left, tokens = _parse_and(tokens)
-    while tokens and tokens[0] == ("op", "||"):
-        right, tokens = _parse_and(tokens[1:])
-        left = ("or", left, right)
-    return left, tokens
-
-
-def _parse_and(tokens: list[tuple[str, Any]]) -> tuple[Any, list[tuple[str, Any]]]:
-    left, tokens = _parse_cmp(tokens)
-    while tokens and tokens[0] == ("op", "&&"):
-        right, tokens = _parse_cmp(tokens[1:])
-        left = ("and", left, right)
-    return left, tokens
-
-
-def _parse_cmp(tokens: list[tuple[str, Any]]) -> tuple[Any, list[tuple[str, Any]]]:
-    left, tokens = _parse_unary(tokens)
-    if tokens and tokens[0] in (("op", "=="), ("op", "!=")):
-        op = tokens[0][1]
-        right, tokens = _parse_unary(tokens[1:])
-        left = ("eq" if op == "==" else "ne", left, right)
-    return left, tokens
-
-
-def _parse_unary(tokens: list[tuple[str, Any]]) -> tuple[Any, list[tuple[str, Any]]]:
-    if not tokens:
-        raise ValueError("storage rule ends too early")
-    head, rest = tokens[0], tokens[1:]
-    if head == ("op", "!"):
-        inner, rest = _parse_unary(rest)
-        return ("not", inner), rest
-    if head == ("op", "("):
-        inner, rest = _parse_or(rest)
-        if not rest or rest[0] != ("op", ")"):
-            raise ValueError("storage rule: missing ')'")
-        return inner, rest[1:]
-    if head[0] in ("lit", "var"):
-        return head, rest
-    raise ValueError(f"storage rule: unexpected {head[1]!r}")
-
-
-def _eval_rule(node: Any, env: Mapping[str, Any]) -> Any:
-    kind = node[0]
-    if kind == "lit":
-        return node[1]
-    if kind == "var":
-        return env[node[1]]
-    if kind == "not":
-        return not _eval_rule(node[1], env)
-    if kind == "and":
-        return bool(_eval_rule(node[1], env)) and bool(_eval_rule(node[2], env))
-    if kind == "or":
-        return bool(_eval_rule(node[1], env)) or bool(_eval_rule(node[2], env))
-    left, right = _eval_rule(node[1], env), _eval_rule(node[2], env)
-    return left == right if kind == "eq" else left != right
 
 
 @dataclass(frozen=True)

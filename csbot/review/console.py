@@ -488,6 +488,35 @@ def build_console(services: Services) -> web.Application:
                               session.csrf)
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
+    # ---- agents (admins manage them here or with `csbot agents`)
+
+    async def require_admin(request: web.Request, *, post: bool = False) -> tuple[ConsoleSession, Any]:
+        session, form = (await require_post(request)) if post else (await require(request, page=True), None)
+        if not session.actor.is_admin:
+            raise web.HTTPForbidden(reason="only an admin manages agents")
+        return session, form
+
+    async def agents_page(request: web.Request) -> web.Response:
+        session, _form = await require_admin(request)
+        return render("agents.html", **(await base_ctx(request, session)), agents=await services.agents.list())
+
+    async def agent_add(request: web.Request) -> web.Response:
+        session, form = await require_admin(request, post=True)
+        await services.agents.add(str(form.get("name") or ""), str(form.get("password") or ""),
+                                  role=str(form.get("role") or "agent"), by=session.actor)
+        raise web.HTTPSeeOther("/admin/agents")
+
+    async def agent_change(request: web.Request) -> web.Response:
+        session, form = await require_admin(request, post=True)
+        name, what = request.match_info["name"], request.match_info["what"]
+        if what in ("disable", "enable"):
+            await services.agents.set_disabled(name, what == "disable", by=session.actor)
+        elif what == "password":
+            await services.agents.reset_password(name, str(form.get("password") or ""), by=session.actor)
+        else:
+            raise web.HTTPNotFound()
+        raise web.HTTPSeeOther("/admin/agents")
+
     # ---- saved replies (admins manage them; everyone uses them)
 
     async def saved_page(request: web.Request) -> web.Response:
@@ -599,6 +628,9 @@ def build_console(services: Services) -> web.Application:
     r.add_post("/c/{app}/{openid}/tags", tags)
     r.add_post("/c/{app}/{openid}/notes", notes)
     r.add_post("/c/{app}/{openid}/read", mark_read)
+    r.add_get("/agents", agents_page)
+    r.add_post("/agents", agent_add)
+    r.add_post("/agents/{name}/{what}", agent_change)
     r.add_get("/saved-replies", saved_page)
     r.add_post("/saved-replies", saved_put)
     r.add_post("/saved-replies/{id}/delete", saved_delete)

@@ -3,6 +3,7 @@ sessions that disabling and password resets end everywhere, sign-in rate limits 
 address, roles, and per-agent API tokens on /api/."""
 
 import asyncio
+import re
 import io
 import json
 import sys
@@ -256,3 +257,31 @@ def test_cli_agents_and_audit(tmp_path, monkeypatch, capsys):
     assert entries[0]["at"][:4].isdigit() and entries[0]["at"][19] in "+-Z"
     assert main(["audit", "--since", "1d"]) == 0
     assert "agent_token" in capsys.readouterr().out
+
+
+async def test_admins_manage_agents_in_the_console_and_agents_cannot():
+    async with start() as bot:
+        await add_agent(bot, "boss", role="admin")
+        await add_agent(bot, "ada")
+        async with jar() as boss, jar() as ada_browser:
+            assert (await console_sign_in(bot, ada_browser, "ada")).status == 303
+            assert (await console_sign_in(bot, boss, "boss")).status == 303
+            async with ada_browser.get(bot.url + "/admin/agents") as r:
+                assert r.status == 403
+            async with boss.get(bot.url + "/admin/agents") as r:
+                page = await r.text()
+                csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+                assert r.status == 200 and 'data-agent="ada"' in page
+            async with boss.post(bot.url + "/admin/agents", data={"csrf": csrf, "name": "cy", "password": PASSWORD,
+                                                                  "role": "agent"}) as r:
+                assert r.status == 200 and 'data-agent="cy"' in await r.text()
+            async with boss.post(bot.url + "/admin/agents/ada/disable", data={"csrf": csrf}) as r:
+                assert r.status == 200
+            async with ada_browser.get(bot.url + "/admin/", allow_redirects=False) as r:
+                assert r.status == 303  # signed out everywhere
+            async with boss.post(bot.url + "/admin/agents/cy/password", data={"csrf": csrf, "password": "x"}) as r:
+                assert r.status == 400
+            async with boss.post(bot.url + "/admin/agents", data={"name": "eve", "password": PASSWORD}) as r:
+                assert r.status == 403  # no CSRF token
+        actions = [e["action"] for e in await audit(bot)]
+        assert "agent_add" in actions and "agent_disable" in actions

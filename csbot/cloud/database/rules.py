@@ -119,9 +119,10 @@ def _tokens(source: str) -> list[tuple[str, Any, int]]:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, variables: tuple[str, ...] = VARIABLES) -> None:
         self.toks = _tokens(source)
         self.i = 0
+        self.variables = variables
 
     def peek(self) -> tuple[str, Any, int]:
         return self.toks[self.i]
@@ -192,9 +193,9 @@ class _Parser:
         if tok[0] == "name":
             if self.at("("):
                 raise RuleError(f"function calls such as {tok[1]}() are not supported (position {tok[2]})")
-            if tok[1] not in VARIABLES:
+            if tok[1] not in self.variables:
                 raise RuleError(f"unknown variable {tok[1]!r} at position {tok[2]} "
-                                f"(use auth, doc, request or now)")
+                                f"(use {', '.join(self.variables)})")
             return Var(tok[1])
         if tok[0] == "op" and tok[1] == "(":
             expr = self.or_()
@@ -212,7 +213,9 @@ class _Parser:
         raise RuleError(f"unexpected {tok[1] if tok[0] != 'end' else 'end of rule'!r} at position {tok[2]}")
 
 
-def parse_rule(source: Any, *, where: str = "rule") -> "Rule":
+def parse_rule(source: Any, *, where: str = "rule", variables: tuple[str, ...] = VARIABLES) -> "Rule":
+    """Parse a rule over ``variables`` (the database's by default; storage rules use
+    ``auth`` and ``resource``)."""
     if isinstance(source, bool):
         return Rule(str(source).lower(), Lit(source))
     if not isinstance(source, str):
@@ -220,7 +223,7 @@ def parse_rule(source: Any, *, where: str = "rule") -> "Rule":
     if len(source) > MAX_RULE_LENGTH:
         raise RuleError(f"{where}: longer than {MAX_RULE_LENGTH} characters")
     try:
-        return Rule(source, _Parser(source).parse())
+        return Rule(source, _Parser(source, variables).parse())
     except RuleError as exc:
         raise RuleError(f"{where}: {exc} in {source!r}") from None
 
@@ -310,6 +313,11 @@ def evaluate(expr: Expr, env: Mapping[str, Any]) -> Any:
     if not same_kind_comparable(left, right):
         return False
     return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[expr.op]
+
+
+def holds(rule: "Rule", env: Mapping[str, Any]) -> bool:
+    """Whether ``rule`` is certainly true in ``env`` (an unknown value is not true)."""
+    return _truth(evaluate(rule.expr, env)) is True
 
 
 def _truth(value: Any) -> Any:

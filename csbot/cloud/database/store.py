@@ -154,6 +154,8 @@ class DocumentStore:
         self.is_pg = engine.dialect.name == "postgresql"
         self.max_document_size = max_document_size
         self.indexes = {k: [list(i) for i in v] for k, v in (indexes or {}).items()}
+        #: declared indexes known to exist (ensure_indexes); the SQLite prefilter names them
+        self.created_indexes: set[str] = set()
         self.metrics = metrics
 
     # ------------------------------------------------------------------ helpers
@@ -192,11 +194,15 @@ class DocumentStore:
         """
         if self.is_pg or collection not in self.indexes:
             return None
-        first_fields = {tuple(split_path(i[0])) for i in self.indexes[collection] if i}
+        first_fields = {tuple(split_path(i[0])): self._index_name(collection, i)
+                        for i in self.indexes[collection] if i}
         scope = f"collection = '{collection}' AND app = '{app}'"
         d = self.dialect
         for item in conjuncts:
             if not (isinstance(item, Field) and item.path in first_fields and len(item.path) == 1):
+                continue
+            name = first_fields[item.path]
+            if name not in self.created_indexes:
                 continue
             node = d.child(d.root(), item.path[0])
             scalar = d.scalar(node)
@@ -207,8 +213,11 @@ class DocumentStore:
                 match = d.cmp(scalar, item.cond.op, item.cond.value, compiler.bind)
             else:
                 continue
-            return (f"seq IN (SELECT seq FROM cloud_documents WHERE {scope} AND {match} UNION ALL "
-                    f"SELECT seq FROM cloud_documents WHERE {scope} AND {d.type_of(node)} = 'array')")
+            # INDEXED BY: with statistics SQLite would rather walk the whole collection than trust
+            # the (nearly empty) partial index of array values
+            return (f"seq IN (SELECT seq FROM cloud_documents INDEXED BY {name} WHERE {scope} AND {match} "
+                    f"UNION ALL SELECT seq FROM cloud_documents INDEXED BY {name}_a WHERE {scope} "
+                    f"AND {d.type_of(node)} = 'array')")
         return None
 
     def _body_sql(self) -> str:
@@ -451,32 +460,39 @@ class DocumentStore:
 
     def index_statements(self) -> list[str]:
         """``CREATE INDEX`` for each declared index: partial on the collection, expressions on
-        the fields' values (and on the first field's type, which serves "array contains")."""
+        the fields' values, and a partial index of the documents whose first field is an array
+        (which "array contains" matches)."""
         out = []
         for collection, declared in sorted(self.indexes.items()):
             check_collection(collection)
             for fields in declared:
                 paths = [split_path(f, where=f"collections.{collection}.indexes") for f in fields]
-                digest = hashlib.sha1(f"{collection}:{fields}".encode()).hexdigest()[:10]
+                name = self._index_name(collection, fields)
                 values = [self.dialect.index_exprs(p)[0] for p in paths]
                 first_type = self.dialect.index_exprs(paths[0])[1]
                 if self.is_pg:  # app first: PostgreSQL combines both indexes in a BitmapOr
-                    cols, type_cols = ["app"] + [f"({v})" for v in values], ["app", f"({first_type})"]
+                    cols = ["app"] + [f"({v})" for v in values]
                 else:  # expressions first: the SQLite prefilter looks them up without app
-                    cols, type_cols = values + ["app"], [first_type, "app"]
-                out.append(f"CREATE INDEX IF NOT EXISTS ix_cdoc_{digest} ON cloud_documents "
+                    cols = values + ["app"]
+                out.append(f"CREATE INDEX IF NOT EXISTS {name} ON cloud_documents "
                            f"({', '.join(cols)}) WHERE collection = '{collection}'")
-                out.append(f"CREATE INDEX IF NOT EXISTS ix_cdoc_{digest}_t ON cloud_documents "
-                           f"({', '.join(type_cols)}) WHERE collection = '{collection}'")
+                # the documents whose first field is an array ("contains" matches): usually none,
+                # so a partial index the planners know to be tiny
+                out.append(f"CREATE INDEX IF NOT EXISTS {name}_a ON cloud_documents (app) "
+                           f"WHERE collection = '{collection}' AND {first_type} = 'array'")
         return out
+
+    @staticmethod
+    def _index_name(collection: str, fields: Sequence[str]) -> str:
+        return "ix_cdoc_" + hashlib.sha1(f"{collection}:{list(fields)}".encode()).hexdigest()[:10]
 
     async def ensure_indexes(self) -> None:
         statements = self.index_statements()
-        if not statements:
-            return
-        async with self.engine.begin() as conn:
-            for statement in statements:
-                await conn.execute(text(statement))
+        if statements:
+            async with self.engine.begin() as conn:
+                for statement in statements:
+                    await conn.execute(text(statement))
+        self.created_indexes = {self._index_name(c, f) for c, declared in self.indexes.items() for f in declared}
 
 
 def parse_order(orders: Iterable[Any]) -> tuple[tuple[tuple[str, ...], bool], ...]:
