@@ -493,7 +493,7 @@ def build_console(services: Services) -> web.Application:
     async def require_admin(request: web.Request, *, post: bool = False) -> tuple[ConsoleSession, Any]:
         session, form = (await require_post(request)) if post else (await require(request, page=True), None)
         if not session.actor.is_admin:
-            raise web.HTTPForbidden(reason="only an admin manages agents")
+            raise web.HTTPForbidden(reason="only an admin may do this")
         return session, form
 
     async def agents_page(request: web.Request) -> web.Response:
@@ -618,7 +618,11 @@ def build_console(services: Services) -> web.Application:
     r.add_get("/lang/{lang}", language)
     r.add_get("/c/{app}/{openid}", thread_page)
     from csbot.cloud.database.console import add_database_pages  # csbot.cloud.database: /admin/db
-    add_database_pages(console, services, require, render, page_ctx)
+    async def require_admin_page(request: web.Request, page: bool = True) -> ConsoleSession:
+        # every app's documents, whoever owns them: admins only, as the agents pages
+        return (await require_admin(request))[0]
+
+    add_database_pages(console, services, require_admin_page, render, page_ctx)
     r.add_get("/c/{app}/{openid}/details", details_fragment)
     r.add_post("/c/{app}/{openid}/reply", reply)
     r.add_post("/c/{app}/{openid}/image", send_image)

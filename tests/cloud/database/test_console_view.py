@@ -10,9 +10,9 @@ from csbot.cloud.database import Database
 from tests.review.support import add_agent, console_sign_in, start
 
 
-async def signed_in(bot, session):
-    await add_agent(bot, "ada")
-    resp = await console_sign_in(bot, session, "ada")
+async def signed_in(bot, session, name="ada", role="admin"):
+    await add_agent(bot, name, role=role)
+    resp = await console_sign_in(bot, session, name)
     assert resp.status == 303
 
 
@@ -36,3 +36,13 @@ async def test_collections_and_documents_with_a_json_filter():
             bad = quote('{"n": {"$bad": 1}}')
             async with agent.get(f"{bot.url}/admin/db/default/orders?where={bad}") as resp:
                 assert "unknown query operator" in await resp.text()
+
+
+async def test_only_admins_browse_the_database():
+    """Documents belong to every app and customer: an agent (not an admin) is refused, loudly."""
+    async with start() as bot:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as agent:
+            await signed_in(bot, agent, name="bob", role="agent")
+            for path in ("/admin/db", "/admin/db/default/orders"):
+                async with agent.get(bot.url + path, allow_redirects=False) as resp:
+                    assert resp.status == 403, path
