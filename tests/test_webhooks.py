@@ -26,13 +26,17 @@ class Receiver:
         self.got: list[tuple[dict, bytes, dict]] = []
         self.answers: list[int] = []
         self.hang = False
+        self.released = asyncio.Event()  # set on exit: a hanging answer ends with the test, not 30 s later
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if self.hang:
-            await asyncio.sleep(30)
+            try:
+                await asyncio.wait_for(self.released.wait(), 30)
+            except asyncio.TimeoutError:
+                pass
         self.got.append((dict(request.headers), body, json.loads(body)))
         return web.Response(status=self.answers.pop(0) if self.answers else 200)
 
@@ -47,6 +51,7 @@ class Receiver:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        self.released.set()
         await self.runner.cleanup()
 
     def events(self) -> list[str]:
