@@ -15,6 +15,7 @@ from typing import Any
 
 from csbot.cloud.database.errors import QueryError
 from csbot.cloud.database.matcher import test as test_cond
+from csbot.cloud.database.matcher import lookup as _get  # one path walk, the matcher's
 from csbot.cloud.database.matcher import matches
 from csbot.cloud.database.query import Eq, _Budget, _parse_ops, _parse_query
 from csbot.cloud.database.values import (
@@ -242,18 +243,6 @@ def _apply(op: Op, doc: dict[str, Any]) -> None:
             return
         array = [x for x in array if not any(equal(x, v) for v in op.arg)]
     _set(doc, op.path, array, where)
-
-
-def _get(doc: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
-    value = doc
-    for key in path:
-        if isinstance(value, dict) and key in value:
-            value = value[key]
-        elif isinstance(value, list) and is_index(key) and int(key) < len(value):
-            value = value[int(key)]
-        else:
-            return False, None
-    return True, value
 
 
 def _set(doc: Any, path: tuple[str, ...], value: Any, where: str) -> None:
