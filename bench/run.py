@@ -137,6 +137,18 @@ def stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (the event loop is the thread whose id is the pid)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def proc_cpu(pid: int) -> float:
     """User + system CPU seconds of a live process."""
     with open(f"/proc/{pid}/stat") as f:
@@ -330,6 +342,7 @@ def csbot_round(i: int, variant: str, args: argparse.Namespace, pushes_file: Pat
                      "-o", str(OUT / f"profile-round{i}-{variant}-{k}.txt")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         cpu0 = sum(proc_cpu(p.pid) for p in procs)
+        threads0 = [thread_cpu(p.pid) for p in procs]
         if nproc == 1:
             w = run_wrk(f"http://127.0.0.1:{ports[0]}/wechat", args, pushes_file, f"csbot-round{i}-{variant}")
         else:  # wrk split across the processes' ports, each with its half of the corpus and connections
@@ -337,6 +350,9 @@ def csbot_round(i: int, variant: str, args: argparse.Namespace, pushes_file: Pat
                               f"csbot-round{i}-{variant}")
         t_end = time.monotonic()
         cpu1 = sum(proc_cpu(p.pid) for p in procs)
+        threads1 = [thread_cpu(p.pid) for p in procs]
+        # the event loop's CPU and the other threads' (SQLite's, the thread pool's) during the load
+        cpu_loop = sum(t1.get(p.pid, 0) - t0.get(p.pid, 0) for p, t0, t1 in zip(procs, threads0, threads1))
         at_end = store.inbound()  # right after wrk: acknowledged pushes must already be committed
         sent_at_end = fake_sent(fake_port) - sent0 if replies else 0
         drain = wait_drained(store, args.drain_timeout, replies)
@@ -378,6 +394,8 @@ def csbot_round(i: int, variant: str, args: argparse.Namespace, pushes_file: Pat
         drain_s=drain_s,
         csbot_cpu_run_s=cpu1 - cpu0,
         csbot_cpu_drain_s=cpu2 - cpu1,
+        csbot_cpu_loop_run_s=cpu_loop,
+        csbot_cpu_other_threads_run_s=(cpu1 - cpu0) - cpu_loop,
         csbot_cpu_us_per_ack=(cpu1 - cpu0) / w["ok"] * 1e6 if w["ok"] else None,
         csbot_cpu_us_per_push_total=(cpu2 - cpu0) / max(final["total"], 1) * 1e6,
         log=str(OUT),

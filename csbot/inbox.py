@@ -210,34 +210,44 @@ class ClaimOp:
     batch_kind: str = "claim"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["ClaimOp"]) -> list[Claim | str | None]:
-        from sqlalchemy import and_, bindparam, exists
+        """All claims of a batch in three statements: count the attempts (a push whose user has
+        something earlier unsettled is not counted), read the conversations, and, for pushes
+        not claimed, why."""
+        from sqlalchemy import and_, bindparam, exists, tuple_
 
         dialect = _dialect(session)
         conn = await session.connection()
         earlier = _MSG.alias("earlier")
-        claim = _cached(dialect, "claim", lambda _: (
+        claim = _cached(dialect, "claim_many", lambda _: (
             update(_MSG).where(
-                _MSG.c.id == bindparam("mid"), _MSG.c.status == PENDING,
+                _MSG.c.id.in_(bindparam("ids", expanding=True)), _MSG.c.status == PENDING,
                 ~exists().where(and_(earlier.c.direction == "in", earlier.c.status.in_(INBOUND_UNSETTLED),
-                                     earlier.c.app == bindparam("c_app"),
-                                     earlier.c.openid == bindparam("c_openid"),
-                                     earlier.c.id < bindparam("mid"))))
-            .values(attempts=_MSG.c.attempts + 1).returning(_MSG.c.attempts, _MSG.c.error)))
-        state = _cached(dialect, "claim_state", lambda _: (
-            select(_CONV.c.status, _USER.c.unionid).select_from(_CONV.outerjoin(
+                                     earlier.c.app == _MSG.c.app, earlier.c.openid == _MSG.c.openid,
+                                     earlier.c.id < _MSG.c.id)))
+            .values(attempts=_MSG.c.attempts + 1).returning(_MSG.c.id, _MSG.c.attempts, _MSG.c.error)))
+        state = _cached(dialect, "claim_states", lambda _: (
+            select(_CONV.c.app, _CONV.c.openid, _CONV.c.status, _USER.c.unionid).select_from(_CONV.outerjoin(
                 _USER, (_USER.c.app == _CONV.c.app) & (_USER.c.openid == _CONV.c.openid)))
-            .where(_CONV.c.app == bindparam("c_app"), _CONV.c.openid == bindparam("c_openid"))))
+            .where(tuple_(_CONV.c.app, _CONV.c.openid).in_(bindparam("keys", expanding=True)))))
+        still = _cached(dialect, "claim_unclaimed", lambda _: (
+            select(_MSG.c.id, _MSG.c.status).where(_MSG.c.id.in_(bindparam("ids", expanding=True)))))
+        claimed = {r.id: r for r in (await conn.execute(
+            claim, {"ids": sorted({op.message_id for op in ops})})).all()}
+        unclaimed = sorted({op.message_id for op in ops} - claimed.keys())
+        pending = {r.id for r in (await conn.execute(still, {"ids": unclaimed})).all()
+                   if r.status == PENDING} if unclaimed else set()
+        for op in ops:
+            if op.unionid and op.message_id in claimed:
+                await remember_unionid(conn, op.app, op.openid, op.unionid)
+        keys = sorted({(op.app, op.openid) for op in ops if op.message_id in claimed})
+        convs = {(r.app, r.openid): r for r in (await conn.execute(state, {"keys": keys})).all()} if keys else {}
         results: list[Claim | str | None] = []
         for op in ops:
-            keys = {"mid": op.message_id, "c_app": op.app, "c_openid": op.openid}
-            row = (await conn.execute(claim, keys)).first()
+            row = claimed.get(op.message_id)
             if row is None:
-                still = (await conn.execute(select(_MSG.c.status).where(_MSG.c.id == op.message_id))).scalar()
-                results.append(BLOCKED if still == PENDING else None)
+                results.append(BLOCKED if op.message_id in pending else None)
                 continue
-            if op.unionid:
-                await remember_unionid(conn, op.app, op.openid, op.unionid)
-            conv = (await conn.execute(state, keys)).first()
+            conv = convs.get((op.app, op.openid))
             results.append(Claim(row.attempts, row.error,
                                  (conv.status if conv is not None else None) or ConversationStatus.BOT,
                                  conv.unionid if conv is not None else None))

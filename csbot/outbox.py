@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
@@ -58,6 +58,8 @@ DUE_STATUSES = OUTBOUND_DUE
 UNFINISHED = OUTBOUND_UNSETTLED
 #: the dispatcher looks for work at least this often (other processes, CLI replies)
 POLL_SECONDS = 1.0
+#: pause after each dispatcher scan (wake-ups arrive with every commit that queues a reply)
+DISPATCH_PAUSE = 0.005
 #: end states of a reply that never reached the customer; an operator may queue it again
 RETRYABLE = OUTBOUND_UNDELIVERED
 
@@ -77,17 +79,31 @@ class MarkOp:
     batch_kind: str = "mark"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["MarkOp"]) -> list[bool]:
-        now = db_now(dialect_of(session))
+        conn = await session.connection()
+        dialect = conn.dialect.name
         out: dict[int, bool] = {}
         for op in sorted(ops, key=lambda o: o.message_id):  # row locks in id order
-            where = [Message.id == op.message_id, Message.status.in_(op.expect)]
-            if op.fence is not None:
-                where.append(exists().where(
-                    Conversation.app == Message.app, Conversation.openid == Message.openid,
-                    Conversation.send_lease_owner == op.fence, Conversation.send_lease_until > now))
-            res = await session.execute(update(Message).where(*where).values(**op.values))
+            res = await conn.execute(_mark_statement(dialect, op.expect, tuple(sorted(op.values)), op.fence is not None),
+                                     {**{f"v_{k}": v for k, v in op.values.items()},
+                                      "mid": op.message_id, "fence": op.fence})
             out[id(op)] = res.rowcount == 1  # type: ignore[attr-defined]
         return [out[id(op)] for op in ops]
+
+
+def _mark_statement(dialect: str, expect: tuple[str, ...], columns: tuple[str, ...], fenced: bool) -> Any:
+    """The UPDATE of one mark's shape (expected states, columns set, fenced or not), built once."""
+    from csbot.store.statements import cached
+
+    def build(_: Any) -> Any:
+        table = Message.__table__
+        where = [table.c.id == bindparam("mid"), table.c.status.in_(expect)]
+        if fenced:
+            conv = Conversation.__table__
+            where.append(exists().where(
+                conv.c.app == table.c.app, conv.c.openid == table.c.openid,
+                conv.c.send_lease_owner == bindparam("fence"), conv.c.send_lease_until > db_now(dialect)))
+        return update(table).where(*where).values({c: bindparam(f"v_{c}") for c in columns})
+    return cached(dialect, f"outbox_mark:{','.join(expect)}:{','.join(columns)}:{fenced}", build)
 
 
 # --------------------------------------------------------------------------- creating outbound rows
@@ -300,6 +316,8 @@ class Outbox:
             except Exception:
                 log.exception("outbox dispatch failed; retrying")
                 await asyncio.sleep(1.0)
+            # a short pause lets one scan serve the many commits that woke it meanwhile
+            await asyncio.sleep(DISPATCH_PAUSE)
 
     async def _dispatch_once(self) -> float | None:
         """Start a lane for every user whose head reply is due and whose lane is free.
@@ -307,17 +325,7 @@ class Outbox:
         Returns the seconds until the earliest head still waiting out a backoff is due.
         """
         async with self.sessionmaker() as s:
-            heads = (select(func.min(Message.id)).where(Message.direction == "out",
-                                                         Message.status.in_(UNFINISHED))
-                     .group_by(Message.app, Message.openid))
-            rows = (await s.execute(
-                select(Message.id, Message.app, Message.openid, Message.status, Message.next_attempt_at,
-                       Conversation.send_lease_owner, Conversation.send_lease_until,
-                       db_now(dialect_of(s)).label("now"))
-                .select_from(Message.__table__.outerjoin(
-                    Conversation.__table__,
-                    (Conversation.app == Message.app) & (Conversation.openid == Message.openid)))
-                .where(Message.id.in_(heads)).order_by(Message.id).limit(2000))).all()
+            rows = (await s.execute(_heads_statement(dialect_of(s)))).all()
         keys: list[tuple[str, str]] = []
         next_due: float | None = None
         for r in rows:
@@ -345,10 +353,8 @@ class Outbox:
             async with self._sem:
                 while not self._stopping and lease.valid():
                     async with self.sessionmaker() as s:
-                        head = (await s.execute(
-                            select(Message).where(Message.app == app, Message.openid == openid,
-                                                  Message.direction == "out", Message.status.in_(UNFINISHED))
-                            .order_by(Message.id).limit(1))).scalars().first()
+                        head = (await s.execute(_lane_head_statement(dialect_of(s)),
+                                                {"app": app, "openid": openid})).first()
                     if head is None:
                         break
                     if head.status == SENDING:
@@ -405,30 +411,20 @@ class Outbox:
         The allowance starts again at each user action (a message, or entering the chat), as
         WeChat counts it: from the latest action received, handled or not.
         """
-        from csbot.inbox import USER_MESSAGE_TYPES
-
         async with self.sessionmaker() as s:
-            action = (await s.execute(
-                select(Message.received_at, Message.msg_type).where(
-                    Message.app == row.app, Message.openid == row.openid, Message.direction == "in",
-                    or_(Message.msg_type.in_(USER_MESSAGE_TYPES),
-                        (Message.msg_type == "event") & (Message.event == "user_enter_tempsession")))
-                .order_by(Message.id.desc()).limit(1))).first()
-            if action is None:
-                return None  # nothing known about the window (e.g. an Official Account): WeChat decides
-            if action.msg_type == "event":
-                limit, window = self.settings.quota_replies_on_enter, self.settings.quota_enter_window_seconds
-            else:
-                limit, window = self.settings.quota_replies_per_message, self.settings.quota_window_seconds
-            age = time.time() - action.received_at
-            if age > window:
-                return f"reply window closed: the user's last action was {int(age)}s ago (window {window}s)"
-            used = (await s.execute(select(func.count()).select_from(Message).where(
-                Message.app == row.app, Message.openid == row.openid, Message.direction == "out",
-                Message.status.in_((SENT, SENDING, IN_DOUBT)), Message.id != row.id,
-                Message.msg_type.notin_(NOTICE_TYPES), Message.sent_at >= action.received_at))).scalar_one()
-            if used >= limit:
-                return f"reply quota used: {used} of {limit} replies since the user's last action"
+            action = (await s.execute(_quota_statement(dialect_of(s)),
+                                      {"app": row.app, "openid": row.openid, "rid": row.id})).first()
+        if action is None:
+            return None  # nothing known about the window (e.g. an Official Account): WeChat decides
+        if action.msg_type == "event":
+            limit, window = self.settings.quota_replies_on_enter, self.settings.quota_enter_window_seconds
+        else:
+            limit, window = self.settings.quota_replies_per_message, self.settings.quota_window_seconds
+        age = time.time() - action.received_at
+        if age > window:
+            return f"reply window closed: the user's last action was {int(age)}s ago (window {window}s)"
+        if action.used >= limit:
+            return f"reply quota used: {action.used} of {limit} replies since the user's last action"
         return None
 
     def _count(self, row: Message, state: str) -> None:
@@ -580,3 +576,67 @@ class Outbox:
         media_id = await upload_image_cached(openapi, self.sessionmaker, data)
         return {**body, "image": {"media_id": media_id}}
 
+
+
+# --------------------------------------------------------------------------- hot statements, built once
+
+
+def _heads_statement(dialect: str) -> Any:
+    """Every user's head reply (oldest unfinished) whose send lane is free, with the database's now.
+
+    Lanes held by a live sender, this process's running lanes included, are left out in SQL:
+    under load most heads are in a running lane, and reading them again on every wake-up
+    would cost as much as sending.
+    """
+    from csbot.store.statements import cached
+
+    def build(_: Any) -> Any:
+        now = db_now(dialect)
+        heads = (select(func.min(Message.id)).where(Message.direction == "out", Message.status.in_(UNFINISHED))
+                 .group_by(Message.app, Message.openid))
+        return (select(Message.id, Message.app, Message.openid, Message.status, Message.next_attempt_at,
+                       Conversation.send_lease_owner, Conversation.send_lease_until, now.label("now"))
+                .select_from(Message.__table__.outerjoin(
+                    Conversation.__table__,
+                    (Conversation.app == Message.app) & (Conversation.openid == Message.openid)))
+                .where(Message.id.in_(heads),
+                       or_(Conversation.send_lease_owner.is_(None), Conversation.send_lease_until < now))
+                .order_by(Message.id).limit(2000))
+    return cached(dialect, "outbox_heads", build)
+
+
+def _lane_head_statement(dialect: str) -> Any:
+    """One user's oldest unfinished reply (the lane's head), every column."""
+    from csbot.store.statements import cached
+
+    table = Message.__table__
+    return cached(dialect, "outbox_lane_head", lambda _: (
+        select(table).where(table.c.app == bindparam("app"), table.c.openid == bindparam("openid"),
+                            table.c.direction == "out", table.c.status.in_(UNFINISHED))
+        .order_by(table.c.id).limit(1)))
+
+
+def _quota_statement(dialect: str) -> Any:
+    """The user's latest action (a message, or entering the chat) and the replies sent since.
+
+    One round trip: WeChat's allowance starts again at each user action, counted from the
+    latest action received, handled or not.
+    """
+    from csbot.inbox import USER_MESSAGE_TYPES
+    from csbot.store.statements import cached
+
+    def build(_: Any) -> Any:
+        action = Message.__table__.alias("action")
+        sent = Message.__table__.alias("sent")
+        used = (select(func.count()).select_from(sent).where(
+            sent.c.app == action.c.app, sent.c.openid == action.c.openid, sent.c.direction == "out",
+            sent.c.status.in_((SENT, SENDING, IN_DOUBT)), sent.c.id != bindparam("rid"),
+            sent.c.msg_type.notin_(NOTICE_TYPES), sent.c.sent_at >= action.c.received_at)
+            .scalar_subquery())
+        return (select(action.c.received_at, action.c.msg_type, used.label("used"))
+                .where(action.c.app == bindparam("app"), action.c.openid == bindparam("openid"),
+                       action.c.direction == "in",
+                       or_(action.c.msg_type.in_(USER_MESSAGE_TYPES),
+                           (action.c.msg_type == "event") & (action.c.event == "user_enter_tempsession")))
+                .order_by(action.c.id.desc()).limit(1))
+    return cached(dialect, "outbox_quota", build)

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import Float, bindparam, cast, func, literal_column, or_, select, update
+from sqlalchemy import Float, bindparam, cast, func, literal_column, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from csbot.store.models import Conversation, Message, User
-from csbot.store.statements import cached, dialect_of
+from csbot.store.statements import cached
 
 log = logging.getLogger("csbot.store.leases")
 
@@ -60,25 +60,76 @@ def _cols(kind: str) -> tuple[Any, Any]:
     return _CONV.c[f"{kind}_owner"], _CONV.c[f"{kind}_until"]
 
 
-async def take_lease(conn: Any, *, kind: str, app: str, openid: str, owner: str, seconds: float) -> Any | None:
-    """Take the ``kind`` lease ("lease" for handling, "send_lease" for sending) of one lane.
-
-    Returns the row (``id``, ``status``) when this owner now holds it, else None.
-    """
-    dialect = conn.dialect.name
+def _lease_statements(dialect: str, kind: str) -> tuple[Any, Any, Any, Any]:
+    """The cached statements of one lease kind: take (by keys), lock-free rows (PostgreSQL),
+    renew and release (by ids). Built once, so every batch reuses SQLAlchemy's compiled form."""
     owner_col, until_col = _cols(kind)
     now = db_now(dialect)
-    free = or_(owner_col.is_(None), owner_col == owner, until_col < now)
-    where = [_CONV.c.app == app, _CONV.c.openid == openid, free]
+    free = or_(owner_col.is_(None), owner_col == bindparam("owner"), until_col < now)
+    keys = tuple_(_CONV.c.app, _CONV.c.openid).in_(bindparam("keys", expanding=True))
+
+    def take(_: Any) -> Any:
+        if dialect == "postgresql":  # the rows were locked (SKIP LOCKED) by ``lock_free`` just before
+            where = [_CONV.c.id.in_(bindparam("ids", expanding=True))]
+        else:
+            where = [keys, free]
+        return (update(_CONV).where(*where)
+                .values({owner_col: bindparam("owner"), until_col: now + bindparam("seconds", type_=Float)})
+                .returning(_CONV.c.id, _CONV.c.app, _CONV.c.openid, _CONV.c.status))
+
+    def lock_free(_: Any) -> Any:
+        return select(_CONV.c.id).where(keys, free).order_by(_CONV.c.id).with_for_update(skip_locked=True)
+
+    def renew(_: Any) -> Any:
+        return (update(_CONV).where(_CONV.c.id.in_(bindparam("ids", expanding=True)), owner_col == bindparam("owner"))
+                .values({until_col: now + bindparam("seconds", type_=Float)}).returning(_CONV.c.id))
+
+    def release(_: Any) -> Any:
+        return (update(_CONV).where(_CONV.c.id.in_(bindparam("ids", expanding=True)), owner_col == bindparam("owner"))
+                .values({owner_col: None, until_col: None}).returning(_CONV.c.id))
+
+    return (cached(dialect, f"{kind}_take", take), cached(dialect, f"{kind}_lock_free", lock_free),
+            cached(dialect, f"{kind}_renew", renew), cached(dialect, f"{kind}_release", release))
+
+
+def _earliest_statements(dialect: str) -> tuple[Any, Any]:
+    """Per user, the earliest push still waiting or in an inline handler; and statuses by id."""
+    earliest = cached(dialect, "lane_earliest_push", lambda _: (
+        select(_MSG.c.app, _MSG.c.openid, func.min(_MSG.c.id).label("id"))
+        .where(_MSG.c.direction == "in", _MSG.c.status.in_(("pending", "inline")),
+               tuple_(_MSG.c.app, _MSG.c.openid).in_(bindparam("keys", expanding=True)))
+        .group_by(_MSG.c.app, _MSG.c.openid)))
+    statuses = cached(dialect, "push_statuses", lambda _: (
+        select(_MSG.c.id, _MSG.c.status).where(_MSG.c.id.in_(bindparam("ids", expanding=True)))))
+    return earliest, statuses
+
+
+async def take_leases(conn: Any, *, kind: str, keys: Sequence[tuple[str, str]], owner: str,
+                      seconds: float) -> dict[tuple[str, str], Any]:
+    """Take the ``kind`` leases ("lease": handling, "send_lease": sending) of many lanes at once.
+
+    Returns the rows (``id``, ``status``) of the lanes this owner now holds, by (app, openid);
+    a lane another live owner holds is simply absent. On PostgreSQL the free rows are locked
+    first with ``FOR UPDATE SKIP LOCKED`` in id order, so a process never waits behind another
+    that is taking the same lane, and never locks two lanes in the opposite order of another.
+    """
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    dialect = conn.dialect.name
+    take, lock_free, _, _ = _lease_statements(dialect, kind)
+    params: dict[str, Any] = {"keys": wanted, "owner": owner, "seconds": seconds}
     if dialect == "postgresql":
-        locked = (await conn.execute(
-            select(_CONV.c.id).where(*where).with_for_update(skip_locked=True))).first()
-        if locked is None:
-            return None
-        where = [_CONV.c.id == locked.id]
-    return (await conn.execute(
-        update(_CONV).where(*where).values({owner_col: owner, until_col: now + seconds})
-        .returning(_CONV.c.id, _CONV.c.status))).first()
+        ids = [r.id for r in (await conn.execute(lock_free, params)).all()]
+        if not ids:
+            return {}
+        params = {"ids": ids, "owner": owner, "seconds": seconds}
+    return {(r.app, r.openid): r for r in (await conn.execute(take, params)).all()}
+
+
+async def take_lease(conn: Any, *, kind: str, app: str, openid: str, owner: str, seconds: float) -> Any | None:
+    """Take the ``kind`` lease of one lane: its row (``id``, ``status``) when ours, else None."""
+    return (await take_leases(conn, kind=kind, keys=[(app, openid)], owner=owner, seconds=seconds)).get((app, openid))
 
 
 async def ensure_conversations(conn: Any, keys: Iterable[tuple[str, str]], now: float) -> None:
@@ -91,14 +142,14 @@ async def ensure_conversations(conn: Any, keys: Iterable[tuple[str, str]], now: 
     wanted = sorted(set(keys))
     if not wanted:
         return
-    from sqlalchemy import tuple_
-
-    existing = {(r.app, r.openid) for r in (await conn.execute(
-        select(_CONV.c.app, _CONV.c.openid).where(tuple_(_CONV.c.app, _CONV.c.openid).in_(wanted)))).all()}
+    dialect = conn.dialect.name
+    existing_stmt = cached(dialect, "conv_existing", lambda _: select(_CONV.c.app, _CONV.c.openid).where(
+        tuple_(_CONV.c.app, _CONV.c.openid).in_(bindparam("keys", expanding=True))))
+    existing = {(r.app, r.openid) for r in (await conn.execute(existing_stmt, {"keys": wanted})).all()}
     missing = [k for k in wanted if k not in existing]
     if missing:
         await conn.execute(
-            cached(conn.dialect.name, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
+            cached(dialect, "conv_upsert", lambda ins: ins(_CONV).on_conflict_do_nothing(
                 index_elements=["app", "openid"])),
             [dict(app=app, openid=openid, status="bot", created_at=now, last_message_at=now, tags="[]")
              for app, openid in missing])
@@ -114,6 +165,9 @@ class LaneOp:
     checks, in the same transaction, that no earlier push of the user is unfinished: the
     result says from which push the lane must start (``first_pending``), or refuses the lane
     while an earlier push is still in an inline handler.
+
+    A batch's ops are applied set-wise: each run of consecutive ops of one action, kind and
+    owner is one statement (a few for acquires), whatever the number of lanes.
     """
 
     action: str  # "acquire" | "renew" | "release"
@@ -133,8 +187,7 @@ class LaneOp:
         return self.conversation_ids
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["LaneOp"]) -> list[Any]:
-        """Per op: acquire → an ``Acquired`` (or None); renew → the set of ids still ours."""
-        dialect = dialect_of(session)
+        """Per op: acquire → an ``Acquired`` (or None); renew/release → the set of ids still ours."""
         conn = await session.connection()
         now = time.time()
         acquiring = [op for op in ops if op.action == "acquire"]
@@ -143,45 +196,76 @@ class LaneOp:
             users = {(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
                                                last_seen=op.seen_at) for op in acquiring if op.kind == "lease"}
             if users:
-                await conn.execute(cached(dialect, "user_upsert", _user_upsert),
+                await conn.execute(cached(conn.dialect.name, "user_upsert", _user_upsert),
                                    [users[k] for k in sorted(users)])
-        results: list[Any] = []
-        for op in ops:
-            if op.action == "acquire":
-                results.append(await op._acquire(conn))
-                continue
-            owner_col, until_col = _cols(op.kind)
-            ids = sorted(set(op.conversation_ids))
-            if not ids:
-                results.append(set())
-                continue
-            values = ({owner_col: None, until_col: None} if op.action == "release"
-                      else {until_col: db_now(dialect) + op.seconds})
-            rows = (await conn.execute(update(_CONV).where(_CONV.c.id.in_(ids), owner_col == op.owner)
-                                       .values(values).returning(_CONV.c.id))).all()
-            results.append({r.id for r in rows})
-        return results
+        results: dict[int, Any] = {}
+        i = 0
+        while i < len(ops):  # runs of consecutive ops alike: order across different actions is kept
+            head = ops[i]
+            j = i + 1
+            while j < len(ops) and (ops[j].action, ops[j].kind, ops[j].owner, ops[j].seconds) == \
+                    (head.action, head.kind, head.owner, head.seconds):
+                j += 1
+            run = ops[i:j]
+            if head.action == "acquire":
+                results.update(await _acquire_many(conn, run))
+            else:
+                results.update(await _renew_or_release(conn, run))
+            i = j
+        return [results[id(op)] for op in ops]
 
-    async def _acquire(self, conn: Any) -> "Acquired | None":
-        row = await take_lease(conn, kind=self.kind, app=self.app, openid=self.openid, owner=self.owner,
-                               seconds=self.seconds)
+
+async def _renew_or_release(conn: Any, ops: Sequence[LaneOp]) -> dict[int, set[int]]:
+    head = ops[0]
+    ids = sorted({cid for op in ops for cid in op.conversation_ids})
+    if not ids:
+        return {id(op): set() for op in ops}
+    _, _, renew, release = _lease_statements(conn.dialect.name, head.kind)
+    stmt = release if head.action == "release" else renew
+    ours = {r.id for r in (await conn.execute(stmt, {"ids": ids, "owner": head.owner,
+                                                     "seconds": head.seconds})).all()}
+    return {id(op): ours.intersection(op.conversation_ids) for op in ops}
+
+
+async def _acquire_many(conn: Any, ops: Sequence[LaneOp]) -> dict[int, "Acquired | None"]:
+    """Take the lanes of ``ops`` (one kind, one owner) and, for handling leases, check each
+    user's earliest unfinished push in the same transaction."""
+    head = ops[0]
+    taken = await take_leases(conn, kind=head.kind, keys=[(op.app, op.openid) for op in ops],
+                              owner=head.owner, seconds=head.seconds)
+    out: dict[int, Acquired | None] = {}
+    checked = [op for op in ops if head.kind == "lease" and op.first_id is not None and (op.app, op.openid) in taken]
+    earliest: dict[tuple[str, str], tuple[int, str]] = {}
+    if checked:
+        earliest_stmt, statuses_stmt = _earliest_statements(conn.dialect.name)
+        first = {(r.app, r.openid): r.id for r in (await conn.execute(
+            earliest_stmt, {"keys": sorted({(op.app, op.openid) for op in checked})})).all()}
+        before = {k: i for k, i in first.items()
+                  if any(i < op.first_id for op in checked if (op.app, op.openid) == k)}  # type: ignore[operator]
+        if before:
+            status = {r.id: r.status for r in (await conn.execute(
+                statuses_stmt, {"ids": sorted(before.values())})).all()}
+            earliest = {k: (i, status.get(i, "pending")) for k, i in before.items()}
+    give_back: list[int] = []
+    for op in ops:
+        key = (op.app, op.openid)
+        row = taken.get(key)
         if row is None:
-            return None
-        if self.kind != "lease" or self.first_id is None:
-            return Acquired(row.id, row.status)
-        earliest = (await conn.execute(
-            select(_MSG.c.id, _MSG.c.status).where(
-                _MSG.c.app == self.app, _MSG.c.openid == self.openid, _MSG.c.direction == "in",
-                _MSG.c.status.in_(("pending", "inline")), _MSG.c.id < self.first_id)
-            .order_by(_MSG.c.id).limit(1))).first()
-        if earliest is not None and earliest.status == "inline":
+            out[id(op)] = None
+            continue
+        found = earliest.get(key)
+        if found is not None and op.first_id is not None and found[0] < op.first_id and found[1] == "inline":
             # an earlier push is still in an inline handler (or was abandoned in one): the lane
             # must not start with a later push; give the lease back and try again later
-            owner_col, until_col = _cols(self.kind)
-            await conn.execute(update(_CONV).where(_CONV.c.id == row.id, owner_col == self.owner)
-                               .values({owner_col: None, until_col: None}))
-            return None
-        return Acquired(row.id, row.status, earliest.id if earliest is not None else None)
+            give_back.append(row.id)
+            out[id(op)] = None
+            continue
+        first_pending = found[0] if found is not None and op.first_id is not None and found[0] < op.first_id else None
+        out[id(op)] = Acquired(row.id, row.status, first_pending)
+    if give_back:
+        _, _, _, release = _lease_statements(conn.dialect.name, head.kind)
+        await conn.execute(release, {"ids": sorted(set(give_back)), "owner": head.owner, "seconds": head.seconds})
+    return out
 
 
 @dataclass
