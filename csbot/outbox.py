@@ -353,10 +353,11 @@ class Outbox:
             async with self._sem:
                 while not self._stopping and lease.valid():
                     async with self.sessionmaker() as s:
-                        head = (await s.execute(_lane_head_statement(dialect_of(s)),
-                                                {"app": app, "openid": openid})).first()
-                    if head is None:
+                        unfinished = (await s.execute(_lane_head_statement(dialect_of(s)),
+                                                      {"app": app, "openid": openid})).all()
+                    if not unfinished:
                         break
+                    head = unfinished[0]
                     if head.status == SENDING:
                         # we hold the lease, so whoever marked it is gone: settle it before anything later
                         if not await self._settle_abandoned(head):
@@ -366,6 +367,9 @@ class Outbox:
                         break  # in order: a reply in backoff holds back the later ones
                     if not await self._deliver(head, lease):
                         break
+                    if len(unfinished) == 1:
+                        break  # that was the last: a reply queued since wakes the dispatcher, which
+                        # starts the lane again once this one is released
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -606,14 +610,14 @@ def _heads_statement(dialect: str) -> Any:
 
 
 def _lane_head_statement(dialect: str) -> Any:
-    """One user's oldest unfinished reply (the lane's head), every column."""
+    """One user's oldest unfinished replies (the lane's head and whether another follows), every column."""
     from csbot.store.statements import cached
 
     table = Message.__table__
     return cached(dialect, "outbox_lane_head", lambda _: (
         select(table).where(table.c.app == bindparam("app"), table.c.openid == bindparam("openid"),
                             table.c.direction == "out", table.c.status.in_(UNFINISHED))
-        .order_by(table.c.id).limit(1)))
+        .order_by(table.c.id).limit(2)))
 
 
 def _quota_statement(dialect: str) -> Any:
