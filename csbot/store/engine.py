@@ -18,7 +18,15 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         from csbot.cloud.database.matcher import regexp_sql_function  # the cloud database's $regex
 
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+        from sqlalchemy.engine import make_url
+
+        from csbot.store.sqlite_driver import connector
+
+        # the URL's file and options, as SQLAlchemy would pass them to aiosqlite.connect
+        cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
+        cparams = {**cparams, "timeout": 30, **kwargs.pop("connect_args", {})}
+        engine = create_async_engine(url, async_creator=lambda: connector(*cargs, **cparams), **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
