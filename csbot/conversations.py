@@ -84,6 +84,35 @@ async def record_activity(conn: Any, activities: Sequence[Activity], now: float)
         await conn.execute(_touch(conn.dialect.name, returning=False), [latest[k] for k in sorted(latest)])
 
 
+async def record_activity_and_statuses(conn: Any, activities: Sequence[Activity], now: float
+                                       ) -> dict[tuple[str, str], str]:
+    """Record many pushes' activity; each conversation's status as of this transaction, by key.
+
+    As :func:`record_activity_and_status`, set-wise: one statement per kind of activity.
+    """
+    from sqlalchemy import tuple_
+
+    groups: dict[tuple[bool, bool], set[tuple[str, str]]] = {}
+    for a in activities:
+        groups.setdefault((a.user_message, a.transferred), set()).add((a.app, a.openid))
+    dialect = conn.dialect.name
+
+    def build(_: Any) -> Any:
+        return (update(_CONV).where(tuple_(_CONV.c.app, _CONV.c.openid).in_(bindparam("keys", expanding=True)))
+                .values(last_message_at=bindparam("lma"),
+                        transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
+                        status=case((and_(_CONV.c.status == CLOSED, bindparam("reopen") == True), BOT),  # noqa: E712
+                                    else_=_CONV.c.status))
+                .returning(_CONV.c.app, _CONV.c.openid, _CONV.c.status))
+    stmt = cached(dialect, "touch_conversations_returning", build)
+    out: dict[tuple[str, str], str] = {}
+    for (reopen, transferred), keys in sorted(groups.items()):
+        rows = (await conn.execute(stmt, {"keys": sorted(keys), "lma": now, "reopen": reopen,
+                                          "transferred_at": now if transferred else None})).all()
+        out.update({(r.app, r.openid): r.status for r in rows})
+    return out
+
+
 async def record_activity_and_status(conn: Any, activity: Activity, now: float) -> str | None:
     """Record one push's activity and return the conversation's status as of this transaction.
 

@@ -149,29 +149,55 @@ class OutcomeOp:
             await conn.execute(set_outcome, [op._params(now) for op in plain])
             await conversations.record_activity(conn, [op.activity for op in plain], now)
         results: dict[int, bool] = {id(op): True for op in plain}
+        answering = [op for op in ops if id(op) not in results]
         queued: list[OutboundMessage] = []
-        for op in ops:
-            if id(op) in results:
-                continue
-            answering = replace(op.activity, transferred=False)
-            status = await conversations.record_activity_and_status(conn, answering, now)
-            params = op._params(now)
-            allowed = conversations.bot_may_answer(status, while_human=op.while_human)
-            if not allowed:
-                params["passive_reply"] = None
-                params["error"] = "; ".join(filter(None, [op.error, WITHHELD]))
-            res = await conn.execute(set_outcome, params)
-            results[id(op)] = res.rowcount == 1  # not 1: someone else finished it; its replies are not ours
-            if not results[id(op)]:
-                continue
-            op.withheld = not allowed and bool(op.replies or op.passive_reply)
-            if allowed:
-                queued.extend(op.replies)
-                op.queued = bool(op.replies)
-                if op.activity.transferred:
-                    await conversations.record_activity(conn, [op.activity], now)
+        if answering:
+            # which pushes are still this run's (PostgreSQL: locked, in id order), and each
+            # conversation's status as of this transaction (its row is updated, so held to commit)
+            current = await _statuses_for_update(conn, sorted({op.message_id for op in answering}))
+            statuses = await conversations.record_activity_and_statuses(
+                conn, [replace(op.activity, transferred=False) for op in answering], now)
+            mine: dict[int, OutcomeOp] = {}
+            transferred: list[Activity] = []
+            params = []
+            for op in sorted(answering, key=lambda o: o.message_id):
+                if current.get(op.message_id) != op.expect or op.message_id in mine:
+                    results[id(op)] = False  # someone else finished it; its replies are not ours
+                    continue
+                mine[op.message_id] = op
+                results[id(op)] = True
+                p = op._params(now)
+                allowed = conversations.bot_may_answer(statuses.get((op.activity.app, op.activity.openid)),
+                                                       while_human=op.while_human)
+                if not allowed:
+                    p["passive_reply"] = None
+                    p["error"] = "; ".join(filter(None, [op.error, WITHHELD]))
+                params.append(p)
+                op.withheld = not allowed and bool(op.replies or op.passive_reply)
+                if allowed:
+                    queued.extend(op.replies)
+                    op.queued = bool(op.replies)
+                    if op.activity.transferred:
+                        transferred.append(op.activity)
+            if params:
+                await conn.execute(set_outcome, params)
+            if transferred:
+                await conversations.record_activity(conn, transferred, now)
         await queue_messages(conn, queued, now=now)
         return [results[id(op)] for op in ops]
+
+
+async def _statuses_for_update(conn: Any, ids: list[int]) -> dict[int, str]:
+    """The statuses of pushes ``ids``; on PostgreSQL their rows are locked, in id order."""
+    from sqlalchemy import bindparam
+
+    dialect = conn.dialect.name
+
+    def build(_: Any) -> Any:
+        stmt = select(_MSG.c.id, _MSG.c.status).where(_MSG.c.id.in_(bindparam("ids", expanding=True)))
+        return stmt.order_by(_MSG.c.id).with_for_update() if dialect == "postgresql" else stmt
+    return {r.id: r.status for r in (await conn.execute(_cached(dialect, "push_statuses_for_update", build),
+                                                        {"ids": ids})).all()}
 
 
 WITHHELD = "replies withheld: a person has taken the conversation over"

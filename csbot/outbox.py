@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import bindparam, exists, func, or_, select, update
+from sqlalchemy import bindparam, exists, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.aio import wait_event
@@ -79,15 +79,60 @@ class MarkOp:
     batch_kind: str = "mark"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["MarkOp"]) -> list[bool]:
+        """Marks of one shape (expected states, columns, fence) in two statements, whatever their
+        number: which rows may move (and, on PostgreSQL, lock them, in id order), then one
+        executemany. Marks of one row apply in submission order, each seeing the one before."""
         conn = await session.connection()
         dialect = conn.dialect.name
-        out: dict[int, bool] = {}
-        for op in sorted(ops, key=lambda o: o.message_id):  # row locks in id order
-            res = await conn.execute(_mark_statement(dialect, op.expect, tuple(sorted(op.values)), op.fence is not None),
-                                     {**{f"v_{k}": v for k, v in op.values.items()},
-                                      "mid": op.message_id, "fence": op.fence})
-            out[id(op)] = res.rowcount == 1  # type: ignore[attr-defined]
-        return [out[id(op)] for op in ops]
+        if dialect == "postgresql":
+            await conn.execute(_lock_messages(dialect), {"ids": sorted({op.message_id for op in ops})})
+        shapes: dict[tuple[Any, ...], list[MarkOp]] = {}
+        for op in ops:
+            shapes.setdefault((tuple(op.expect), tuple(sorted(op.values)), op.fence), []).append(op)
+        applied: set[int] = set()
+        for (expect, columns, fence), group in shapes.items():
+            ids = sorted({op.message_id for op in group})
+            movable = {r.id for r in (await conn.execute(_mark_match_statement(dialect, expect, fence is not None),
+                                                         {"ids": ids, "fence": fence})).all()}
+            first: dict[int, MarkOp] = {}
+            for op in group:  # a row marked twice here: only the first finds it in an expected state
+                if op.message_id in movable and op.message_id not in first:
+                    first[op.message_id] = op
+            if first:
+                await conn.execute(_mark_statement(dialect, expect, columns, fence is not None),
+                                   [{**{f"v_{k}": v for k, v in op.values.items()}, "mid": op.message_id,
+                                     "fence": op.fence} for _, op in sorted(first.items())])
+                applied.update(id(op) for op in first.values())
+        return [id(op) in applied for op in ops]
+
+
+def _fence_condition(dialect: str) -> Any:
+    table, conv = Message.__table__, Conversation.__table__
+    return exists().where(conv.c.app == table.c.app, conv.c.openid == table.c.openid,
+                          conv.c.send_lease_owner == bindparam("fence"), conv.c.send_lease_until > db_now(dialect))
+
+
+def _mark_match_statement(dialect: str, expect: tuple[str, ...], fenced: bool) -> Any:
+    """Which of the given rows are in one of ``expect`` (and, fenced, still under this sender's lease)."""
+    from csbot.store.statements import cached
+
+    def build(_: Any) -> Any:
+        table = Message.__table__
+        where = [table.c.id.in_(bindparam("ids", expanding=True)), table.c.status.in_(expect)]
+        if fenced:
+            where.append(_fence_condition(dialect))
+        return select(table.c.id).where(*where)
+    return cached(dialect, f"outbox_mark_match:{','.join(expect)}:{fenced}", build)
+
+
+def _lock_messages(dialect: str) -> Any:
+    """SELECT … FOR UPDATE of the given message rows, in id order (PostgreSQL)."""
+    from csbot.store.statements import cached
+
+    table = Message.__table__
+    return cached(dialect, "lock_messages", lambda _: (
+        select(table.c.id).where(table.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(table.c.id).with_for_update()))
 
 
 def _mark_statement(dialect: str, expect: tuple[str, ...], columns: tuple[str, ...], fenced: bool) -> Any:
@@ -96,12 +141,11 @@ def _mark_statement(dialect: str, expect: tuple[str, ...], columns: tuple[str, .
 
     def build(_: Any) -> Any:
         table = Message.__table__
-        where = [table.c.id == bindparam("mid"), table.c.status.in_(expect)]
+        # the states inline, not as an expanding parameter: executemany cannot expand one
+        states = [literal_column("'%s'" % OutboundStatus(state).value) for state in expect]
+        where = [table.c.id == bindparam("mid"), table.c.status.in_(states)]
         if fenced:
-            conv = Conversation.__table__
-            where.append(exists().where(
-                conv.c.app == table.c.app, conv.c.openid == table.c.openid,
-                conv.c.send_lease_owner == bindparam("fence"), conv.c.send_lease_until > db_now(dialect)))
+            where.append(_fence_condition(dialect))
         return update(table).where(*where).values({c: bindparam(f"v_{c}") for c in columns})
     return cached(dialect, f"outbox_mark:{','.join(expect)}:{','.join(columns)}:{fenced}", build)
 
