@@ -453,26 +453,24 @@ class Outbox:
         self._count(row, values["status"])
         return True
 
-    async def _quota_refusal(self, row: Message) -> str | None:
+    def _quota_refusal(self, row: Any) -> str | None:
         """Why WeChat's reply quota would refuse this reply now, or None if it is within quota.
 
         The allowance starts again at each user action (a message, or entering the chat), as
-        WeChat counts it: from the latest action received, handled or not.
+        WeChat counts it: from the latest action received, handled or not. ``row`` is a lane
+        head: it carries the user's latest action and the replies sent since (``quota_*``).
         """
-        async with self.sessionmaker() as s:
-            action = (await s.execute(_quota_statement(dialect_of(s)),
-                                      {"app": row.app, "openid": row.openid, "rid": row.id})).first()
-        if action is None:
+        if row.quota_action_at is None:
             return None  # nothing known about the window (e.g. an Official Account): WeChat decides
-        if action.msg_type == "event":
+        if row.quota_action_type == "event":
             limit, window = self.settings.quota_replies_on_enter, self.settings.quota_enter_window_seconds
         else:
             limit, window = self.settings.quota_replies_per_message, self.settings.quota_window_seconds
-        age = time.time() - action.received_at
+        age = time.time() - row.quota_action_at
         if age > window:
             return f"reply window closed: the user's last action was {int(age)}s ago (window {window}s)"
-        if action.used >= limit:
-            return f"reply quota used: {action.used} of {limit} replies since the user's last action"
+        if row.quota_used >= limit:
+            return f"reply quota used: {row.quota_used} of {limit} replies since the user's last action"
         return None
 
     def _count(self, row: Message, state: str) -> None:
@@ -484,7 +482,7 @@ class Outbox:
     async def _deliver(self, row: Message, lease: Lease) -> bool:
         """Send one reply; False when the lane must stop (its lease is gone)."""
         # subscribe/template messages need a consent (or form_id), not the reply window
-        refusal = await self._quota_refusal(row) if row.msg_type not in NOTICE_TYPES else None
+        refusal = self._quota_refusal(row) if row.msg_type not in NOTICE_TYPES else None
         if row.msg_type == SubscribeMessage.msgtype and not await self._has_consent(row.app, row.openid, row.raw):
             await self.writer.run(MarkOp(row.id, DUE_STATUSES, {
                 "status": FAILED, "errcode": 43101,
@@ -654,37 +652,35 @@ def _heads_statement(dialect: str) -> Any:
 
 
 def _lane_head_statement(dialect: str) -> Any:
-    """One user's oldest unfinished replies (the lane's head and whether another follows), every column."""
-    from csbot.store.statements import cached
+    """One user's oldest unfinished replies (the lane's head, and whether another follows),
+    every column, with what the reply quota needs: the user's latest action (a message, or
+    entering the chat) and how many replies were sent since, besides the row itself.
 
-    table = Message.__table__
-    return cached(dialect, "outbox_lane_head", lambda _: (
-        select(table).where(table.c.app == bindparam("app"), table.c.openid == bindparam("openid"),
-                            table.c.direction == "out", table.c.status.in_(UNFINISHED))
-        .order_by(table.c.id).limit(2)))
-
-
-def _quota_statement(dialect: str) -> Any:
-    """The user's latest action (a message, or entering the chat) and the replies sent since.
-
-    One round trip: WeChat's allowance starts again at each user action, counted from the
-    latest action received, handled or not.
+    One round trip per reply. WeChat's allowance starts again at each user action, counted
+    from the latest action received, handled or not.
     """
     from csbot.inbox import USER_MESSAGE_TYPES
     from csbot.store.statements import cached
 
     def build(_: Any) -> Any:
-        action = Message.__table__.alias("action")
-        sent = Message.__table__.alias("sent")
+        table = Message.__table__
+        action = table.alias("action")
+        latest = table.alias("latest")
+        sent = table.alias("sent")
+        latest_id = (select(latest.c.id).where(
+            latest.c.app == table.c.app, latest.c.openid == table.c.openid, latest.c.direction == "in",
+            or_(latest.c.msg_type.in_(USER_MESSAGE_TYPES),
+                (latest.c.msg_type == "event") & (latest.c.event == "user_enter_tempsession")))
+            .order_by(latest.c.id.desc()).limit(1).scalar_subquery())
         used = (select(func.count()).select_from(sent).where(
-            sent.c.app == action.c.app, sent.c.openid == action.c.openid, sent.c.direction == "out",
-            sent.c.status.in_((SENT, SENDING, IN_DOUBT)), sent.c.id != bindparam("rid"),
+            sent.c.app == table.c.app, sent.c.openid == table.c.openid, sent.c.direction == "out",
+            sent.c.status.in_((SENT, SENDING, IN_DOUBT)), sent.c.id != table.c.id,
             sent.c.msg_type.notin_(NOTICE_TYPES), sent.c.sent_at >= action.c.received_at)
             .scalar_subquery())
-        return (select(action.c.received_at, action.c.msg_type, used.label("used"))
-                .where(action.c.app == bindparam("app"), action.c.openid == bindparam("openid"),
-                       action.c.direction == "in",
-                       or_(action.c.msg_type.in_(USER_MESSAGE_TYPES),
-                           (action.c.msg_type == "event") & (action.c.event == "user_enter_tempsession")))
-                .order_by(action.c.id.desc()).limit(1))
-    return cached(dialect, "outbox_quota", build)
+        return (select(table, action.c.received_at.label("quota_action_at"),
+                       action.c.msg_type.label("quota_action_type"), used.label("quota_used"))
+                .select_from(table.outerjoin(action, action.c.id == latest_id))
+                .where(table.c.app == bindparam("app"), table.c.openid == bindparam("openid"),
+                       table.c.direction == "out", table.c.status.in_(UNFINISHED))
+                .order_by(table.c.id).limit(2))
+    return cached(dialect, "outbox_lane_head", build)

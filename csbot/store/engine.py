@@ -26,6 +26,10 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # the URL's file and options, as SQLAlchemy would pass them to aiosqlite.connect
         cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
         cparams = {**cparams, "timeout": 30, **kwargs.pop("connect_args", {})}
+        # a connection is a thread, a file handle and its pragmas: keep enough of them open that
+        # the send lanes' and workers' short reads never open and close one each (overflow churn)
+        kwargs.setdefault("pool_size", 24)
+        kwargs.setdefault("max_overflow", 24)
         engine = create_async_engine(url, async_creator=lambda: connector(*cargs, **cparams), **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -40,7 +44,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             dbapi_conn.create_function("csbot_regexp", 3, regexp_sql_function, deterministic=True)
 
         return engine
-    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("pool_size", 16)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
     # JIT compiling pays off for long analytic queries only; the cloud database's nested JSON
