@@ -91,6 +91,23 @@ if os.environ.get("BENCH_PROBE_LEAN_INTAKE") == "1":
         return out
 
     IntakeOp.apply_many = _lean_apply_many  # type: ignore[method-assign]
+if os.environ.get("BENCH_PROBE_GC"):
+    # what-if: the cyclic garbage collector's pauses (count and time recorded either way)
+    import gc
+
+    _gc = {"collections": [0, 0, 0], "ms": [0.0, 0.0, 0.0]}
+    _gc_t0 = [0.0]
+
+    def _gc_cb(phase, info):  # type: ignore[no-untyped-def]
+        if phase == "start":
+            _gc_t0[0] = time.perf_counter()
+        else:
+            _gc["collections"][info["generation"]] += 1
+            _gc["ms"][info["generation"]] += (time.perf_counter() - _gc_t0[0]) * 1000
+
+    gc.callbacks.append(_gc_cb)
+    if os.environ["BENCH_PROBE_GC"] == "off":
+        gc.disable()
 if os.environ.get("BENCH_PROBE_NO_WORKERS") == "1":
     Inbox.start = lambda self: None  # type: ignore[method-assign]
 
@@ -100,6 +117,14 @@ def _pct(xs: list[float], q: float) -> float:
         return 0.0
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _heap_top() -> list[tuple[str, int]]:
+    import gc
+
+    objs = gc.get_objects()
+    counts = collections.Counter(type(o).__name__ for o in objs)
+    return [("total", len(objs)), *counts.most_common(15)]
 
 
 @atexit.register
@@ -127,6 +152,8 @@ def _dump() -> None:
                            "p99": 1e3 * _pct(durs, .99), "max": 1e3 * max(durs, default=0)},
         "accept_wall_ms": {"n": len(_accept_wall), "p50": 1e3 * _pct(_accept_wall, .5),
                            "p99": 1e3 * _pct(_accept_wall, .99)},
+        "gc": globals().get("_gc"),
+        "heap_top_types": _heap_top(),
         "commit_log_tail": [{"t": t, "ops": k, "ms": round(d * 1e3, 2)} for t, k, d in _commits[-40:]],
     }
     with open(out, "w") as f:
