@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, TextIO
 from csbot.config import Settings, load_settings
 from csbot.escaping import csv_cell, terminal_safe
 from csbot.review.audit import ACTIONS, Actor
+from csbot.review.i18n import N_
 from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time, timestamp
 from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
 
@@ -160,9 +161,10 @@ async def _pick_app(review: Review, openid: str, app: str | None) -> str:
         return app
     apps = await review.find_apps(openid)
     if not apps:
-        raise ReviewError(f"no conversation with {openid}")
+        raise ReviewError(N_("no conversation with %(openid)s"), openid=openid)
     if len(apps) > 1:
-        raise ReviewError(f"{openid} has conversations in several apps ({', '.join(apps)}): give --app")
+        raise ReviewError(N_("%(openid)s has conversations in several apps (%(apps)s): give --app"),
+                          openid=openid, apps=", ".join(apps))
     return apps[0]
 
 
@@ -427,7 +429,7 @@ def read_password(args: argparse.Namespace, name: str) -> str:
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass(f"password for {name}: ")
     if getpass.getpass("again: ") != first:
-        raise ReviewError("the two passwords differ")
+        raise ReviewError(N_("the two passwords differ"))
     return first
 
 
