@@ -1,8 +1,8 @@
 """The review HTTP API under ``/api/``: JSON, bearer-token authenticated, described at /api/openapi.json.
 
-Mounted only when ``CSBOT_ADMIN_TOKEN`` is set (otherwise ``/api/`` is a plain 404). Every call
-needs ``Authorization: Bearer <token>``: the admin token (compared in constant time; acts as an
-admin named by the body's ``agent``/``author``, default ``api``) or an agent's API token from
+Always mounted. Every call needs ``Authorization: Bearer <token>``: the admin token when
+``CSBOT_ADMIN_TOKEN`` is set (compared in constant time; acts as an admin named by the body's
+``agent``/``author``, default ``api``; an unset token matches nothing) or an agent's API token from
 ``csbot agents token NAME`` (acts as that agent, with that agent's role; the body's names are
 ignored). A missing or wrong token gets 401. Every error is a short JSON ``{"error": "..."}``
 with a 4xx status; nothing else leaks.
@@ -38,8 +38,8 @@ def json_error(status: int, message: str, **headers: str) -> web.Response:
 def bearer_ok(request: web.Request, token: str) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
+    if not token or scheme.lower() != "bearer" or not given.strip():
+        return False  # no admin token set: nothing matches it, not even an empty one
     return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
 
 
@@ -87,7 +87,10 @@ def make_middlewares(token: str, services: Services | None = None) -> list[Any]:
         if agent is None:
             log.warning("review API: refused %s %s from %s: missing or wrong bearer token",
                         request.method, request.path, request.remote)
-            return json_error(401, i18n.gettext(N_("missing or wrong bearer token")), **{"WWW-Authenticate": "Bearer"})
+            message = (N_("missing or wrong bearer token") if token else
+                       N_("missing or wrong bearer token; CSBOT_ADMIN_TOKEN is not set, so only agents' tokens "
+                          "work: csbot agents add NAME --role admin, then csbot agents token NAME"))
+            return json_error(401, i18n.gettext(message), **{"WWW-Authenticate": "Bearer"})
         request[ACTOR] = agent
         return await handler(request)
 

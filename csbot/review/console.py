@@ -9,7 +9,8 @@ markup or sentences from data. Security:
 
 - sign-in with an agent's name and password (:mod:`csbot.review.agents`: argon2id, rate-limited
   per name and per address); while no agent exists, the sign-in page creates the first admin
-  from ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a name and password;
+  from ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a name and password, or, with no
+  token set, answers 403 saying to run ``csbot agents add NAME --role admin``;
 - a server-side session (random cookie, ``HttpOnly``, ``SameSite=Strict``, ``Secure`` over
   HTTPS; the store keeps its hash): disabling an agent or resetting their password ends it;
 - a CSRF token (random, kept with the session) on every form and POST; the sign-in form itself
@@ -40,7 +41,7 @@ from markupsafe import Markup, escape
 
 from csbot.review import i18n
 from csbot.review.i18n import N_
-from csbot.review.agents import SESSION_TTL, ConsoleSession, RateLimited
+from csbot.review.agents import SESSION_TTL, ConsoleSession, Forbidden, RateLimited
 from csbot.review.live import LiveState
 from csbot.review.saved_replies import SavedReplies
 from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, timestamp
@@ -275,8 +276,12 @@ def build_console(services: Services) -> web.Application:
                          name: str = "") -> web.Response:
         nonce = secrets.token_urlsafe(24)
         nxt = request.query.get("next", "/admin/")
+        no_account = await services.agents.count() == 0
+        if no_account and not settings.admin_token:  # nobody can sign in: say how to make the first admin
+            status = 403
         resp = render("login.html", http_status=status, csrf=nonce, message=message, name=name, **lang_ctx(request),
-                      bootstrap=await services.agents.count() == 0,
+                      bootstrap=no_account and bool(settings.admin_token),
+                      no_account=no_account and not settings.admin_token,
                       next=nxt if nxt.startswith("/admin/") else "/admin/")
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/admin",
                         secure=secure(request), max_age=3600)
@@ -319,6 +324,9 @@ def build_console(services: Services) -> web.Application:
         from csbot.review.agents import SignInRefused
 
         token = str(form.get("token") or "")
+        if not settings.admin_token:  # no token, no bootstrap from the browser (and never an empty match)
+            raise Forbidden(N_("No agent account exists yet. Create the first admin on the server with "
+                               "csbot agents add NAME --role admin, then sign in here."))
         if not hmac.compare_digest(token.encode("utf-8"), settings.admin_token.encode("utf-8")):
             async with services.sessionmaker() as s, s.begin():
                 from csbot.review.audit import record
