@@ -427,8 +427,14 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def read_password(args: argparse.Namespace, name: str) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass(f"password for {name}: ")
-    if getpass.getpass("again: ") != first:
+    if not sys.stdin.isatty():  # getpass would fall back to echoing, or meet the end of the input
+        raise ReviewError(N_("no terminal to ask for the password: pipe it in with --password-stdin"))
+    try:
+        first = getpass.getpass(f"password for {name}: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise ReviewError(N_("no password given")) from None
+    if again != first:
         raise ReviewError(N_("the two passwords differ"))
     return first
 
