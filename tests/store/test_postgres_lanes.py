@@ -79,11 +79,166 @@ async def test_batches_locking_rows_in_opposite_orders_deadlock_unless_the_write
     assert sum(w.conflicts for w in ordered) == 0  # rows locked in id order up front: no cycle
 
 
-async def test_real_lane_and_outcome_writes_name_the_rows_they_lock():
+async def test_rows_named_by_id_or_by_user_are_locked_in_one_order(pg_url):
+    """One batch names a row by id and another by (app, openid): still one id order, no cycle."""
+    from csbot.store.migrate import upgrade_async
+
+    await upgrade_async(pg_url)
+    engines = [make_engine(pg_url), make_engine(pg_url)]
+    async with engines[0].begin() as conn:
+        for openid in ("oA", "oB"):
+            await conn.execute(text("INSERT INTO conversations (app, openid, status, created_at, last_message_at, "
+                                    "tags) VALUES ('default', :o, 'bot', 0, 0, '[]')"), {"o": openid})
+        first, second = [r[0] for r in (await conn.execute(text("SELECT id FROM conversations ORDER BY id"))).all()]
+    by_user = {first: ("default", "oA"), second: ("default", "oB")}
+
+    @dataclass
+    class SlowTouchByUser(SlowTouch):
+        def locks(self):
+            return (by_user[self.conversation_id],)
+
+    writers = [BatchWriter(make_sessionmaker(e)) for e in engines]
+    for w in writers:
+        w.start()
+    try:
+        await asyncio.gather(
+            writers[0].run(SlowTouch(first, "one")), writers[0].run(SlowTouchByUser(second, "two")),
+            writers[1].run(SlowTouch(second, "one")), writers[1].run(SlowTouchByUser(first, "two")))
+    finally:
+        for w in writers:
+            await w.close()
+        for e in engines:
+            await e.dispose()
+    assert sum(w.conflicts for w in writers) == 0
+
+
+def _push_row(openid: str, msg_id: int, created_at: float) -> dict:
+    return dict(app="default", openid=openid, direction="in", msg_type="text", event=None, text=str(msg_id),
+                raw="{}", dedup_key=f"msg:{msg_id}", wechat_msg_id=str(msg_id), created_at=created_at,
+                received_at=time.time(), status="pending", attempts=0)
+
+
+async def _two_processes_take_the_same_pushes_in_opposite_orders(pg_url: str, first: int) -> list[BatchWriter]:
+    """Two intake writers each commit one batch of the same two pushes (two users), in opposite
+    arrival orders, while every row insert takes 0.3 s: the batches overlap for sure."""
+    from csbot.inbox import IntakeOp
+
+    engines = [make_engine(pg_url), make_engine(pg_url)]
+    writers = [BatchWriter(make_sessionmaker(e)) for e in engines]
+    for w in writers:
+        w.start()
+    x, y = _push_row("oSlowX", first, 100.0), _push_row("oSlowY", first + 1, 100.0)
+    try:
+        results = await asyncio.gather(
+            writers[0].run(IntakeOp(dict(x))), writers[0].run(IntakeOp(dict(y))),
+            writers[1].run(IntakeOp(dict(y))), writers[1].run(IntakeOp(dict(x))))
+    finally:
+        for w in writers:
+            await w.close()
+        for e in engines:
+            await e.dispose()
+    x_new = [results[0][1], results[3][1]]
+    y_new = [results[1][1], results[2][1]]
+    assert sorted(x_new) == [False, True] and sorted(y_new) == [False, True]  # stored once each
+    return writers
+
+
+async def test_intake_batches_with_the_same_pushes_in_opposite_orders_never_deadlock(pg_url, monkeypatch):
+    """WeChat resends a push it got no answer for, possibly to the other process: two processes'
+    intake batches can hold the same pushes in opposite orders. Inserted in arrival order they
+    deadlock (shown first, as the control); in user order they cannot."""
+    import csbot.inbox
+    from csbot.store.migrate import upgrade_async
+
+    await upgrade_async(pg_url)
+    engine = make_engine(pg_url)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE FUNCTION slow_intake() RETURNS trigger LANGUAGE plpgsql AS "
+                                "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$"))
+        await conn.execute(text("CREATE TRIGGER slow_intake BEFORE INSERT ON messages FOR EACH ROW "
+                                "WHEN (NEW.openid LIKE 'oSlow%') EXECUTE FUNCTION slow_intake()"))
+    await engine.dispose()
+
+    with monkeypatch.context() as m:
+        m.setattr(csbot.inbox, "_intake_order", lambda op: 0)  # arrival order, as before
+        unordered = await _two_processes_take_the_same_pushes_in_opposite_orders(pg_url, 1000)
+    assert sum(w.conflicts for w in unordered) >= 1  # a deadlock, retried by the writer
+    ordered = await _two_processes_take_the_same_pushes_in_opposite_orders(pg_url, 2000)
+    assert sum(w.conflicts for w in ordered) == 0
+    assert await _count(pg_url, "SELECT count(*) FROM messages") == 4
+
+
+def test_intake_keeps_a_users_pushes_in_wechats_order():
+    """Sorting an intake batch by user never reorders one user's pushes against WeChat's order
+    (ids are the handling order); pushes of one second keep their arrival order."""
+    from csbot.inbox import IntakeOp, _intake_order
+
+    arrived = [IntakeOp(_push_row("oB", 1, 10.0)), IntakeOp(_push_row("oA", 2, 11.0)),
+               IntakeOp(_push_row("oA", 3, 10.0)), IntakeOp(_push_row("oB", 4, 10.0)),
+               IntakeOp(_push_row("oA", 5, 11.0))]
+    assert [op.row["text"] for op in sorted(arrived, key=_intake_order)] == ["3", "2", "5", "1", "4"]
+
+
+async def test_a_claim_that_learns_unionids_and_another_process_taking_the_lanes_never_deadlock(pg_url):
+    """A claim writes the user row (its UnionID) of each push it starts; another process taking
+    those users' lanes writes the same rows (first/last seen). User rows are written only under
+    the user's conversation row, locked in id order first, so the two never wait in a cycle."""
+    from csbot.inbox import ClaimOp
+    from csbot.store.leases import LaneOp
+    from csbot.store.migrate import upgrade_async
+
+    await upgrade_async(pg_url)
+    engine = make_engine(pg_url)
+    ids = {}
+    async with engine.begin() as conn:
+        for openid in ("oA", "oB"):
+            await conn.execute(text("INSERT INTO conversations (app, openid, status, created_at, last_message_at, "
+                                    "tags) VALUES ('default', :o, 'bot', 0, 0, '[]')"), {"o": openid})
+            await conn.execute(text("INSERT INTO users (app, openid, first_seen, last_seen) "
+                                    "VALUES ('default', :o, 0, 0)"), {"o": openid})
+            ids[openid] = (await conn.execute(text(
+                "INSERT INTO messages (app, openid, direction, msg_type, raw, dedup_key, created_at, received_at, "
+                "status, attempts) VALUES ('default', :o, 'in', 'text', '{}', :o, 0, 0, 'pending', 0) "
+                "RETURNING id"), {"o": openid})).scalar_one()
+        await conn.execute(text("CREATE FUNCTION slow_user() RETURNS trigger LANGUAGE plpgsql AS "
+                                "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$"))
+        await conn.execute(text("CREATE TRIGGER slow_user BEFORE UPDATE ON users FOR EACH ROW "
+                                "EXECUTE FUNCTION slow_user()"))
+    await engine.dispose()
+    engines = [make_engine(pg_url), make_engine(pg_url)]
+    writers = [BatchWriter(make_sessionmaker(e)) for e in engines]
+    for w in writers:
+        w.start()
+    try:
+        await asyncio.gather(
+            writers[0].run(LaneOp("acquire", "A", app="default", openid="oA", seen_at=5.0, first_id=ids["oA"])),
+            writers[0].run(LaneOp("acquire", "A", app="default", openid="oB", seen_at=5.0, first_id=ids["oB"])),
+            writers[1].run(ClaimOp(ids["oB"], "default", "oB", unionid="uB")),
+            writers[1].run(ClaimOp(ids["oA"], "default", "oA", unionid="uA")))
+    finally:
+        for w in writers:
+            await w.close()
+        for e in engines:
+            await e.dispose()
+    assert sum(w.conflicts for w in writers) == 0
+    assert await _count(pg_url, "SELECT count(*) FROM users WHERE unionid IS NOT NULL") == 2
+    assert await _count(pg_url, "SELECT sum(attempts) FROM messages") == 2
+
+
+async def test_real_writes_name_the_rows_they_lock():
+    from csbot.conversations import Activity
+    from csbot.inbox import ClaimOp, OutcomeOp, ReplyOp
+    from csbot.outbox import outbound_message
     from csbot.store.leases import LaneOp
 
     assert LaneOp("renew", "me", conversation_ids=(9, 3)).locks() == (9, 3)
     assert LaneOp("acquire", "me", app="a", openid="o").locks() == ()  # SKIP LOCKED: never waits
+    lane = OutcomeOp(1, "done", None, None, [], Activity("a", "o"), conversation_id=7)
+    inline = OutcomeOp(1, "done", None, None, [], Activity("a", "o"), expect="inline")
+    assert lane.locks() == (7,) and inline.locks() == (("a", "o"),)
+    assert ClaimOp(1, "a", "o", unionid="u").locks() == (("a", "o"),)
+    reply = outbound_message("a", "o2", "hi", author="h", key="k")
+    assert ReplyOp(reply, 1, "pending").locks() == (("a", "o2"),)  # the user it goes to
 
 
 HANDLER = '''
