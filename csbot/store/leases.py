@@ -44,10 +44,15 @@ _MSG = Message.__table__
 SAFETY_MARGIN = 0.2
 
 
-def db_now(dialect: str) -> Any:
-    """The database's clock in Unix seconds, as an SQL expression."""
+def db_now(dialect: str, *, live: bool = False) -> Any:
+    """The database's clock in Unix seconds, as an SQL expression.
+
+    PostgreSQL's ``now()`` is the transaction's start; ``live`` reads the clock as the statement
+    runs (``clock_timestamp()``), for fences: a write that waited for locks is checked against
+    the moment it applies, not the moment its transaction began.
+    """
     if dialect == "postgresql":
-        return cast(func.extract("epoch", func.now()), Float)
+        return cast(func.extract("epoch", func.clock_timestamp() if live else func.now()), Float)
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
 
 

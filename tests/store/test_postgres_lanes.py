@@ -225,6 +225,32 @@ async def test_a_claim_that_learns_unionids_and_another_process_taking_the_lanes
     assert await _count(pg_url, "SELECT sum(attempts) FROM messages") == 2
 
 
+async def test_the_sending_fence_reads_the_clock_when_it_applies_not_when_its_transaction_began(pg_url):
+    """A group commit can wait for locks before the `sending` mark runs. PostgreSQL's now() is
+    the transaction's start: a lease that ran out during the wait must still fail the fence."""
+    from csbot.outbox import MarkOp
+    from csbot.store.migrate import upgrade_async
+
+    await upgrade_async(pg_url)
+    engine = make_engine(pg_url)
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO conversations (app, openid, status, created_at, last_message_at, tags, send_lease_owner, "
+            "send_lease_until) VALUES ('default', 'oF', 'bot', 0, 0, '[]', 'me', extract(epoch from now()) + 0.5)"))
+        reply = (await conn.execute(text(
+            "INSERT INTO messages (app, openid, direction, msg_type, raw, dedup_key, created_at, received_at, "
+            "status, attempts) VALUES ('default', 'oF', 'out', 'text', '{}', 'out:f', 0, 0, 'queued', 0) "
+            "RETURNING id"))).scalar_one()
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            await session.execute(text("SELECT 1"))  # the transaction has begun: now() is fixed
+            await asyncio.sleep(1.0)  # ... waiting for locks, say, while the lease runs out
+            op = MarkOp(reply, ("queued",), {"status": "sending"}, fence="me")
+            assert await op.apply_many(session, [op]) == [False]
+    finally:
+        await engine.dispose()
+
+
 async def test_real_writes_name_the_rows_they_lock():
     from csbot.conversations import Activity
     from csbot.inbox import ClaimOp, OutcomeOp, ReplyOp
@@ -348,5 +374,81 @@ async def test_two_processes_keep_every_users_order_through_kill_9_of_either(pg_
          AND a.id < b.id AND a.handled_at > b.handled_at""")
     assert out_of_order == 0
     assert await _count(pg_url, "SELECT count(*) FROM messages WHERE direction = 'in' AND status <> 'done'") == 0
+    assert await _count(pg_url, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == 0
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+async def test_a_rolling_restart_of_two_processes_sends_every_reply_once_and_in_order(pg_url, tmp_path):
+    """A deploy behind a load balancer: two processes share the traffic and each is stopped with
+    SIGTERM in turn (and started again) while handlers and sends are in flight. A stopping
+    process finishes what it started and gives its users back: nothing is lost, nothing is sent
+    twice (no kill, so nothing is in doubt), every user's order is kept, and it exits 0."""
+    from csbot.store.migrate import upgrade_async
+
+    await upgrade_async(pg_url)
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "echo.py").write_text(HANDLER)
+    users, per_user = [f"oT{i:02d}" for i in range(16)], 6
+    extra = dict(CSBOT_LEASE_SECONDS="3", CSBOT_DRAIN_SECONDS="5")
+    async with FakeWeChat(apps={TEST_APPID: TEST_SECRET}, enforce_reply_window=False) as fake, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        fake.latency = 0.05  # sends take a while: some are in flight at each SIGTERM
+        log = open(tmp_path / "serve.log", "ab")
+        ports = [free_port(), free_port()]
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        procs = [_serve(p, pg_url, fake.base_url, str(tmp_path / "h"), log, **extra) for p in ports]
+        builder = PushBuilder(token=TEST_TOKEN, appid=TEST_APPID, encoding_aes_key=TEST_AES_KEY)
+        exit_codes = []
+
+        async def customer(i: int, openid: str) -> None:
+            for n in range(per_user):
+                push = builder.build(builder.text(openid, str(n)))
+                target = (i + n) % 2
+                while True:  # the load balancer tries the other process when one does not answer
+                    try:
+                        if (await push.post(session, urls[target]))[0] == 200:
+                            break
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        pass
+                    target = 1 - target
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(random.uniform(0.0, 0.1))
+
+        try:
+            for url, proc in zip(urls, procs):
+                await wait_healthy(session, url, proc, timeout=30)
+            traffic = asyncio.gather(*(customer(i, u) for i, u in enumerate(users)))
+            total = len(users) * per_user
+            for which, share in ((0, 0.25), (1, 0.6)):
+                deadline = time.monotonic() + 60
+                while len(fake.sent) < total * share and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                procs[which].send_signal(signal.SIGTERM)
+                exit_codes.append(await asyncio.to_thread(procs[which].wait, 30))
+                procs[which] = _serve(ports[which], pg_url, fake.base_url, str(tmp_path / "h"), log, **extra)
+                await wait_healthy(session, urls[which], procs[which], timeout=30)
+            await asyncio.wait_for(traffic, 90)
+            deadline = time.monotonic() + 60
+            while len(fake.sent) < total and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # room for a late, repeated delivery to show up
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=30)
+
+    assert exit_codes == [0, 0]
+    for u in users:
+        texts = [m["body"]["text"]["content"].split(":", 1)[1] for m in fake.sent_to(u)]
+        assert texts == [str(n) for n in range(per_user)], (u, texts)  # once each, in order
+    out_of_order = await _count(pg_url, """
+        SELECT count(*) FROM messages a JOIN messages b
+          ON a.app = b.app AND a.openid = b.openid AND a.direction = 'in' AND b.direction = 'in'
+         AND a.id < b.id AND a.handled_at > b.handled_at""")
+    assert out_of_order == 0
+    assert await _count(pg_url, "SELECT count(*) FROM messages WHERE direction = 'in' AND status <> 'done'") == 0
+    assert await _count(pg_url, "SELECT count(*) FROM messages WHERE direction = 'out' AND status <> 'sent'") == 0
     assert await _count(pg_url, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == 0
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
