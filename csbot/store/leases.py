@@ -302,3 +302,64 @@ class LeaseKeeper:
                 raise
             except Exception as exc:
                 log.warning("could not renew %s leases (%s); they run out by themselves", self.kind, exc)
+
+
+# --------------------------------------------------------------------------- named leases
+# Leases on resources that are not a user's lane (the access-token fetch of an app): the same
+# rules, one row per name in ``leases``. The database's clock times them; a holder trusts its
+# lease by its own monotonic count from before the take, less SAFETY_MARGIN (``valid()``); and
+# every take raises the row's ``fence``, so a write made under a lease can be made conditional on
+# no other holder having taken it since (``held_by``): a holder that stalled past its lease and
+# wakes up after a takeover cannot overwrite the newer holder's work.
+
+
+@dataclass(frozen=True)
+class NamedLease:
+    """A named lease this process holds: ``fence`` is the take it was."""
+
+    name: str
+    owner: str
+    fence: int
+    #: monotonic time after which the lease may no longer be ours
+    good_until: float
+
+    def valid(self) -> bool:
+        """May the holder still act (start a side effect) under this lease?"""
+        return time.monotonic() < self.good_until - SAFETY_MARGIN
+
+
+def _named_table() -> Any:
+    from csbot.store.models import NamedLeaseRow
+
+    return NamedLeaseRow.__table__
+
+
+async def take_named_lease(conn: Any, name: str, owner: str, seconds: float) -> NamedLease | None:
+    """Take lease ``name`` for ``seconds`` (database clock) in the caller's transaction, or None
+    while another holder's lease runs. Not re-entrant: a second taker with the same owner (two
+    managers in one process) waits like any other."""
+    table = _named_table()
+    started = time.monotonic()
+    await conn.execute(cached(conn.dialect.name, "named_lease_row", lambda ins: ins(table).on_conflict_do_nothing(
+        index_elements=["name"])), {"name": name, "owner": None, "until": None, "fence": 0})
+    now = db_now(conn.dialect.name)
+    row = (await conn.execute(
+        update(table).where(table.c.name == name, or_(table.c.owner.is_(None), table.c.until < now))
+        .values(owner=owner, until=now + seconds, fence=table.c.fence + 1)
+        .returning(table.c.fence))).first()
+    return None if row is None else NamedLease(name, owner, int(row.fence), started + seconds)
+
+
+def held_by(lease: NamedLease) -> Any:
+    """SQL condition: nobody has taken ``lease`` since this holder did (for fenced writes)."""
+    from sqlalchemy import exists
+
+    table = _named_table()
+    return exists().where(table.c.name == lease.name, table.c.owner == lease.owner, table.c.fence == lease.fence)
+
+
+async def release_named_lease(conn: Any, lease: NamedLease) -> None:
+    """Give ``lease`` back (a no-op once another holder took it)."""
+    table = _named_table()
+    await conn.execute(update(table).where(table.c.name == lease.name, table.c.owner == lease.owner,
+                                           table.c.fence == lease.fence).values(owner=None, until=None))
