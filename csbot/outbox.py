@@ -109,7 +109,10 @@ class MarkOp:
 def _fence_condition(dialect: str) -> Any:
     table, conv = Message.__table__, Conversation.__table__
     return exists().where(conv.c.app == table.c.app, conv.c.openid == table.c.openid,
-                          conv.c.send_lease_owner == bindparam("fence"), conv.c.send_lease_until > db_now(dialect))
+                          conv.c.send_lease_owner == bindparam("fence"),
+                          # the clock as the statement applies (a mark that waited for locks is
+                          # checked against the moment it applies, not its transaction's start)
+                          conv.c.send_lease_until > db_now(dialect, live=True))
 
 
 def _mark_match_statement(dialect: str, expect: tuple[str, ...], fenced: bool) -> Any:
@@ -519,6 +522,14 @@ class Outbox:
         if not marked:
             log.warning("send lane %s/%s: lease lost before reply %s; stopping", row.app, row.openid, row.id)
             lease.lose()
+            return False
+        if not lease.valid():
+            # the mark came back late (a stalled writer or loop): the lease may have run out
+            # meanwhile and another process be settling this row; nothing has left, give it back
+            log.warning("send lane %s/%s: lease ran out while reply %s was marked; stopping", row.app,
+                        row.openid, row.id)
+            await self.writer.run(MarkOp(row.id, (SENDING,), {
+                "status": row.status, "attempts": row.attempts, "sent_at": row.sent_at}))
             return False
         try:
             await self._send(openapi, body)

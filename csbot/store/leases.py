@@ -15,8 +15,9 @@ One mechanism for both lanes of a user: ``lease`` (handling pushes, csbot.inbox)
   run, a send); a renewal that finds the row no longer ours marks the lease lost at once.
   The outbox's ``sending`` mark is also conditional on the row still naming this owner.
 * **Lock order.** Batched statements lock conversation rows in ``id`` order (the batch
-  writer locks every row a batch will update first, sorted), so two processes never lock two
-  lanes in opposite orders.
+  writer locks every row a batch will update first, sorted), or take them with SKIP LOCKED,
+  which never waits; a user row is written only by a transaction holding that user's
+  conversation row. So two processes never lock two lanes in opposite orders.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ _MSG = Message.__table__
 SAFETY_MARGIN = 0.2
 
 
-def db_now(dialect: str) -> Any:
-    """The database's clock in Unix seconds, as an SQL expression."""
+def db_now(dialect: str, *, live: bool = False) -> Any:
+    """The database's clock in Unix seconds, as an SQL expression.
+
+    PostgreSQL's ``now()`` is the transaction's start; ``live`` reads the clock as the statement
+    runs (``clock_timestamp()``), for fences: a write that waited for locks is checked against
+    the moment it applies, not the moment its transaction began.
+    """
     if dialect == "postgresql":
-        return cast(func.extract("epoch", func.now()), Float)
+        return cast(func.extract("epoch", func.clock_timestamp() if live else func.now()), Float)
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
 
 
@@ -193,11 +199,6 @@ class LaneOp:
         acquiring = [op for op in ops if op.action == "acquire"]
         if acquiring:
             await ensure_conversations(conn, ((op.app, op.openid) for op in acquiring), now)
-            users = {(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
-                                               last_seen=op.seen_at) for op in acquiring if op.kind == "lease"}
-            if users:
-                await conn.execute(cached(conn.dialect.name, "user_upsert", _user_upsert),
-                                   [users[k] for k in sorted(users)])
         results: dict[int, Any] = {}
         i = 0
         while i < len(ops):  # runs of consecutive ops alike: order across different actions is kept
@@ -212,6 +213,12 @@ class LaneOp:
             else:
                 results.update(await _renew_or_release(conn, run))
             i = j
+        # users (first/last seen) only of the lanes this transaction took (their conversation row
+        # is held): a user row is never locked by two transactions that do not both hold that lane
+        users = {(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at, last_seen=op.seen_at)
+                 for op in acquiring if op.kind == "lease" and results[id(op)] is not None}
+        if users:
+            await conn.execute(cached(conn.dialect.name, "user_upsert", _user_upsert), [users[k] for k in sorted(users)])
         return [results[id(op)] for op in ops]
 
 
