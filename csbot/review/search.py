@@ -31,8 +31,11 @@ def escape_like(value: str) -> str:
 
 
 def fts_phrase(value: str) -> str:
-    """``value`` as one FTS5 phrase string: quoted, inner quotes doubled (no query syntax)."""
-    return '"' + value.replace('"', '""') + '"'
+    """``value`` as one FTS5 phrase string: quoted, inner quotes doubled (no query syntax).
+
+    A NUL would end FTS5's string early ("unterminated string"): it is dropped.
+    """
+    return '"' + value.replace("\x00", "").replace('"', '""') + '"'
 
 
 async def fts_kind(session: AsyncSession) -> str:
@@ -48,7 +51,8 @@ async def fts_kind(session: AsyncSession) -> str:
 
 async def matching_ids(session: AsyncSession, query: str) -> Select[Any]:
     """A SELECT of the ids of messages whose text matches ``query`` (for ``Message.id.in_``)."""
-    query = query.strip()[:MAX_QUERY_LENGTH]
+    # a NUL is no text (PostgreSQL refuses it, FTS5 reads it as the end of the string)
+    query = query.replace("\x00", "").strip()[:MAX_QUERY_LENGTH]
     dialect = session.bind.dialect.name  # type: ignore[union-attr]
     if dialect == "sqlite":
         kind = await fts_kind(session)

@@ -37,6 +37,7 @@ async def test_search_matches_substrings_of_any_message_case_insensitively_chine
     assert await openids(review, "_now") == ["oQuote"]
     assert await openids(review, "nothing like this") == []
     assert await openids(review, "围巾", status="human") == []  # filters combine
+    assert await openids(review, "羊毛\x00围巾") == ["oWang"]  # a NUL is no FTS5 syntax error (was a 500)
 
 
 async def test_search_follows_new_and_deleted_messages(bot):
