@@ -28,9 +28,8 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         cparams = {**cparams, "timeout": 30, **kwargs.pop("connect_args", {})}
         # a connection is a thread, a file handle and its pragmas: keep enough of them open that
         # the send lanes' and workers' short reads never open and close one each (overflow churn)
-        # (as many as the default worker concurrency: every lane may read at once)
-        kwargs.setdefault("pool_size", 64)
-        kwargs.setdefault("max_overflow", 64)
+        kwargs.setdefault("pool_size", 32)
+        kwargs.setdefault("max_overflow", 32)
         engine = create_async_engine(url, async_creator=lambda: connector(*cargs, **cparams), **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
