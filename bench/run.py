@@ -308,7 +308,7 @@ def csbot_round(i: int, variant: str, args: argparse.Namespace, pushes_file: Pat
         CSBOT_HOST="127.0.0.1",
         CSBOT_DATA_DIR=str(work / "data"),
     )
-    csbot = shutil.which("csbot")
+    csbot = args.csbot or shutil.which("csbot")
     base_cmd = [csbot] if csbot else [sys.executable, "-m", "csbot"]
     if variant.startswith("pg"):
         subprocess.run(base_cmd + ["migrate"], env=base_env, cwd=work, check=True, capture_output=True)
@@ -532,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                    "collapsed stacks in bench/out/profile-roundN-VARIANT-K.txt; needs py-spy)")
     p.add_argument("--probe", action="store_true", help="run csbot through bench/probe_serve.py: group-commit "
                    "sizes and timings in bench/out/probe-roundN-VARIANT.json (diagnosis; adds a little overhead)")
+    p.add_argument("--csbot", default=None, help="the csbot executable to measure (default: csbot on PATH); e.g. "
+                   "another checkout's venv/bin/csbot, to compare two versions with the same corpus and fake")
     p.add_argument("--keep", action="store_true", help="keep each round's SQLite directory")
     p.add_argument("--csbot-log-level", default="WARNING")
     args = p.parse_args(argv)
