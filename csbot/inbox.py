@@ -857,8 +857,8 @@ class Inbox:
         self._cursor = min(refused) - 1 if refused else max(self._cursor, rows[-1].id)
 
     async def _pending(self, *where: Any) -> Sequence[Any]:
-        async with self.sessionmaker() as s:
-            return (await s.execute(
+        async with self.sessionmaker.kw["bind"].connect() as conn:  # no ORM session: nothing to track
+            return (await conn.execute(
                 select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
                        _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path, _MSG.c.file_id,
                        _MSG.c.received_at, _CONV.c.status.label("conversation_status"))

@@ -267,6 +267,10 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
+    def _reads(self) -> Any:
+        """A connection for the hot path's reads (no ORM session: nothing to track)."""
+        return self.sessionmaker.kw["bind"].connect()
+
     async def enqueue(self, app: str, openid: str, reply: Any, *, author: str,
                       in_reply_to: int | None = None, key: str | None = None) -> int | None:
         """Queue a message in a transaction of its own and wake the sender; returns its id.
@@ -371,8 +375,8 @@ class Outbox:
 
         Returns the seconds until the earliest head still waiting out a backoff is due.
         """
-        async with self.sessionmaker() as s:
-            rows = (await s.execute(_heads_statement(dialect_of(s)))).all()
+        async with self._reads() as conn:
+            rows = (await conn.execute(_heads_statement(conn.dialect.name))).all()
         keys: list[tuple[str, str]] = []
         next_due: float | None = None
         for r in rows:
@@ -399,9 +403,9 @@ class Outbox:
         try:
             async with self._sem:
                 while not self._stopping and lease.valid():
-                    async with self.sessionmaker() as s:
-                        unfinished = (await s.execute(_lane_head_statement(dialect_of(s)),
-                                                      {"app": app, "openid": openid})).all()
+                    async with self._reads() as conn:
+                        unfinished = (await conn.execute(_lane_head_statement(conn.dialect.name),
+                                                         {"app": app, "openid": openid})).all()
                     if not unfinished:
                         break
                     head = unfinished[0]

@@ -9,7 +9,8 @@ cursor's ``execute`` does all four in one call: it runs the statement, fetches u
 streamed export) keeps its cursor open and is fetched in further calls, so memory stays
 bounded.
 
-Everything else (connections, transactions, the thread) is aiosqlite's.
+A connection that only read has no transaction to roll back when the pool takes it back: that
+call costs no hop either. Everything else (connections, transactions, the thread) is aiosqlite's.
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ class OneHopConnection(aiosqlite.Connection):
 
     def cursor(self) -> OneHopCursor:  # type: ignore[override]
         return OneHopCursor(self)
+
+    async def rollback(self) -> None:
+        """No hop when there is nothing to roll back: the pool rolls back every connection it
+        takes back, and most of them only read (sqlite3 opens a transaction only for writes)."""
+        raw = self._connection
+        if raw is not None and not raw.in_transaction:
+            return
+        await super().rollback()
 
 
 def connector(database: str, **kwargs: Any) -> OneHopConnection:
