@@ -13,15 +13,13 @@ import asyncio
 import csv
 import getpass
 import io
-import json
-import re
 import sys
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
-from csbot.escaping import csv_cell, terminal_safe
+from csbot.escaping import csv_cell, json_text, terminal_safe
 from csbot.review.audit import ACTIONS, Actor
 from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time, timestamp
 from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
@@ -166,13 +164,9 @@ async def _pick_app(review: Review, openid: str, app: str | None) -> str:
     return apps[0]
 
 
-#: JSON leaves DEL, C1 and bidi controls raw; escaped, the line is the same JSON and inert on a terminal
-_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-
-
 def _line(obj: dict[str, Any], out: TextIO | None = None) -> None:
-    text = json.dumps(obj, ensure_ascii=False)
-    (out or sys.stdout).write(_JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+    """One JSON line, inert on a terminal (csbot.escaping.json_text)."""
+    (out or sys.stdout).write(json_text(obj) + "\n")
 
 
 def _when(at: str | float | None) -> str:
@@ -344,7 +338,7 @@ CSV_BOM = "\ufeff"
 
 def format_batch(rows: list[dict[str, Any]], fmt: str, *, header: bool) -> str:
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return "".join(json_text(r) + "\n" for r in rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
     if header:
