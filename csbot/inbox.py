@@ -397,8 +397,9 @@ class _Replies:
 
     def sender(self, route: Route) -> Callable[..., Awaitable[bool]]:
         """``context.reply`` of ``route``: the reply is committed to the outbox before it returns."""
-        async def send(reply: Any, touser: str | None = None) -> bool:
-            message = self.prepare(reply, author=route.name, openid=touser)
+        async def send(reply: Any, touser: str | None = None, key: str | None = None) -> bool:
+            message = self.prepare(reply, author=route.name, openid=touser,
+                                   key_suffix=None if key is None else f"key:{key}")
             queued = await self.inbox.writer.run(ReplyOp(message, self.info.id, self.info.status,
                                                          while_human=route.while_human))
             if queued:
