@@ -281,3 +281,19 @@ async def test_the_stale_inline_sweep_goes_by_the_database_clock_not_this_proces
         # abandoned, by the database's clock: on the normal path (where the dispatcher may finish it)
         assert await _status_of(bot, future) in ("pending", "done")
         assert await _status_of(bot, live) in ("pending", "done")  # (by now this one was abandoned too)
+
+
+async def test_a_reply_given_a_key_is_queued_once_per_push_whatever_its_place():
+    async def keyed(event, context):
+        await context.reply("收到", key="ack")
+        await context.reply("收到", key="ack")  # the same key again: already queued
+        await context.reply("numbered")  # numbering is not moved by keyed replies
+        return "done"
+
+    async with Harness.start(router=Router([Route("keyed", keyed, fallback=True)])) as bot:
+        await bot.send_text("oK", "hi")
+        await bot.wait_idle()
+        assert bot.replies_to("oK") == ["收到", "numbered", "done"]
+        [push] = await bot.messages(direction="in")
+        assert [m.dedup_key for m in await bot.messages(direction="out")] == [
+            f"out:{push.id}:push:key:ack", f"out:{push.id}:push:0", f"out:{push.id}:push:1"]
