@@ -15,8 +15,9 @@ One mechanism for both lanes of a user: ``lease`` (handling pushes, csbot.inbox)
   run, a send); a renewal that finds the row no longer ours marks the lease lost at once.
   The outbox's ``sending`` mark is also conditional on the row still naming this owner.
 * **Lock order.** Batched statements lock conversation rows in ``id`` order (the batch
-  writer locks every row a batch will update first, sorted), so two processes never lock two
-  lanes in opposite orders.
+  writer locks every row a batch will update first, sorted), or take them with SKIP LOCKED,
+  which never waits; a user row is written only by a transaction holding that user's
+  conversation row. So two processes never lock two lanes in opposite orders.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ _MSG = Message.__table__
 SAFETY_MARGIN = 0.2
 
 
-def db_now(dialect: str) -> Any:
-    """The database's clock in Unix seconds, as an SQL expression."""
+def db_now(dialect: str, *, live: bool = False) -> Any:
+    """The database's clock in Unix seconds, as an SQL expression.
+
+    PostgreSQL's ``now()`` is the transaction's start; ``live`` reads the clock as the statement
+    runs (``clock_timestamp()``), for fences: a write that waited for locks is checked against
+    the moment it applies, not the moment its transaction began.
+    """
     if dialect == "postgresql":
-        return cast(func.extract("epoch", func.now()), Float)
+        return cast(func.extract("epoch", func.clock_timestamp() if live else func.now()), Float)
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
 
 
@@ -140,15 +146,14 @@ class LaneOp:
         acquiring = [op for op in ops if op.action == "acquire"]
         if acquiring:
             await ensure_conversations(conn, ((op.app, op.openid) for op in acquiring), now)
-            users = {(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
-                                               last_seen=op.seen_at) for op in acquiring if op.kind == "lease"}
-            if users:
-                await conn.execute(cached(dialect, "user_upsert", _user_upsert),
-                                   [users[k] for k in sorted(users)])
         results: list[Any] = []
+        users: dict[tuple[str, str], dict[str, Any]] = {}
         for op in ops:
             if op.action == "acquire":
-                results.append(await op._acquire(conn))
+                results.append(got := await op._acquire(conn))
+                if got is not None and op.kind == "lease":
+                    users[(op.app, op.openid)] = dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
+                                                      last_seen=op.seen_at)
                 continue
             owner_col, until_col = _cols(op.kind)
             ids = sorted(set(op.conversation_ids))
@@ -160,6 +165,10 @@ class LaneOp:
             rows = (await conn.execute(update(_CONV).where(_CONV.c.id.in_(ids), owner_col == op.owner)
                                        .values(values).returning(_CONV.c.id))).all()
             results.append({r.id for r in rows})
+        if users:
+            # only users whose lane this transaction holds (their conversation row is locked):
+            # a user row is never locked by two transactions that do not both hold that lane first
+            await conn.execute(cached(dialect, "user_upsert", _user_upsert), [users[k] for k in sorted(users)])
         return results
 
     async def _acquire(self, conn: Any) -> "Acquired | None":
