@@ -317,6 +317,28 @@ async def test_phone_width_and_the_chinese_interface(browser):
 
 
 @needs_chromium
+async def test_a_refusal_reads_in_chinese_in_a_chinese_console(browser):
+    """小王 writes a reply while an admin gives the conversation to bob: the refusal is Chinese."""
+    async with start() as bot:
+        await bot.send_text("oAnn", "我想退货")
+        await bot.wait_idle()
+        await add_agent(bot, "bob")
+        page, dialogs = await signed_in_page(browser, bot, name="小王", role="agent", locale="zh-CN",
+                                             extra_http_headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+        await page.goto(bot.url + "/admin/c/default/oAnn")
+        assert await page.locator("#send-reply").inner_text() == "发送"
+        await page.fill("#reply-text", "您好，请提供订单号")
+        await review_of(bot).assign("default", "oAnn", "bob")  # meanwhile, an admin
+        await page.click("#send-reply")
+        await page.locator("main.card h1").wait_for()
+        assert await page.locator("main.card h1").inner_text() == "403"
+        assert await page.locator("main.card p").first.inner_text() == "此会话已分配给 bob；如需接手，请管理员重新分配"
+        assert "assigned" not in await page.content()
+        assert "您好，请提供订单号" not in bot.replies_to("oAnn")
+        assert dialogs == []
+
+
+@needs_chromium
 async def test_customer_text_that_looks_like_html_is_shown_as_text_and_runs_nothing(browser):
     async with start() as bot:
         await bot.send_text("oXss", LINKS)
