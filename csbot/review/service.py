@@ -94,6 +94,41 @@ class NotYours(ReviewError):
 
 ASSIGNED_FILTERS = ("mine", "unassigned")
 
+#: what an audit entry or status event on a conversation says (stored in English, for the CLI and
+#: the audit log); the console shows each through the catalogs (:func:`localized_detail`)
+DETAILS = {
+    "assigned": N_("assigned to %(agent)s"),
+    "by_replying": N_("by replying"),
+    "message": N_("message %(id)s"),
+    "message_of_type": N_("message %(id)s (%(type)s)"),
+    "retried": N_("reply %(id)s (%(status)s)"),
+    "assign_to": N_("to %(agent)s"),
+    "unassign": N_("unassigned"),
+    "note": N_("note %(id)s"),
+    # written by csbot.conversations.return_idle_to_bot
+    "timeout": N_("no agent reply for %(n)s s: back to the bot"),
+}
+_DETAIL_SHAPES = [
+    (re.compile("^" + re.sub(r"%\\\((\w+)\\\)s", r"(?P<\1>.+?)", re.escape(fmt)) + "$", re.S), fmt)
+    for fmt in sorted(DETAILS.values(), key=len, reverse=True)]
+
+
+def detail(kind: str, **params: Any) -> str:
+    """The stored (English) detail of an action on a conversation."""
+    return DETAILS[kind] % params
+
+
+def localized_detail(text: str | None) -> str:
+    """A stored detail in the request's language, when it has one of :data:`DETAILS`' shapes
+    (tags' ``+vip -old`` and anything older stay as they are)."""
+    if not text:
+        return ""
+    for shape, fmt in _DETAIL_SHAPES:
+        m = shape.match(text)
+        if m:
+            return i18n.translate(fmt, m.groupdict())
+    return text
+
 
 def as_actor(by: Actor | None, name: str | None = None) -> Actor:
     """Who acts: ``by`` when the caller knows (console, API token), else the admin-level ``name``."""
@@ -393,6 +428,11 @@ class Review:
         check_key(app, openid)
         q = select(Conversation).where(Conversation.app == app, Conversation.openid == openid)
         if lock:
+            # write the row before reading it: that takes its lock on every store. FOR UPDATE alone is
+            # a no-op on SQLite, where two agents pressing Send at once both read "unassigned" and
+            # both took the conversation over (and both replies went out)
+            await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
+                            .values(status=Conversation.status).execution_options(synchronize_session=False))
             q = q.with_for_update()
         conv = (await s.execute(q)).scalars().first()
         if conv is None:
@@ -560,7 +600,7 @@ class Review:
             raise Conflict(N_("reply %(id)s changed meanwhile; reload and try again"), id=message_id)
         async with self.sessionmaker() as s, s.begin():
             await record(s, "retry", by, conversation_id=conv.id, app=row.app, openid=row.openid,
-                         detail=f"reply {message_id} ({row.status})")
+                         detail=detail("retried", id=message_id, status=row.status))
         async with self.sessionmaker() as s:
             row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().one()
             return message_item(row)
@@ -584,7 +624,7 @@ class Review:
             changed = await conversations.change(s, conv, status, agent=agent or actor, actor=by.name, now=now)
             if changed:
                 await record(s, conversations.EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app,
-                             openid=openid, detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN
+                             openid=openid, detail=detail("assigned", agent=agent) if status == ConversationStatus.HUMAN
                              and agent and agent != by.name else None, at=now)
         if changed:
             self._status_changed(app, openid)
@@ -609,7 +649,7 @@ class Review:
                 await s.execute(update(Conversation).where(Conversation.id == conv.id)
                                 .values(assigned_agent=agent))
                 await record(s, "assign", by, conversation_id=conv.id, app=app, openid=openid,
-                             detail=f"to {agent}" if agent else "unassigned")
+                             detail=detail("assign_to", agent=agent) if agent else detail("unassign"))
         return await self.conversation(app, openid)
 
     async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None) -> int:
@@ -637,11 +677,11 @@ class Review:
                 if await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
                     taken_over = True
                     await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
-                                 detail="by replying")
+                                 detail=detail("by_replying"))
             (message_id,) = await queue_messages(await s.connection(), [outbound], now=now)
             await conversations.record_agent_reply(s, conv, now)
             await record(s, action, by, conversation_id=conv.id, app=app, openid=openid,
-                         detail=f"message {message_id}")
+                         detail=detail("message", id=message_id))
         outbox.wake()
         if taken_over:
             self._status_changed(app, openid)
@@ -671,7 +711,7 @@ class Review:
         async with self.sessionmaker() as s, s.begin():  # the message and its audit entry together
             (message_id,) = await queue_messages(await s.connection(), [outbound])
             await record(s, "send", by, conversation_id=conv.id if conv else None, app=app, openid=touser,
-                         detail=f"message {message_id} ({reply.msgtype})")
+                         detail=detail("message_of_type", id=message_id, type=reply.msgtype))
         outbox.wake()
         return message_id  # type: ignore[return-value]
 
@@ -717,7 +757,7 @@ class Review:
             s.add(note)
             await s.flush()
             item = note_item(note)
-            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=f"note {note.id}")
+            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=detail("note", id=note.id))
         return item
 
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
