@@ -238,7 +238,7 @@ def _item_lines(item: dict[str, Any]) -> list[str]:
         return [f"{when}  * {item['action']} by {item.get('agent') or '?'}{detail}"]
     if item["direction"] == "in":
         kind = item["type"] if item["type"] != "event" else f"event {item.get('event') or ''}".strip()
-        lines = [f"{when}  < customer [{kind}] {describe_inbound(item)}"]
+        lines = [f"{when}  < customer [{kind}] {describe_inbound(item)}".rstrip()]
         if item.get("transferred"):
             lines.append(" " * 21 + "~ transferred to WeChat's customer-service tool")
         elif item.get("passive_reply"):
@@ -266,6 +266,9 @@ def describe_inbound(item: dict[str, Any]) -> str:
         stored = (f"kept as {item['file_id']}" if item.get("file_id")
                   else "kept in the media store" if item.get("media_stored") else "not stored")
         return f"image MediaId={c.get('MediaId', '?')} ({stored})"
+    if t == "event":  # the [kind] says which event already: what else it carried (SessionFrom, EventKey)
+        text, said = str(item.get("text") or ""), f"[event] {item.get('event') or ''}"
+        return text[len(said):].strip() if text.startswith(said) else text
     if t == "miniprogrampage":
         return f"mini program card {c.get('Title', '')!r} → {c.get('PagePath', '')} (appid {c.get('AppId', '')})"
     return item.get("text") or f"[{t}]"
