@@ -33,7 +33,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -44,7 +44,8 @@ from csbot.review.i18n import N_
 from csbot.review.agents import SESSION_TTL, ConsoleSession, Forbidden, RateLimited
 from csbot.review.live import LiveState
 from csbot.review.saved_replies import SavedReplies
-from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, timestamp
+from csbot.review.service import (ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, localized_detail,
+                                  timestamp)
 from csbot.services import Services
 from csbot.statuses import as_json as statuses_json
 
@@ -111,6 +112,12 @@ def linkify(text: Any) -> Markup:
     return Markup("").join(out)
 
 
+def bdi(value: Any) -> Markup:
+    """A name or text typed by somebody, isolated from the sentence around it: a right-to-left
+    override (U+202E) in an agent's name or a tag cannot reorder the rest of the line."""
+    return Markup("<bdi>{}</bdi>").format("" if value is None else value)
+
+
 def is_http_url(value: Any) -> bool:
     return isinstance(value, str) and value.lower().startswith(("https://", "http://"))
 
@@ -124,6 +131,8 @@ def make_env() -> jinja2.Environment:
     env.filters["ago"] = lambda at: time_tag(at, mode="ago")
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["linkify"] = linkify
+    env.filters["bdi"] = bdi
+    env.filters["detail"] = localized_detail
     env.globals["is_http_url"] = is_http_url
     env.globals["statuses"] = statuses_json()
     env.globals["languages"] = i18n.LANGUAGES
@@ -144,6 +153,7 @@ def js_strings() -> dict[str, str]:
         "notify_off": _("Notifications"),
         "notify_denied": _("Notifications blocked by the browser"),
         "no_saved": _("No saved replies match"),
+        "image_failed": _("The image could not be loaded"),
         "just_now": _("just now"),
         "min_ago": _("%(n)s min ago"),
         "h_ago": _("%(n)s h ago"),
@@ -232,8 +242,20 @@ def build_console(services: Services) -> web.Application:
         if session is None:
             if page:
                 raise web.HTTPSeeOther("/admin/login?" + urlencode({"next": request.path_qs}))
+            if request.method == "POST" and "X-CSRF-Token" not in request.headers:
+                # a form sent after the session ended (expired, signed out elsewhere, password reset):
+                # sign in and come back to the page it came from, where console.js kept the draft
+                raise web.HTTPSeeOther("/admin/login?" + urlencode({"next": came_from(request), "ended": "1"}))
             raise web.HTTPUnauthorized(reason=N_("sign in first"))
         return session
+
+    def came_from(request: web.Request) -> str:
+        """The console page a form was sent from (its same-origin Referer), else the list."""
+        ref = urlsplit(request.headers.get("Referer", ""))
+        path = ref.path + (f"?{ref.query}" if ref.query else "")
+        if ref.netloc == request.host and path.startswith("/admin/") and not path.startswith("/admin//"):
+            return path
+        return "/admin/"
 
     async def require_post(request: web.Request) -> tuple[ConsoleSession, Any]:
         session = await require(request)
@@ -290,7 +312,8 @@ def build_console(services: Services) -> web.Application:
     async def login_page(request: web.Request) -> web.Response:
         if await session_of(request) is not None:
             raise web.HTTPSeeOther("/admin/")
-        return await login_form(request)
+        ended = N_("Your session has ended. Sign in again: what you were typing is kept.")
+        return await login_form(request, message=i18n.gettext(ended) if request.query.get("ended") else "")
 
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
@@ -391,6 +414,7 @@ def build_console(services: Services) -> web.Application:
                       next_cursor=page.next_cursor, status=f["status"], search=f["search"], assigned=f["assigned"],
                       unread=unread, list_qs=list_qs, thread_qs=list_qs(), c=c, items=items,
                       truncated=thread["truncated"] if thread else False, agent_names=agent_names,
+                      send_key=secrets.token_urlsafe(18),
                       page_data=page_data)
 
     async def list_page(request: web.Request) -> web.Response:
@@ -403,10 +427,12 @@ def build_console(services: Services) -> web.Application:
         thread = await services.review.thread(app, openid, limit=THREAD_LIMIT, viewer=session.actor)
         return await console_page(request, session, thread)
 
-    def back_to_thread(request: web.Request, app: str, openid: str) -> web.HTTPSeeOther:
-        """Back to the thread, keeping the list's filters (they ride along in the query string)."""
+    def back_to_thread(request: web.Request, app: str, openid: str, *, sent: bool = False) -> web.HTTPSeeOther:
+        """Back to the thread, keeping the list's filters (they ride along in the query string);
+        ``sent``: the reply went into the outbox, so console.js drops its kept draft (``#sent``)."""
         qs = request.query_string
-        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}" + (f"?{qs}" if qs else ""))
+        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}" + (f"?{qs}" if qs else "")
+                                + ("#sent" if sent else ""))
 
     def key_of(request: web.Request) -> tuple[str, str]:
         return request.match_info["app"], request.match_info["openid"]
@@ -415,8 +441,8 @@ def build_console(services: Services) -> web.Application:
         session, form = await require_post(request)
         app, openid = key_of(request)
         await services.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
-                                    by=session.actor)
-        raise back_to_thread(request, app, openid)
+                                    by=session.actor, key=str(form.get("send_key") or "")[:200] or None)
+        raise back_to_thread(request, app, openid, sent=True)
 
     async def send_image(request: web.Request) -> web.Response:
         """An image from the agent's computer: kept in the media store, sent through the outbox."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
@@ -93,6 +94,41 @@ class NotYours(ReviewError):
 
 
 ASSIGNED_FILTERS = ("mine", "unassigned")
+
+#: what an audit entry or status event on a conversation says (stored in English, for the CLI and
+#: the audit log); the console shows each through the catalogs (:func:`localized_detail`)
+DETAILS = {
+    "assigned": N_("assigned to %(agent)s"),
+    "by_replying": N_("by replying"),
+    "message": N_("message %(id)s"),
+    "message_of_type": N_("message %(id)s (%(type)s)"),
+    "retried": N_("reply %(id)s (%(status)s)"),
+    "assign_to": N_("to %(agent)s"),
+    "unassign": N_("unassigned"),
+    "note": N_("note %(id)s"),
+    # written by csbot.conversations.return_idle_to_bot
+    "timeout": N_("no agent reply for %(n)s s: back to the bot"),
+}
+_DETAIL_SHAPES = [
+    (re.compile("^" + re.sub(r"%\\\((\w+)\\\)s", r"(?P<\1>.+?)", re.escape(fmt)) + "$", re.S), fmt)
+    for fmt in sorted(DETAILS.values(), key=len, reverse=True)]
+
+
+def detail(kind: str, **params: Any) -> str:
+    """The stored (English) detail of an action on a conversation."""
+    return DETAILS[kind] % params
+
+
+def localized_detail(text: str | None) -> str:
+    """A stored detail in the request's language, when it has one of :data:`DETAILS`' shapes
+    (tags' ``+vip -old`` and anything older stay as they are)."""
+    if not text:
+        return ""
+    for shape, fmt in _DETAIL_SHAPES:
+        m = shape.match(text)
+        if m:
+            return i18n.translate(fmt, m.groupdict())
+    return text
 
 
 def as_actor(by: Actor | None, name: str | None = None) -> Actor:
@@ -393,6 +429,11 @@ class Review:
         check_key(app, openid)
         q = select(Conversation).where(Conversation.app == app, Conversation.openid == openid)
         if lock:
+            # write the row before reading it: that takes its lock on every store. FOR UPDATE alone is
+            # a no-op on SQLite, where two agents pressing Send at once both read "unassigned" and
+            # both took the conversation over (and both replies went out)
+            await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
+                            .values(status=Conversation.status).execution_options(synchronize_session=False))
             q = q.with_for_update()
         conv = (await s.execute(q)).scalars().first()
         if conv is None:
@@ -560,7 +601,7 @@ class Review:
             raise Conflict(N_("reply %(id)s changed meanwhile; reload and try again"), id=message_id)
         async with self.sessionmaker() as s, s.begin():
             await record(s, "retry", by, conversation_id=conv.id, app=row.app, openid=row.openid,
-                         detail=f"reply {message_id} ({row.status})")
+                         detail=detail("retried", id=message_id, status=row.status))
         async with self.sessionmaker() as s:
             row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().one()
             return message_item(row)
@@ -584,7 +625,7 @@ class Review:
             changed = await conversations.change(s, conv, status, agent=agent or actor, actor=by.name, now=now)
             if changed:
                 await record(s, conversations.EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app,
-                             openid=openid, detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN
+                             openid=openid, detail=detail("assigned", agent=agent) if status == ConversationStatus.HUMAN
                              and agent and agent != by.name else None, at=now)
         if changed:
             self._status_changed(app, openid)
@@ -609,15 +650,25 @@ class Review:
                 await s.execute(update(Conversation).where(Conversation.id == conv.id)
                                 .values(assigned_agent=agent))
                 await record(s, "assign", by, conversation_id=conv.id, app=app, openid=openid,
-                             detail=f"to {agent}" if agent else "unassigned")
+                             detail=detail("assign_to", agent=agent) if agent else detail("unassign"))
         return await self.conversation(app, openid)
 
-    async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None) -> int:
-        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
-        return await self.reply_with(app, openid, Text(check_text(text)), agent=agent, by=by, action="reply")
+    async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None,
+                    key: str | None = None) -> int:
+        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``.
+
+        ``key`` (the console's per-form key, the API's ``Idempotency-Key``) makes it idempotent: the
+        same key again (a double click, a client retrying after a timeout) queues nothing more and
+        returns the first reply's id. The key covers the text too: another text is another reply."""
+        text = check_text(text)
+        if key is not None:
+            if not isinstance(key, str) or not 0 < len(key) <= 200:
+                raise Invalid(N_("an idempotency key is 1 to 200 characters"))
+            key = f"{key}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+        return await self.reply_with(app, openid, Text(text), agent=agent, by=by, action="reply", key=key)
 
     async def reply_with(self, app: str, openid: str, message: Reply, *, agent: str, by: Actor | None = None,
-                         action: str = "reply") -> int:
+                         action: str = "reply", key: str | None = None) -> int:
         """An agent's reply of any kind (text, image), audited as ``action``; takes the conversation over.
 
         One transaction: the takeover, the queued reply, the agent-reply time and the audit entry
@@ -628,20 +679,28 @@ class Review:
         if app not in self.settings.apps:
             raise NotFound(N_("unknown app %(app)r"), app=app)
         outbox = self._require_outbox()
-        outbound = outbound_message(app, openid, message, author=f"agent:{agent}")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 240):
+            raise ValueError("reply_with's key is 1 to 240 characters")
+        outbound = outbound_message(app, openid, message, author=f"agent:{agent}",
+                                    key=f"reply:{agent}:{key}" if key else None)
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            if key:  # the same reply sent again: the row (locked above) says it is queued already
+                first = (await s.execute(select(Message.id).where(
+                    Message.app == app, Message.dedup_key == outbound.key))).scalar()
+                if first is not None:
+                    return int(first)
             taken_over = False
             if conv.status != ConversationStatus.HUMAN:
                 if await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
                     taken_over = True
                     await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
-                                 detail="by replying")
+                                 detail=detail("by_replying"))
             (message_id,) = await queue_messages(await s.connection(), [outbound], now=now)
             await conversations.record_agent_reply(s, conv, now)
             await record(s, action, by, conversation_id=conv.id, app=app, openid=openid,
-                         detail=f"message {message_id}")
+                         detail=detail("message", id=message_id))
         outbox.wake()
         if taken_over:
             self._status_changed(app, openid)
@@ -671,7 +730,7 @@ class Review:
         async with self.sessionmaker() as s, s.begin():  # the message and its audit entry together
             (message_id,) = await queue_messages(await s.connection(), [outbound])
             await record(s, "send", by, conversation_id=conv.id if conv else None, app=app, openid=touser,
-                         detail=f"message {message_id} ({reply.msgtype})")
+                         detail=detail("message_of_type", id=message_id, type=reply.msgtype))
         outbox.wake()
         return message_id  # type: ignore[return-value]
 
@@ -717,7 +776,7 @@ class Review:
             s.add(note)
             await s.flush()
             item = note_item(note)
-            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=f"note {note.id}")
+            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=detail("note", id=note.id))
         return item
 
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 marked string translated, the committed .mo files match their .po; links only for http(s)."""
 
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -212,3 +213,30 @@ async def test_the_console_and_the_api_show_refusals_in_the_agents_language():
         assert (status, body) == (404, {"error": "找不到该页面"})
         status, body = await api(bot, "GET", "/api/conversations", headers=zh)
         assert (status, body) == (401, {"error": "缺少 Bearer 令牌或令牌错误"})
+
+
+async def test_a_chinese_thread_tells_what_agents_did_in_chinese():
+    from .support import review_of
+
+    async with start() as bot, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
+        await bot.send_text("oAnn", "我想退货")
+        await bot.wait_idle()
+        review = review_of(bot)
+        await add_agent(bot, "ada", role="admin")
+        await add_agent(bot, "bob")
+        await review.set_status("default", "oAnn", "human", agent="bob", actor="ada")  # assigned to bob
+        await review.return_idle_to_bot(0, now=time.time() + 5)  # no agent reply: back to the bot
+        await review.assign("default", "oAnn", "bob")  # to bob
+        await review.assign("default", "oAnn", None)  # unassigned
+        bot.fake.inject("/cgi-bin/message/custom/send", errcode=40003, times=1)
+        failed = await review.send("default", "oAnn", {"msgtype": "text", "text": {"content": "您好"}})
+        await bot.wait_idle()
+        await review.retry(failed)  # reply N (failed)
+        assert (await console_sign_in(bot, web, "ada")).status == 303
+        async with web.get(bot.url + "/admin/c/default/oAnn", headers={"Accept-Language": "zh-CN"}) as r:
+            page = await r.text()
+        for said in ("分配给 bob", "秒内客服未回复：已交还机器人", "给 bob", "未分配", f"回复 {failed}（failed）",
+                     f"消息 {failed}（text）"):
+            assert said in page, said
+        for english in ("assigned to", "back to the bot", "to bob", f"reply {failed}", f"message {failed}"):
+            assert english not in page, english
