@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import regex as _regex
+
 from csbot.cloud.database.errors import QueryError
 from csbot.cloud.database.values import normalize, split_path
 
@@ -295,7 +297,8 @@ def make_regex(pattern: Any, options: Any, where: str) -> Regex:
         raise QueryError(f"{where}: options may only combine 'i', 'm' and 's'")
     try:
         re.compile(pattern)
-    except re.error as exc:
+        _regex.compile(pattern)  # what csbot matches with (matcher.py): re's syntax, bounded in time
+    except (re.error, _regex.error) as exc:
         raise QueryError(f"{where}: not a valid regular expression: {exc}") from None
     return Regex(pattern, "".join(sorted(set(options))))
 

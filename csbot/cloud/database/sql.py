@@ -13,6 +13,7 @@ Negations compile to ``(p) IS NOT TRUE`` so a NULL from a missing field counts a
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -129,8 +130,10 @@ class SqliteDialect:
     def mod(self, s: Scalar, d: str, r: str) -> str:
         return f"({s.type} IN ('integer','real') AND CAST({s.value} AS INTEGER) % {d} = {r})"
 
-    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str]) -> str:
-        return f"({s.type} = 'text' AND csbot_regexp({bind(pattern)}, {bind(options)}, {s.value}) = 1)"
+    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str], statement: str) -> str:
+        # statement: this statement's id, so all its searches share one time budget (matcher.py)
+        return (f"({s.type} = 'text' AND csbot_regexp({bind(pattern)}, {bind(options)}, {s.value}, "
+                f"{statement}) = 1)")
 
     def size(self, node: Node, n: str) -> str:
         return f"({self.type_of(node)} = 'array' AND json_array_length({node.expr},{node.path}) = {n})"
@@ -200,7 +203,7 @@ class PostgresDialect:
         return (f"COALESCE(CASE WHEN {s.type} = 'number' THEN trunc(CAST({s.value} AS numeric)) % {d} = {r} "
                 f"END, FALSE)")
 
-    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str]) -> str:
+    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str], statement: str) -> str:
         newline = {(False, False): "p", (False, True): "s", (True, False): "n", (True, True): "w"}[
             ("m" in options, "s" in options)]
         flags = newline + ("i" if "i" in options else "")
@@ -243,12 +246,19 @@ class Compiler:
         self._prefix = prefix
         self._n = 0
         self._aliases = 0
+        self._statement: str | None = None
 
     def bind(self, value: Any) -> str:
         self._n += 1
         name = f"{self._prefix}{self._n}"
         self.params[name] = value
         return f":{name}"
+
+    def statement(self) -> str:
+        """A bound id unique to this statement (the SQLite regex time budget is per statement)."""
+        if self._statement is None:
+            self._statement = self.bind(uuid.uuid4().hex)
+        return self._statement
 
     def _alias(self) -> str:
         self._aliases += 1
@@ -329,7 +339,8 @@ class Compiler:
             dv, rv = self.bind(cond.divisor), self.bind(cond.remainder)
             return any_(lambda n: self._expand(n, lambda s: d.mod(s, dv, rv)))
         if isinstance(cond, Regex):
-            return any_(lambda n: self._expand(n, lambda s: d.regex(s, cond.pattern, cond.options, self.bind)))
+            return any_(lambda n: self._expand(n, lambda s: d.regex(s, cond.pattern, cond.options, self.bind,
+                                                                    self.statement())))
         if isinstance(cond, Not):
             return _not(self.cond(cond.cond, any_))
         if isinstance(cond, CondAnd):

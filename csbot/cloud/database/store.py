@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from csbot.cloud.database.errors import (
-    DocumentTooLarge, DuplicateId, InvalidParameter, QueryError,
+    DocumentTooLarge, DuplicateId, InvalidParameter, QueryError, RegexTooSlow,
 )
 from csbot.cloud.database.matcher import lookup
 from csbot.cloud.database.query import And, Cmp, Eq, Field, MatchAll, Query
@@ -137,6 +137,8 @@ async def _execute(conn: AsyncConnection, sql: str, params: Any) -> Any:
     try:
         return await conn.execute(text(sql), params)
     except DBAPIError as exc:
+        if "user-defined function raised exception" in str(exc.orig):
+            raise RegexTooSlow() from None  # csbot_regexp is the only function csbot registers
         if any(marker in str(exc.orig).lower() for marker in _TOO_COMPLEX):
             raise QueryError("the query is too complex for the database (too deeply nested or too "
                              "many conditions); simplify it") from None
