@@ -19,6 +19,8 @@ Semantics (MongoDB's, as WeChat's database follows them):
   candidate exists (an explicit null exists), ``all`` requires each value (``all []`` never
   matches), ``mod`` truncates numbers to integers and keeps the dividend's sign (like C),
   ``regex`` looks at strings only.
+- Dates (``{"$date": ms}``: ``new Date``, ``db.serverDate()``) equal equal dates, compare only
+  with dates and sort after booleans (MongoDB's order).
 
 ``$regex`` is matched with the ``regex`` package (``re``'s syntax and semantics) because it
 takes a timeout and releases the GIL: a hostile pattern (``(a|aa)+$``) against a long value
@@ -43,7 +45,7 @@ from csbot.cloud.database.query import (
     All, And, Cmp, Cond, CondAnd, CondNor, CondOr, ElemMatch, Eq, Exists, Field, In, MatchAll,
     Mod, Ne, Nin, Nor, Not, Or, Query, Regex, Size, regex_flags,
 )
-from csbot.cloud.database.values import equal, is_index, kind, same_kind_comparable
+from csbot.cloud.database.values import comparable_value, equal, is_index, kind, same_kind_comparable
 
 
 def matches(query: Query, doc: Any) -> bool:
@@ -110,8 +112,8 @@ def test(cond: Cond, xs: list[Any]) -> bool:
     if isinstance(cond, Ne):
         return not test(Eq(cond.value), xs)
     if isinstance(cond, Cmp):
-        return any(same_kind_comparable(x, cond.value) and _compare(cond.op, x, cond.value)
-                   for x in _expand(xs))
+        return any(same_kind_comparable(x, cond.value)
+                   and _compare(cond.op, comparable_value(x), comparable_value(cond.value)) for x in _expand(xs))
     if isinstance(cond, In):
         return any(test(Eq(v), xs) for v in cond.values)
     if isinstance(cond, Nin):

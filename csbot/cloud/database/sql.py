@@ -21,7 +21,7 @@ from csbot.cloud.database.query import (
     All, And, Cmp, Cond, CondAnd, CondNor, CondOr, ElemMatch, Eq, Exists, Field, In, MatchAll,
     Mod, Ne, Nin, Nor, Not, Or, Query, Regex, Size,
 )
-from csbot.cloud.database.values import dumps, is_index, kind
+from csbot.cloud.database.values import dumps, is_date, is_index, kind
 
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 TRUE = "1=1"
@@ -122,6 +122,10 @@ class SqliteDialect:
         return f"({s.type} = '{k}' AND {s.text} = {bind(dumps(value))})"
 
     def cmp(self, s: Scalar, op: str, value: Any, bind: Callable[[Any], str]) -> str:
+        if is_date(value):  # {"$date": ms}: an object; CASE keeps json_type off non-JSON text
+            ms = f"CASE WHEN {s.type} = 'object' THEN {s.text} END"
+            return (f"(json_type({ms}, '$.\"$date\"') IN ('integer','real') AND "
+                    f"json_extract({ms}, '$.\"$date\"') {_OPS[op]} {bind(value['$date'])})")
         k = kind(value)
         if k == "bool":
             return f"({s.type} IN ('true','false') AND {s.value} {_OPS[op]} {1 if value else 0})"
@@ -141,10 +145,13 @@ class SqliteDialect:
     def order_keys(self, node: Node) -> list[str]:
         t = self.type_of(node)
         v = f"json_extract({node.expr},{node.path})"
+        date = self.scalar(self.child(node, "$date"))  # a date sorts after booleans, by its ms
         return [
-            f"CASE {t} WHEN 'integer' THEN 1 WHEN 'real' THEN 1 WHEN 'text' THEN 2 WHEN 'object' THEN 3 "
-            f"WHEN 'array' THEN 4 WHEN 'true' THEN 5 WHEN 'false' THEN 5 ELSE 0 END",
-            f"CASE WHEN {t} IN ('integer','real','true','false') THEN {v} END",
+            f"CASE WHEN {date.type} IN ('integer','real') THEN 6 ELSE CASE {t} WHEN 'integer' THEN 1 "
+            f"WHEN 'real' THEN 1 WHEN 'text' THEN 2 WHEN 'object' THEN 3 WHEN 'array' THEN 4 WHEN 'true' THEN 5 "
+            f"WHEN 'false' THEN 5 ELSE 0 END END",
+            f"CASE WHEN {t} IN ('integer','real','true','false') THEN {v} "
+            f"WHEN {date.type} IN ('integer','real') THEN {date.value} END",
             f"CASE WHEN {t} = 'text' THEN {v} END",
         ]
 
@@ -193,6 +200,10 @@ class PostgresDialect:
         return f"{s.value} = CAST({bind(dumps(value))} AS jsonb)"
 
     def cmp(self, s: Scalar, op: str, value: Any, bind: Callable[[Any], str]) -> str:
+        if is_date(value):  # {"$date": ms}
+            ms = f"({s.value} -> '$date')"
+            return (f"({s.type} = 'object' AND jsonb_typeof({ms}) = 'number' AND "
+                    f"{ms} {_OPS[op]} CAST({bind(dumps(value['$date']))} AS jsonb))")
         k = kind(value)
         if k == "string":
             return (f"({s.type} = 'string' AND ({s.value} #>> '{{}}') COLLATE \"C\" {_OPS[op]} "
@@ -216,10 +227,11 @@ class PostgresDialect:
     def order_keys(self, node: Node) -> list[str]:
         e = self.expr(node)
         t = f"jsonb_typeof({e})"
+        ms = f"({e} -> '$date')"  # a date sorts after booleans, by its ms
         return [
-            f"CASE {t} WHEN 'number' THEN 1 WHEN 'string' THEN 2 WHEN 'object' THEN 3 WHEN 'array' THEN 4 "
-            f"WHEN 'boolean' THEN 5 ELSE 0 END",
-            f"CASE WHEN {t} IN ('number','boolean') THEN {e} END",
+            f"CASE WHEN {t} = 'object' AND jsonb_typeof({ms}) = 'number' THEN 6 ELSE CASE {t} WHEN 'number' "
+            f"THEN 1 WHEN 'string' THEN 2 WHEN 'object' THEN 3 WHEN 'array' THEN 4 WHEN 'boolean' THEN 5 ELSE 0 END END",
+            f"CASE WHEN {t} IN ('number','boolean') THEN {e} WHEN {t} = 'object' THEN {ms} END",
             f"CASE WHEN {t} = 'string' THEN ({e} #>> '{{}}') END COLLATE \"C\"",
         ]
 

@@ -254,7 +254,7 @@ class DocumentStore:
             # for true, numbers order below text); the full condition below decides exactly
             if isinstance(item.cond, Eq) and isinstance(item.cond.value, (str, int, float)):
                 match = f"{value} = {compiler.bind(item.cond.value)}"
-            elif isinstance(item.cond, Cmp):
+            elif isinstance(item.cond, Cmp) and isinstance(item.cond.value, (str, int, float)):
                 match = f"{value} {_SQL_OPS[item.cond.op]} {compiler.bind(item.cond.value)}"
             else:
                 continue
