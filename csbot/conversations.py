@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
 from csbot.review.models import ConversationEvent
 from csbot.statuses import ConversationStatus
@@ -132,11 +132,13 @@ async def record_agent_reply(s: Any, conv: Conversation, now: float) -> None:
 async def return_idle_to_bot(s: Any, timeout: float, now: float) -> list[tuple[str, str]]:
     """``human`` conversations with no agent reply for ``timeout`` seconds go back to the bot."""
     cutoff = now - timeout
+    idle = and_(Conversation.status == HUMAN, func.coalesce(Conversation.human_since, 0) < cutoff,
+                or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
+    # rows locked in id order first, as the batch writer locks them: no lock cycle with a running lane
+    locked = select(Conversation.id).where(idle).order_by(Conversation.id).with_for_update()
     rows = (await s.execute(
         update(Conversation)
-        .where(Conversation.status == HUMAN,
-               func.coalesce(Conversation.human_since, 0) < cutoff,
-               or_(Conversation.last_agent_reply_at.is_(None), Conversation.last_agent_reply_at < cutoff))
+        .where(Conversation.id.in_(locked), idle)
         .values(status=BOT, assigned_agent=None, human_since=None)
         .returning(Conversation.id, Conversation.app, Conversation.openid))).all()
     if rows:

@@ -66,6 +66,17 @@ def user_action_kind(event: dict[str, Any]) -> str | None:
 _MSG = Message.__table__
 _CONV = Conversation.__table__
 _USER = User.__table__
+def _intake_order(op: "IntakeOp") -> tuple[str, str, float]:
+    """Rows of an intake batch in user order, then WeChat's CreateTime (a stable sort: then arrival).
+
+    A row inserted waits on a duplicate another process inserted and has not committed yet
+    (WeChat resends a push, maybe to the other process). Two processes holding the same pushes
+    of two users in opposite arrival orders would wait on each other; in user order they cannot.
+    A user's pushes keep the order WeChat gave them, so ids (handling order) are not reshuffled.
+    """
+    return op.row["app"], op.row["openid"], op.row["created_at"]
+
+
 @dataclass
 class IntakeOp:
     """Insert one verified push; ON CONFLICT DO NOTHING makes retries free."""
@@ -78,7 +89,7 @@ class IntakeOp:
             insert(_MSG).on_conflict_do_nothing(index_elements=["app", "dedup_key"])
             .returning(_MSG.c.id, _MSG.c.app, _MSG.c.dedup_key)))
         conn = await session.connection()
-        result = await conn.execute(stmt, [op.row for op in ops])
+        result = await conn.execute(stmt, [op.row for op in sorted(ops, key=_intake_order)])
         inserted = {(r.app, r.dedup_key): r.id for r in result.all()}
         results: list[tuple[int | None, bool]] = []
         for op in ops:
@@ -119,8 +130,11 @@ class OutcomeOp:
     queued: bool = field(default=False, init=False)
     withheld: bool = field(default=False, init=False)
 
-    def locks(self) -> tuple[int, ...]:
-        return (self.conversation_id,) if self.conversation_id is not None else ()
+    def locks(self) -> tuple[int | tuple[str, str], ...]:
+        """The conversation row this outcome updates: the lane's, or (inline) the user's."""
+        if self.conversation_id is not None:
+            return (self.conversation_id,)
+        return ((self.activity.app, self.activity.openid),)
 
     def _params(self, now: float) -> dict[str, Any]:
         return {"mid": self.message_id, "expect": self.expect, "status": self.status,
@@ -209,6 +223,10 @@ class ClaimOp:
     unionid: str | None = None
     batch_kind: str = "claim"
 
+    def locks(self) -> tuple[tuple[str, str], ...]:
+        """The user's conversation, locked before the user row a UnionID updates."""
+        return ((self.app, self.openid),)
+
     async def apply_many(self, session: AsyncSession, ops: Sequence["ClaimOp"]) -> list[Claim | str | None]:
         from sqlalchemy import and_, bindparam, exists
 
@@ -270,6 +288,10 @@ class ReplyOp:
     while_human: bool = False
     batch_kind: str = "reply"
 
+    def locks(self) -> tuple[tuple[str, str], ...]:
+        """The conversation whose activity and status this reply records and reads."""
+        return ((self.message.app, self.message.openid),)
+
     async def apply_many(self, session: AsyncSession, ops: Sequence["ReplyOp"]) -> list[bool]:
         conn = await session.connection()
         now = time.time()
@@ -305,7 +327,8 @@ class StatusOp:
         stmt = _cached(_dialect(session), "status", lambda _: update(_MSG).where(
             _MSG.c.id == bindparam("mid"), _MSG.c.status == bindparam("expect")).values(status=bindparam("new")))
         conn = await session.connection()
-        await conn.execute(stmt, [{"mid": op.message_id, "expect": op.expect, "new": op.status} for op in ops])
+        await conn.execute(stmt, [{"mid": op.message_id, "expect": op.expect, "new": op.status}
+                                  for op in sorted(ops, key=lambda o: o.message_id)])  # row locks in id order
         return [None] * len(ops)
 
 
@@ -718,10 +741,12 @@ class Inbox:
         """
         cutoff = (time.time() + 1 if (at_start and self.settings.is_sqlite)
                   else time.time() - INLINE_ABANDONED_AFTER)
+        abandoned = (Message.direction == "in") & (Message.status == INLINE) & (Message.received_at < cutoff)
+        # rows locked in id order, as the batch writer's status and outcome writes lock them
+        locked = select(Message.id).where(abandoned).order_by(Message.id).with_for_update()
         async with self.sessionmaker() as s, s.begin():
-            res = await s.execute(update(Message).where(
-                Message.direction == "in", Message.status == INLINE, Message.received_at < cutoff)
-                .values(status=PENDING))
+            res = await s.execute(update(Message).where(Message.id.in_(locked), abandoned)
+                                  .values(status=PENDING))
         if res.rowcount:  # type: ignore[attr-defined]
             log.warning("%d push(es) abandoned during an inline handler go on through the normal path",
                         res.rowcount)  # type: ignore[attr-defined]

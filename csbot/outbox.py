@@ -77,7 +77,7 @@ class MarkOp:
     batch_kind: str = "mark"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["MarkOp"]) -> list[bool]:
-        now = db_now(dialect_of(session))
+        now = db_now(dialect_of(session), live=True)
         out: dict[int, bool] = {}
         for op in sorted(ops, key=lambda o: o.message_id):  # row locks in id order
             where = [Message.id == op.message_id, Message.status.in_(op.expect)]
@@ -477,6 +477,14 @@ class Outbox:
         if not marked:
             log.warning("send lane %s/%s: lease lost before reply %s; stopping", row.app, row.openid, row.id)
             lease.lose()
+            return False
+        if not lease.valid():
+            # the mark came back late (a stalled writer or loop): the lease may have run out
+            # meanwhile and another process be settling this row; nothing has left, give it back
+            log.warning("send lane %s/%s: lease ran out while reply %s was marked; stopping", row.app,
+                        row.openid, row.id)
+            await self.writer.run(MarkOp(row.id, (SENDING,), {
+                "status": row.status, "attempts": row.attempts, "sent_at": row.sent_at}))
             return False
         try:
             await self._send(openapi, body)

@@ -104,3 +104,36 @@ async def test_a_send_longer_than_the_lease_is_never_taken_for_abandoned_by_its_
         rows = await outbound(bot)
         assert [(r.status, r.attempts, r.error) for r in rows] == [("sent", 1, None), ("sent", 1, None)]
         assert bot.replies_to("oU") == ["slow", "next"]
+
+
+async def test_a_sending_mark_that_comes_back_after_the_lease_ran_out_sends_nothing():
+    """The `sending` mark commits, but its answer reaches the lane late (a stalled writer) and
+    the lease has been taken over meanwhile: the lane must not send, or its reply could go out
+    after the new holder's later ones. The row goes back to `queued`, for the lane's holder."""
+    from csbot.outbox import SENDING, MarkOp
+
+    async with Harness.start(router=replies_router("a"), lease_seconds=1.0) as bot:
+        outbox = bot.services.outbox
+        run = outbox.writer.run
+        stalled = []
+
+        async def late_answer(op):
+            result = await run(op)
+            if isinstance(op, MarkOp) and op.values.get("status") == SENDING and not stalled:
+                stalled.append(op.message_id)
+                async with bot.services.sessionmaker() as s, s.begin():  # another process takes over
+                    await s.execute(update(Conversation).where(Conversation.openid == "oU").values(
+                        send_lease_owner="other-process", send_lease_until=time.time() + 60))
+                await asyncio.sleep(1.2)  # longer than the lease: its renewal finds it taken
+            return result
+
+        outbox.writer = type("LateWriter", (), {"run": staticmethod(late_answer)})()
+        await bot.send_text("oU", "go")
+        deadline = time.monotonic() + 10
+        while not stalled and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(2.0)
+        [row] = await outbound(bot)
+        assert stalled == [row.id]
+        assert (row.status, row.attempts) == ("queued", 0)
+        assert bot.fake.calls_to(SEND) == []

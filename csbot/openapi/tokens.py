@@ -4,14 +4,14 @@ Why this is more than a cache: ``cgi-bin/token`` invalidates the previous token 
 fetch, so two processes refreshing on their own knock each other out (the 40001 storms of
 silenceper#516, easywechat#1453, WxJava#2998). Here every process reads the token from the
 ``access_tokens`` row, and a refresh is done by one coroutine per process (asyncio.Lock) and
-one process per deployment:
-
-* PostgreSQL: ``SELECT … FOR UPDATE`` on the app's row (inserted first with ON CONFLICT DO
-  NOTHING), held across the fetch; the next holder re-reads the row and finds it fresh.
-* SQLite: the ``fetch_owner``/``fetch_until`` lease columns, taken with one conditional
-  UPDATE, owned by the process's one instance identity and timed by the database's clock, like
-  the lane leases of csbot.store.leases. A ``BEGIN IMMEDIATE`` would also work but would block every other writer of the
-  database (inbox, outbox) for as long as the HTTP fetch takes.
+one process per deployment: the ``token:<app>`` lease of csbot.store.leases, the same lease
+mechanism as the users' lanes (taken with one conditional UPDATE, timed by the database's clock,
+owned by the process's one instance identity). The holder fetches; the others wait for the row to
+change, or keep using the current token while it still works. No row lock or transaction is held
+across the HTTP fetch (a ``BEGIN IMMEDIATE`` on SQLite would block every other writer for as long
+as the fetch takes). The lease is fenced: the new token is written only if nobody took the lease
+since, so a holder that stalled past its lease (and lost it to another) cannot write its token
+over the newer one; a holder killed mid-fetch leaves a lease that simply runs out.
 
 On 40001/40014/42001 the caller calls ``invalidate(failed_token)``: the cached token is
 expired only if it is still the one that failed (compare-and-set), so a slow coroutine
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.config import AppConfig, Settings
@@ -35,7 +35,7 @@ from csbot.openapi.errors import APITransportError, WeChatAPIError, is_transient
 from csbot.openapi.transport import Transport, check_errcode
 from csbot.openapi.util import token_fingerprint
 from csbot.store.engine import dialect_insert
-from csbot.store.leases import db_now
+from csbot.store.leases import NamedLease, held_by, release_named_lease, take_named_lease
 from csbot.store.models import AccessToken
 
 __all__ = ["TokenManager", "TokenState"]
@@ -54,7 +54,7 @@ FORCE_MIN_INTERVAL = 60.0
 FETCH_FAILURE_HOLD = 10.0
 #: token-fetch errors that mean "fix the configuration", not "try again"
 CONFIG_ERRCODES = frozenset({40002, 40013, 40125, 40164, 89503, 41002, 41004, 40001})
-#: polling interval (s) while another process holds the SQLite fetch lease
+#: first polling interval (s) while another process holds the fetch lease (doubles up to 0.5 s)
 LEASE_POLL = 0.05
 
 
@@ -105,11 +105,11 @@ class TokenManager:
         self._clock = clock
         self._dialect = _dialect_name(sessionmaker, settings)
         self._insert = dialect_insert(self._dialect)
+        #: the shared lease that keeps processes from fetching at the same time (csbot.store.leases)
+        self.lease_name = f"token:{app.name}"
         #: how processes are kept from fetching at the same time (for diagnostics)
-        self.lock_kind = (
-            "row lock (SELECT … FOR UPDATE)" if self._dialect == "postgresql" else "lease (fetch_owner/fetch_until)"
-        )
-        #: the SQLite lease outlives one fetch with its retries (and a forced refetch)
+        self.lock_kind = f"lease {self.lease_name} (csbot.store.leases)"
+        #: the lease outlives one fetch with its retries (and a forced refetch)
         self.lease_seconds = 3 * (settings.api_timeout + 1.0) * 2
         self._lock = asyncio.Lock()
         self._state: TokenState | None = None
@@ -135,9 +135,7 @@ class TokenManager:
             if self._usable(state):
                 return self._adopt(state)
             self._raise_if_held()
-            if self._dialect == "postgresql":
-                return await self._refresh_locked_row()
-            return await self._refresh_with_lease()
+            return await self._refresh()
 
     async def invalidate(self, failed_token: str) -> None:
         """WeChat refused ``failed_token``: forget it, but only if it is still the cached one.
@@ -194,14 +192,15 @@ class TokenManager:
 
     async def _read(self) -> TokenState | None:
         async with self._sm() as session:
-            row = (
-                await session.execute(
-                    select(AccessToken.token, AccessToken.expires_at, AccessToken.fetched_at).where(
-                        AccessToken.app == self.app.name
-                    )
-                )
-            ).one_or_none()
-        return TokenState(row.token, row.expires_at or 0.0, row.fetched_at or 0.0) if row else None
+            return await self._state_in(session, missing_ok=True)
+
+    async def _state_in(self, session: AsyncSession, *, missing_ok: bool = False) -> Any:
+        row = (await session.execute(
+            select(AccessToken.token, AccessToken.expires_at, AccessToken.fetched_at)
+            .where(AccessToken.app == self.app.name))).one_or_none()
+        if row is None and missing_ok:
+            return None
+        return TokenState(row.token, row.expires_at or 0.0, row.fetched_at or 0.0)
 
     def _ensure_row(self) -> Any:
         return (
@@ -210,63 +209,22 @@ class TokenManager:
             .on_conflict_do_nothing(index_elements=["app"])
         )
 
-    # ------------------------------------------------------ cross-process lock
-    async def _refresh_locked_row(self) -> str:
-        """PostgreSQL: hold the app's row FOR UPDATE while fetching; re-read it first."""
-        async with self._sm() as session, session.begin():
-            await session.execute(self._ensure_row())
-            row = (
-                await session.execute(
-                    select(AccessToken.token, AccessToken.expires_at, AccessToken.fetched_at)
-                    .where(AccessToken.app == self.app.name)
-                    .with_for_update()
-                )
-            ).one()
-            state = TokenState(row.token, row.expires_at or 0.0, row.fetched_at or 0.0)
-            if self._usable(state):
-                return self._adopt(state)  # another process refreshed while we waited
-            new = await self._fetch_with_policy(state)
-            await session.execute(
-                update(AccessToken)
-                .where(AccessToken.app == self.app.name)
-                .values(token=new.token, expires_at=new.expires_at, fetched_at=new.fetched_at,
-                        fetch_owner=None, fetch_until=None)
-            )
-        return self._adopt(new)
-
-    async def _refresh_with_lease(self) -> str:
-        """SQLite: take the fetch lease with a conditional UPDATE, or wait for its holder."""
-        me = self.instance_id
+    # ------------------------------------------------------ cross-process lease
+    async def _refresh(self) -> str:
+        """Take the fetch lease and fetch, or wait for the holder's token (or use the current one)."""
         deadline = time.monotonic() + self.lease_seconds + 5.0
         delay = LEASE_POLL
-        now = db_now(self._dialect)  # csbot.store.leases: lease times from the database's clock
         while True:
-            async with self._sm() as session, session.begin():
-                await session.execute(self._ensure_row())
-                taken = await session.execute(
-                    update(AccessToken)
-                    .where(
-                        AccessToken.app == self.app.name,
-                        or_(AccessToken.fetch_owner.is_(None), AccessToken.fetch_until < now,
-                            AccessToken.fetch_owner == me),
-                    )
-                    .values(fetch_owner=me, fetch_until=now + self.lease_seconds)
-                )
-                acquired = (taken.rowcount or 0) == 1  # type: ignore[attr-defined]
-                row = (
-                    await session.execute(
-                        select(AccessToken.token, AccessToken.expires_at, AccessToken.fetched_at).where(
-                            AccessToken.app == self.app.name
-                        )
-                    )
-                ).one()
-            state = TokenState(row.token, row.expires_at or 0.0, row.fetched_at or 0.0)
+            lease, state = await self._take_lease()
             if self._usable(state):
-                if acquired:
-                    await self._release_lease()
+                if lease is not None:
+                    await self._release(lease)
                 return self._adopt(state)  # another process refreshed while we waited
-            if acquired:
-                break
+            if lease is not None:
+                token = await self._fetch_under(lease, state)
+                if token is not None:
+                    return token
+                continue  # fenced out: another process took over; its token is the one to use
             if state.token and state.token != self._failed and self._clock() < state.expires_at - 1.0:
                 # Another process is refreshing ahead of expiry; the current token still
                 # works, so use it now rather than wait (not cached: the next call looks again).
@@ -278,40 +236,48 @@ class TokenManager:
                 )
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
-        try:
-            new = await self._fetch_with_policy(state)
-        except BaseException:
-            await self._release_lease()
-            raise
+
+    async def _take_lease(self) -> tuple[NamedLease | None, TokenState]:
+        """In one transaction: the app's row (created if missing) and, if it is due, the lease."""
         async with self._sm() as session, session.begin():
-            # Written even if our lease lapsed meanwhile, unless a newer fetch is already there.
-            await session.execute(
-                update(AccessToken)
-                .where(
-                    AccessToken.app == self.app.name,
-                    or_(AccessToken.fetch_owner == me, AccessToken.fetched_at <= new.fetched_at),
-                )
-                .values(
-                    token=new.token, expires_at=new.expires_at, fetched_at=new.fetched_at,
-                    fetch_owner=case((AccessToken.fetch_owner == me, None), else_=AccessToken.fetch_owner),
-                    fetch_until=case((AccessToken.fetch_owner == me, None), else_=AccessToken.fetch_until),
-                )
-            )
+            await session.execute(self._ensure_row())
+            state = await self._state_in(session)
+            if self._usable(state):
+                return None, state
+            lease = await take_named_lease(await session.connection(), self.lease_name, self.instance_id,
+                                           self.lease_seconds)
+            if lease is None:
+                return None, state
+            # re-read under the lease: a holder may have written and released in between
+            return lease, await self._state_in(session)
+
+    async def _fetch_under(self, lease: NamedLease, state: TokenState) -> str | None:
+        """Fetch while holding ``lease`` and write the token, fenced; None if fenced out."""
+        try:
+            new = await self._fetch_with_policy(state, lease)
+            async with self._sm() as session, session.begin():
+                written = await session.execute(
+                    update(AccessToken).where(AccessToken.app == self.app.name, held_by(lease))
+                    .values(token=new.token, expires_at=new.expires_at, fetched_at=new.fetched_at))
+                await release_named_lease(await session.connection(), lease)
+        except BaseException:
+            await asyncio.shield(self._release(lease))
+            raise
+        if (written.rowcount or 0) != 1:  # type: ignore[attr-defined]
+            log.warning("app %s: token fetch lease was taken over during the fetch; the newer holder's "
+                        "token is used, not %s", self.app.name, token_fingerprint(new.token))
+            return None
         return self._adopt(new)
 
-    async def _release_lease(self) -> None:
+    async def _release(self, lease: NamedLease) -> None:
         try:
             async with self._sm() as session, session.begin():
-                await session.execute(
-                    update(AccessToken)
-                    .where(AccessToken.app == self.app.name, AccessToken.fetch_owner == self.instance_id)
-                    .values(fetch_owner=None, fetch_until=None)
-                )
+                await release_named_lease(await session.connection(), lease)
         except Exception:  # the lease expires by itself
             log.warning("app %s: could not release the token fetch lease", self.app.name, exc_info=True)
 
     # ------------------------------------------------------------------ fetch
-    async def _fetch_with_policy(self, cached: TokenState) -> TokenState:
+    async def _fetch_with_policy(self, cached: TokenState, lease: NamedLease) -> TokenState:
         """Fetch in normal mode; force a new stable token only in one narrow case.
 
         ``force_refresh=true`` invalidates the current stable token *for everybody* at once,
@@ -332,7 +298,7 @@ class TokenManager:
         as the API error instead of a refresh loop.
         """
         failed = self._failed
-        new = await self._fetch(force=False)
+        new = await self._fetch(lease, force=False)
         if (
             self.source == "stable"
             and failed is not None
@@ -346,14 +312,21 @@ class TokenManager:
             )
             self._last_forced = time.monotonic()
             self.forced_fetches += 1
-            new = await self._fetch(force=True)
+            new = await self._fetch(lease, force=True)
         self._failed = None
         return new
 
-    async def _fetch(self, *, force: bool) -> TokenState:
-        """One token fetch, retried twice on transient failures (fetching is idempotent)."""
+    async def _fetch(self, lease: NamedLease, *, force: bool) -> TokenState:
+        """One token fetch, retried twice on transient failures (fetching is idempotent).
+
+        Each request is a side effect (``cgi-bin/token`` and a forced refresh kill the previous
+        token): it is made only while the lease is still good by this process's own count.
+        """
         attempts = 3
         for attempt in range(attempts):
+            if not lease.valid():
+                raise APITransportError(f"app {self.app.name}: the token fetch lease ran out before the "
+                                        "fetch was done", path="access_token")
             try:
                 started = self._clock()
                 token, expires_in = await self._fetch_once(force=force)

@@ -9,8 +9,9 @@ If a batch fails, its operations are retried one transaction each, so a single b
 alone instead of taking its neighbours down.
 
 Several processes on one PostgreSQL database: every conversation row a batch will update is
-locked first, in ``id`` order (ops name them in ``locks()``), and multi-row statements sort
-their rows by a stable key, so two writers never lock rows in opposite orders. A deadlock or
+locked first, in ``id`` order (ops name them in ``locks()``, by id or by (app, openid)); what
+else a batch locks belongs to those users' lanes, and multi-row statements sort their rows by a
+stable key, so two writers never lock rows of two lanes in opposite orders. A deadlock or
 serialization failure, should one still happen, is retried (quietly, counted by
 ``on_conflict``), not logged as an error.
 """
@@ -163,12 +164,12 @@ class BatchWriter:
         for i, (op, _) in enumerate(batch):
             groups.setdefault(op.batch_kind, []).append(i)
         order = sorted(groups, key=lambda k: KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER))
-        locks = sorted({cid for op, _ in batch for cid in (getattr(op, "locks", None) or _no_locks)()})
+        named = {lane for op, _ in batch for lane in (getattr(op, "locks", None) or _no_locks)()}
         results: list[Any] = [None] * len(batch)
         async with self._sessionmaker() as session:
             async with session.begin():
-                if locks and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-                    await session.execute(_lock_conversations(), {"ids": locks})
+                if named and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+                    await _lock_conversations(session, named)
                 for kind in order:
                     indexes = groups[kind]
                     ops = [batch[i][0] for i in indexes]
@@ -183,18 +184,26 @@ def _no_locks() -> tuple[int, ...]:
     return ()
 
 
-_LOCK_STMT: Any = None
+_LOCK_STMTS: dict[bool, Any] = {}
 
 
-def _lock_conversations() -> Any:
-    """SELECT … FOR UPDATE of the given conversation ids, in id order (one cached statement)."""
-    global _LOCK_STMT
-    if _LOCK_STMT is None:
-        from sqlalchemy import bindparam, select
+async def _lock_conversations(session: AsyncSession, named: set[Any]) -> None:
+    """SELECT … FOR UPDATE of the conversations ops named, by id or by (app, openid), in id order.
+
+    Ops that know their lane's row name its id; others (an inline outcome, a claim, a
+    ``context.reply``) name the user. Either way every row is locked here, in one id order.
+    """
+    ids = sorted(n for n in named if isinstance(n, int))
+    keys = sorted(n for n in named if not isinstance(n, int))
+    stmt = _LOCK_STMTS.get(bool(keys))
+    if stmt is None:
+        from sqlalchemy import bindparam, select, tuple_
 
         from csbot.store.models import Conversation
 
         c = Conversation.__table__.c
-        _LOCK_STMT = (select(c.id).where(c.id.in_(bindparam("ids", expanding=True)))
-                      .order_by(c.id).with_for_update())
-    return _LOCK_STMT
+        where = c.id.in_(bindparam("ids", expanding=True))
+        if keys:
+            where = where | tuple_(c.app, c.openid).in_(bindparam("keys", expanding=True))
+        stmt = _LOCK_STMTS[bool(keys)] = select(c.id).where(where).order_by(c.id).with_for_update()
+    await session.execute(stmt, {"ids": ids, "keys": keys} if keys else {"ids": ids})

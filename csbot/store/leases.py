@@ -15,8 +15,9 @@ One mechanism for both lanes of a user: ``lease`` (handling pushes, csbot.inbox)
   run, a send); a renewal that finds the row no longer ours marks the lease lost at once.
   The outbox's ``sending`` mark is also conditional on the row still naming this owner.
 * **Lock order.** Batched statements lock conversation rows in ``id`` order (the batch
-  writer locks every row a batch will update first, sorted), so two processes never lock two
-  lanes in opposite orders.
+  writer locks every row a batch will update first, sorted), or take them with SKIP LOCKED,
+  which never waits; a user row is written only by a transaction holding that user's
+  conversation row. So two processes never lock two lanes in opposite orders.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ _MSG = Message.__table__
 SAFETY_MARGIN = 0.2
 
 
-def db_now(dialect: str) -> Any:
-    """The database's clock in Unix seconds, as an SQL expression."""
+def db_now(dialect: str, *, live: bool = False) -> Any:
+    """The database's clock in Unix seconds, as an SQL expression.
+
+    PostgreSQL's ``now()`` is the transaction's start; ``live`` reads the clock as the statement
+    runs (``clock_timestamp()``), for fences: a write that waited for locks is checked against
+    the moment it applies, not the moment its transaction began.
+    """
     if dialect == "postgresql":
-        return cast(func.extract("epoch", func.now()), Float)
+        return cast(func.extract("epoch", func.clock_timestamp() if live else func.now()), Float)
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
 
 
@@ -140,15 +146,14 @@ class LaneOp:
         acquiring = [op for op in ops if op.action == "acquire"]
         if acquiring:
             await ensure_conversations(conn, ((op.app, op.openid) for op in acquiring), now)
-            users = {(op.app, op.openid): dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
-                                               last_seen=op.seen_at) for op in acquiring if op.kind == "lease"}
-            if users:
-                await conn.execute(cached(dialect, "user_upsert", _user_upsert),
-                                   [users[k] for k in sorted(users)])
         results: list[Any] = []
+        users: dict[tuple[str, str], dict[str, Any]] = {}
         for op in ops:
             if op.action == "acquire":
-                results.append(await op._acquire(conn))
+                results.append(got := await op._acquire(conn))
+                if got is not None and op.kind == "lease":
+                    users[(op.app, op.openid)] = dict(app=op.app, openid=op.openid, first_seen=op.seen_at,
+                                                      last_seen=op.seen_at)
                 continue
             owner_col, until_col = _cols(op.kind)
             ids = sorted(set(op.conversation_ids))
@@ -160,6 +165,10 @@ class LaneOp:
             rows = (await conn.execute(update(_CONV).where(_CONV.c.id.in_(ids), owner_col == op.owner)
                                        .values(values).returning(_CONV.c.id))).all()
             results.append({r.id for r in rows})
+        if users:
+            # only users whose lane this transaction holds (their conversation row is locked):
+            # a user row is never locked by two transactions that do not both hold that lane first
+            await conn.execute(cached(dialect, "user_upsert", _user_upsert), [users[k] for k in sorted(users)])
         return results
 
     async def _acquire(self, conn: Any) -> "Acquired | None":
@@ -293,3 +302,64 @@ class LeaseKeeper:
                 raise
             except Exception as exc:
                 log.warning("could not renew %s leases (%s); they run out by themselves", self.kind, exc)
+
+
+# --------------------------------------------------------------------------- named leases
+# Leases on resources that are not a user's lane (the access-token fetch of an app): the same
+# rules, one row per name in ``leases``. The database's clock times them; a holder trusts its
+# lease by its own monotonic count from before the take, less SAFETY_MARGIN (``valid()``); and
+# every take raises the row's ``fence``, so a write made under a lease can be made conditional on
+# no other holder having taken it since (``held_by``): a holder that stalled past its lease and
+# wakes up after a takeover cannot overwrite the newer holder's work.
+
+
+@dataclass(frozen=True)
+class NamedLease:
+    """A named lease this process holds: ``fence`` is the take it was."""
+
+    name: str
+    owner: str
+    fence: int
+    #: monotonic time after which the lease may no longer be ours
+    good_until: float
+
+    def valid(self) -> bool:
+        """May the holder still act (start a side effect) under this lease?"""
+        return time.monotonic() < self.good_until - SAFETY_MARGIN
+
+
+def _named_table() -> Any:
+    from csbot.store.models import NamedLeaseRow
+
+    return NamedLeaseRow.__table__
+
+
+async def take_named_lease(conn: Any, name: str, owner: str, seconds: float) -> NamedLease | None:
+    """Take lease ``name`` for ``seconds`` (database clock) in the caller's transaction, or None
+    while another holder's lease runs. Not re-entrant: a second taker with the same owner (two
+    managers in one process) waits like any other."""
+    table = _named_table()
+    started = time.monotonic()
+    await conn.execute(cached(conn.dialect.name, "named_lease_row", lambda ins: ins(table).on_conflict_do_nothing(
+        index_elements=["name"])), {"name": name, "owner": None, "until": None, "fence": 0})
+    now = db_now(conn.dialect.name)
+    row = (await conn.execute(
+        update(table).where(table.c.name == name, or_(table.c.owner.is_(None), table.c.until < now))
+        .values(owner=owner, until=now + seconds, fence=table.c.fence + 1)
+        .returning(table.c.fence))).first()
+    return None if row is None else NamedLease(name, owner, int(row.fence), started + seconds)
+
+
+def held_by(lease: NamedLease) -> Any:
+    """SQL condition: nobody has taken ``lease`` since this holder did (for fenced writes)."""
+    from sqlalchemy import exists
+
+    table = _named_table()
+    return exists().where(table.c.name == lease.name, table.c.owner == lease.owner, table.c.fence == lease.fence)
+
+
+async def release_named_lease(conn: Any, lease: NamedLease) -> None:
+    """Give ``lease`` back (a no-op once another holder took it)."""
+    table = _named_table()
+    await conn.execute(update(table).where(table.c.name == lease.name, table.c.owner == lease.owner,
+                                           table.c.fence == lease.fence).values(owner=None, until=None))

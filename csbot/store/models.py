@@ -149,9 +149,20 @@ class AccessToken(Base):
     token: Mapped[str | None] = mapped_column(Text, nullable=True)
     expires_at: Mapped[float] = mapped_column(Float, default=0.0)
     fetched_at: Mapped[float] = mapped_column(Float, default=0.0)
-    #: a process fetching a new token holds this until the given time (cross-process lock)
-    fetch_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    fetch_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class NamedLeaseRow(Base):
+    """A lease on a named resource that is not a user's lane (``token:<app>``: the access-token
+    fetch). Taken, fenced and timed like the lane leases (csbot.store.leases)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: the database's clock (Unix seconds) after which the lease is free
+    until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: raised by one at every take: a write fenced on it fails once another holder took over
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class MediaCache(Base):

@@ -1,4 +1,4 @@
-"""On PostgreSQL the token row is locked FOR UPDATE: separate processes still fetch once.
+"""On PostgreSQL the token fetch lease (csbot.store.leases) keeps separate processes to one fetch.
 
 Runs only when CSBOT_TEST_DATABASE_URL points at a PostgreSQL server, e.g.
 ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``; each test creates its own database
@@ -73,7 +73,7 @@ async def test_concurrent_refresh_by_two_processes_fetches_once(fake: FakeWeChat
     first = await make_api(fake, url=pg_url, token_source="plain", instance_id="proc-1")
     second = await make_api(fake, url=pg_url, token_source="plain", instance_id="proc-2")
     fake.latency = 0.05
-    assert first.tokens.lock_kind.startswith("row lock")
+    assert first.tokens.lock_kind.startswith("lease token:")
 
     tokens = await asyncio.gather(*(api.tokens.get() for api in (first, second) for _ in range(20)))
 

@@ -21,12 +21,19 @@ from sqlalchemy import select
 
 from csbot.openapi import OpenAPI, WeChatAPIError
 from csbot.openapi.tokens import FORCE_MIN_INTERVAL, TokenState
-from csbot.store.models import AccessToken
+from csbot.store.models import AccessToken, NamedLeaseRow
 from csbot.testing.fake_wechat import FakeWeChat
 
 from .conftest import APPID, SECRET, MakeAPI
 
 TEXT = {"msgtype": "text", "text": {"content": "hi"}}
+
+
+async def fetch_lease(api: OpenAPI) -> tuple[str | None, float | None, int]:
+    """(owner, until, fence) of the app's token fetch lease."""
+    async with api.sessionmaker() as s:
+        row = (await s.execute(select(NamedLeaseRow).where(NamedLeaseRow.name == "token:default"))).scalar_one()
+    return row.owner, row.until, row.fence
 
 
 async def stored_token(api: OpenAPI) -> AccessToken | None:
@@ -44,7 +51,7 @@ class TestCaching:
         row = await stored_token(api)
         assert row is not None and row.token == token
         assert row.expires_at == pytest.approx(fake.now() + 7200, abs=2)
-        assert row.fetch_owner is None
+        assert (await fetch_lease(api))[0] is None
 
     async def test_token_is_fetched_once_for_many_calls(self, api: OpenAPI, fake: FakeWeChat, user: str) -> None:
         for _ in range(3):
@@ -241,30 +248,30 @@ class TestConcurrency:
         assert api.tokens.fetches == 2
 
     async def test_two_processes_refreshing_at_once_fetch_once(self, fake: FakeWeChat, make_api: MakeAPI) -> None:
-        """SQLite: the fetch_owner/fetch_until lease serialises separate engines."""
+        """SQLite: the token fetch lease serialises separate engines."""
         first = await make_api(fake, token_source="plain", instance_id="proc-1")
         second = await make_api(fake, token_source="plain", instance_id="proc-2")
         fake.latency = 0.05  # a slow token endpoint widens the race
-        assert first.tokens.lock_kind.startswith("lease")
+        assert first.tokens.lock_kind.startswith("lease token:")
 
         tokens = await asyncio.gather(*(api.tokens.get() for api in (first, second) for _ in range(20)))
 
         assert len(set(tokens)) == 1
         assert fake.token_fetches() == 1
         assert first.tokens.fetches + second.tokens.fetches == 1
-        row = await stored_token(first)
-        assert row is not None and row.fetch_owner is None
+        assert (await fetch_lease(first))[0] is None
 
 
 async def hold_lease(api: OpenAPI, owner: str, until: float) -> None:
-    """Pretend another process holds the SQLite fetch lease."""
+    """Pretend another process holds the token fetch lease."""
     from sqlalchemy import update
 
     async with api.sessionmaker() as s, s.begin():
-        await s.execute(update(AccessToken).values(fetch_owner=owner, fetch_until=until))
+        await s.execute(update(NamedLeaseRow).where(NamedLeaseRow.name == "token:default")
+                        .values(owner=owner, until=until, fence=NamedLeaseRow.fence + 1))
 
 
-class TestSQLiteLease:
+class TestFetchLease:
     async def test_while_another_process_refreshes_the_still_valid_token_is_used(
         self, api: OpenAPI, fake: FakeWeChat
     ) -> None:
@@ -282,8 +289,7 @@ class TestSQLiteLease:
 
         assert await api.tokens.get() != old
         assert api.tokens.fetches == 2
-        row = await stored_token(api)
-        assert row is not None and row.fetch_owner is None
+        assert (await fetch_lease(api))[0] is None
 
 
 class TestTokenSources:
