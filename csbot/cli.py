@@ -217,7 +217,7 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         await _tell_fake_wechat(session, settings, app.appid, fields)
         for i in range(args.repeat):
             try:
-                status, body = await push.post(session, base, path)
+                status, body = await _post_when_up(push, session, base, path, wait=args.wait)
             except aiohttp.ClientError as exc:
                 print(f"csbot: cannot reach {base}: {exc}", file=sys.stderr)
                 return 1
@@ -229,6 +229,29 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
                     pass
             print(f"{status} {shown.decode('utf-8', 'replace')}")
     return 0 if status == 200 else 1
+
+
+async def _post_when_up(push: Any, session: Any, base: str, path: str, *, wait: float) -> tuple[int, bytes]:
+    """Post the push, waiting up to ``wait`` seconds for a csbot that is still starting.
+
+    Only a refused connection is waited out (nothing was sent then), so ``csbot serve &`` followed
+    at once by ``csbot simulate`` works as the README types it; any other error is final.
+    """
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    said = False
+    while True:
+        try:
+            return await push.post(session, base, path)  # type: ignore[no-any-return]
+        except aiohttp.ClientConnectorError:
+            if loop.time() >= deadline:
+                raise
+            if not said:
+                print(f"csbot: waiting for csbot at {base} to start…", file=sys.stderr)
+                said = True
+            await asyncio.sleep(0.2)
 
 
 async def _tell_fake_wechat(session: Any, settings: Settings, appid: str, fields: dict[str, Any]) -> None:
@@ -506,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: safe when an EncodingAESKey is configured, else plaintext")
     p.add_argument("--format", choices=("xml", "json"), default="xml")
     p.add_argument("--repeat", type=int, default=1, help="send the same push N times (WeChat's retries)")
+    p.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for a csbot that is still starting (default 10; 0: fail at once)")
     p.add_argument("--print", action="store_true",
                    help="print the exact request (URL, headers, body) instead of sending it")
     p.set_defaults(func=cmd_simulate)

@@ -202,3 +202,193 @@ async def test_the_review_api_curl_examples_run_as_typed():
         out, _ = await proc.communicate()
         assert json.loads(out)["openapi"].startswith("3.")
         assert 'curl -H "Authorization: Bearer $CSBOT_ADMIN_TOKEN" http://localhost:8080/api/openapi.json' in README
+
+
+# --------------------------------------------------------------------------- the quick start, as a new operator types it
+
+
+BIN = str(Path(__import__("sys").executable).parent)  # where `csbot` is installed
+
+
+def sh_block(after: str) -> str:
+    """The first ```sh block after the README's text ``after``."""
+    start = README.index("```sh\n", README.index(after)) + len("```sh\n")
+    return README[start:README.index("\n```", start)] + "\n"
+
+
+def operator_env(tmp_path, **extra: str) -> dict[str, str]:
+    """A shell of someone who just installed csbot: no CSBOT_ settings, `csbot` on the PATH."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSBOT_")}
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def operator_dir(tmp_path) -> Path:
+    """A fresh clone's working directory: the shipped handlers, no store yet."""
+    import shutil
+
+    shutil.copytree(Path(__file__).parents[1] / "handlers", tmp_path / "handlers")
+    return tmp_path
+
+
+def test_the_quick_start_runs_as_typed(tmp_path):
+    import subprocess
+
+    from tests.test_recovery import free_port
+
+    install, *start = sh_block("## Quick start").splitlines()
+    assert install == "python3 -m venv .venv && . .venv/bin/activate && pip install ."  # done: we run installed
+    tries = sh_block("Try it with a correctly signed")
+    port = free_port()  # the README's 8080 may be taken here; CSBOT_PORT is the only difference
+    script = "\n".join(start) + "\n" + tries + 'kill "$!"; wait "$!"\n'
+    proc = subprocess.run(["bash", "-e", "-c", script], cwd=operator_dir(tmp_path), capture_output=True, text=True,
+                          env=operator_env(tmp_path, CSBOT_PORT=str(port)), timeout=90, start_new_session=True)
+    assert proc.returncode in (0, 143), proc.stderr
+    out = [line for line in proc.stdout.splitlines() if not line.startswith("csbot listening on")]
+    assert out[0] == "200 success", proc.stderr
+    assert out[1].startswith(f"POST http://127.0.0.1:{port}/wechat?signature=") and "encrypt_type=aes" in out[1]
+    assert f"csbot listening on http://127.0.0.1:{port}" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_simulate_waits_for_a_csbot_that_is_still_starting_and_gives_up_on_a_dead_port(tmp_path):
+    import subprocess
+    import time
+
+    from tests.test_recovery import free_port
+
+    port = free_port()
+    env = operator_env(tmp_path, CSBOT_APPID="wx0123456789abcdef", CSBOT_TOKEN="yourToken", CSBOT_PORT=str(port))
+    started = time.monotonic()
+    gone = subprocess.run(["csbot", "simulate", "--text", "hi", "--wait", "0.5"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert gone.returncode == 1 and f"cannot reach http://127.0.0.1:{port}" in gone.stderr
+    assert "waiting for csbot" in gone.stderr and time.monotonic() - started < 20
+    # simulate first, serve a moment later: the push still arrives once
+    sim = subprocess.Popen(["csbot", "simulate", "--text", "hi"], env=env, cwd=operator_dir(tmp_path),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    serve = subprocess.Popen(["csbot", "serve"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        out, err = sim.communicate(timeout=30)
+        assert sim.returncode == 0 and out.strip() == "200 success", err
+    finally:
+        serve.terminate()
+        serve.wait(15)
+
+
+def test_the_dev_session_runs_as_typed(tmp_path):
+    import subprocess
+
+    lines = sh_block("`csbot dev` runs the service against a fake").splitlines()
+    assert lines[0] == "csbot dev"
+    typed = [line.removeprefix("oDevCustomer> ") for line in lines if line.startswith("oDevCustomer> ")]
+    expected = [line.removeprefix("bot> ").rstrip("…") for line in lines if line.startswith("bot> ")]
+    assert typed and expected
+    # the quick start's variables are still exported in the operator's shell
+    env = operator_env(tmp_path, CSBOT_APPID="wx0123456789abcdef", CSBOT_APP_SECRET="yourAppSecret",
+                       CSBOT_TOKEN="yourToken", CSBOT_ENCODING_AES_KEY="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+    proc = subprocess.run(["bash", "-c", lines[0]], input="\n".join(typed) + "\n/quit\n", cwd=operator_dir(tmp_path),
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    said = [part.split("bot> ", 1)[1] for part in proc.stdout.splitlines() if "bot> " in part]
+    assert len(said) == len(expected) and all(s.startswith(e) for s, e in zip(said, expected)), (said, expected)
+
+
+def test_the_testing_sections_example_passes_in_a_project_of_ones_own(tmp_path):
+    import subprocess
+    import sys
+
+    project = operator_dir(tmp_path)
+    (project / "tests").mkdir()
+    (project / "tests" / "test_my_handlers.py").write_text(code_block(
+        '# tests/test_my_handlers.py   (pytest-asyncio, asyncio_mode = "auto")'), encoding="utf-8")
+    assert "pip install pytest pytest-asyncio" in README
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+                           "tests"], cwd=project, env=operator_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- the review API's table, call by call
+
+
+QUERY_SAMPLES = {"app": "default", "status": "human", "since": "1d", "until": "2099-01-01", "search": "退款",
+                 "limit": "10", "cursor": "", "action": "reply", "agent": "wang", "openid": "oUser123"}
+BODY_SAMPLES = {"text": "您好，我是客服小王", "agent": "wang", "status": "human", "add": ["vip"], "remove": [],
+                "tags": ["vip"], "author": "wang", "app": "default", "touser": "oUser123", "msgtype": "text"}
+
+
+def api_table() -> list[tuple[str, str, list[str]]]:
+    """(method, path with query, [JSON body sketches]) of each row of the README's API table."""
+    rows = []
+    for line in README.splitlines():
+        m = re.match(r"^\| `(GET|POST) (/api/[^`]+)`(.*?) \| ", line)
+        if m:
+            rows.append((m.group(1), m.group(2).replace("\\|", "|"),
+                         [b.replace("\\|", "|") for b in re.findall(r"`(\{.*?\})`", m.group(3))]))
+    return rows
+
+
+def body_of(sketch: str) -> dict:
+    """A request body from the table's sketch: its keys (the first of alternatives), sample values."""
+    keys = re.findall(r'"(\w+)"', re.sub(r':\s*("[^"]*"|\[[^\]]*\]|\w+)', ":", sketch))  # keys, not values
+    body = {}
+    for key in keys:
+        if key in ("image", "link", "miniprogrampage") and "text" in body:
+            continue  # alternatives of "text"
+        body[key] = BODY_SAMPLES.get(key)
+    if body.get("msgtype") == "text":
+        body["text"] = {"content": "您好"}
+    return body
+
+
+async def test_every_call_of_the_readme_api_table_is_accepted_as_written():
+    import asyncio
+    import os
+    import shutil
+    from urllib.parse import parse_qsl
+
+    from tests.review.support import ADMIN_TOKEN, AUTH, agents_of, start
+
+    rows = api_table()
+    assert len(rows) >= 11 and {m for m, _, _ in rows} == {"GET", "POST"}
+    async with start() as bot:
+        await agents_of(bot).add("wang", "correct horse battery", role="agent")
+        await bot.send_text("oUser123", "我要退款")
+        await bot.wait_idle()
+        bot.fake.inject("/cgi-bin/message/custom/send", errcode=40003, times=1)
+        await bot.send_text("oUser123", "怎么退货")
+        await bot.wait_idle()
+        [failed] = [m.id for m in await bot.messages("oUser123", direction="out") if m.status == "failed"]
+        for method, target, sketches in rows:
+            path, _, query = target.partition("?")
+            path = path.replace("{app}", "default").replace("{openid}", "oUser123").replace("{id}", str(failed))
+            params = {k: (v.split("|")[0] if v else QUERY_SAMPLES[k]) for k, v in parse_qsl(query, keep_blank_values=True)}
+            for body in [body_of(s) for s in sketches] or [None]:
+                async with bot.session.request(method, bot.url + path, params=params, json=body, headers=AUTH) as r:
+                    text = await r.text()
+                    assert 200 <= r.status < 300, (method, target, params, body, r.status, text)
+        assert any(m.status in ("queued", "sending", "sent") for m in await bot.messages("oUser123", direction="out")
+                   if m.id == failed)
+
+        # the outbound webhooks' curl lines, as typed
+        if shutil.which("curl") is None:
+            return
+        for line, expected in ((
+                'curl -H "Authorization: Bearer $CSBOT_ADMIN_TOKEN" "http://localhost:8080/api/webhooks/deliveries?status=failed"',
+                (200, "deliveries")),
+                ("curl -X POST -H \"Authorization: Bearer $CSBOT_ADMIN_TOKEN\" "
+                 "http://localhost:8080/api/webhooks/deliveries/17/redeliver", (409, "error"))):
+            assert "\n" + line + "\n" in README
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", line.replace("curl ", "curl -s -w '\\n%{http_code}' ", 1)
+                .replace("http://localhost:8080", bot.url),
+                env={**os.environ, "CSBOT_ADMIN_TOKEN": ADMIN_TOKEN}, stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            body, _, code = out.decode().rpartition("\n")
+            assert (int(code), next(iter(__import__("json").loads(body)))) == expected, (line, out)

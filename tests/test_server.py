@@ -43,9 +43,9 @@ async def test_every_api_error_is_json_even_aiohttps_own():
                              ("GET", "/api"), ("GET", "/api/conversations/default/nobody")):
             status, body = await api(bot, method, path)
             assert status >= 400 and isinstance(body, dict) and set(body) == {"error"}, (method, path, body)
-    async with Harness.start(handlers_dir=None) as bot:  # no admin token: the API is off, still JSON
+    async with Harness.start(handlers_dir=None) as bot:  # no admin token: only agents' tokens, still JSON
         status, body = await api(bot, "GET", "/api/conversations")
-        assert status == 404 and "CSBOT_ADMIN_TOKEN" in body["error"]
+        assert status == 401 and "CSBOT_ADMIN_TOKEN" in body["error"]
 
 
 def test_serve_says_where_it_listens_and_a_busy_port_is_one_clear_line(tmp_path):

@@ -2,8 +2,10 @@
 
 ``setup_review`` is called once by :func:`csbot.app.create_app`. It always starts the task that
 returns ``human`` conversations with no agent reply for ``CSBOT_HUMAN_TIMEOUT`` seconds to the
-bot; the API and the console are mounted only when ``CSBOT_ADMIN_TOKEN`` is set (otherwise
-``/api/`` and ``/admin`` answer 404).
+bot, and always mounts the API and the console: agents sign in with their accounts whether or not
+``CSBOT_ADMIN_TOKEN`` is set. The admin token only adds an admin-level API token and the
+console's creation of the first admin; with no token and no account, ``/admin`` says (403) how to
+create the first admin and ``/api/`` refuses every call (401) saying the same.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ async def run_human_timeout(services: Services) -> None:
 
 
 def setup_review(app: web.Application, services: Services, *, run_workers: bool = True) -> None:
-    """Mount the review API and console (when an admin token is set) and the human-timeout task."""
+    """Mount the review API and console and start the human-timeout task."""
     settings = services.settings
 
     async def background(_app: web.Application):  # type: ignore[no-untyped-def]
@@ -66,13 +68,8 @@ def setup_review(app: web.Application, services: Services, *, run_workers: bool 
             services.metrics.undelivered.labels(name).set(counts.get(name, 0))
 
     services.metrics.refreshers.append(refresh_undelivered)
-    if not settings.admin_token:
-        async def api_off(request: web.Request) -> web.Response:
-            return web.json_response({"error": "the review API is off: set CSBOT_ADMIN_TOKEN"}, status=404)
-
-        app.router.add_route("*", "/api", api_off)
-        app.router.add_route("*", "/api/{tail:.*}", api_off)
-        return
+    # always mounted: an operator who made agents with `csbot agents add` and set no admin token
+    # has a console; with neither, the sign-in page (403) and the API (401) say how to make one
     from csbot.review.api import build_api
     from csbot.review.console import build_console
 

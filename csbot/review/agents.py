@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.review.audit import Actor, AuditLog, record
+from csbot.review.i18n import N_
 from csbot.review.models import Agent, AgentSession, AgentToken
 from csbot.review.service import Invalid, NotFound, ReviewError, check_name
 
@@ -55,8 +56,8 @@ class SignInRefused(ReviewError):
 class RateLimited(ReviewError):
     status = 429
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, /, *, retry_after: int, **params: Any) -> None:
+        super().__init__(message, **params)
         self.retry_after = retry_after
 
 
@@ -70,15 +71,15 @@ def sha256(token: str) -> str:
 
 def check_password(password: Any) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-        raise Invalid(f"a password needs at least {MIN_PASSWORD} characters")
+        raise Invalid(N_("a password needs at least %(n)s characters"), n=MIN_PASSWORD)
     if len(password) > MAX_PASSWORD:
-        raise Invalid(f"a password has at most {MAX_PASSWORD} characters")
+        raise Invalid(N_("a password has at most %(n)s characters"), n=MAX_PASSWORD)
     return password
 
 
 def check_role(role: Any) -> str:
     if role not in ROLES:
-        raise Invalid(f"role must be one of {', '.join(ROLES)}")
+        raise Invalid(N_("role must be one of %(choices)s"), choices=", ".join(ROLES))
     return str(role)
 
 
@@ -126,7 +127,7 @@ class Agents:
     async def _get(self, s: AsyncSession, name: str) -> Agent:
         agent = (await s.execute(select(Agent).where(Agent.name == name))).scalars().first()
         if agent is None:
-            raise NotFound(f"no agent named {name!r}")
+            raise NotFound(N_("no agent named %(name)r"), name=name)
         return agent
 
     async def count(self) -> int:
@@ -134,7 +135,7 @@ class Agents:
             return int((await s.execute(select(func.count()).select_from(Agent))).scalar_one())
 
     async def add(self, name: str, password: str, *, role: str = "agent", by: Actor | None = None) -> dict[str, Any]:
-        name = check_name(name, "an agent's name")
+        name = check_name(name, "new_agent")
         role = check_role(role)
         hashed = await hash_password(check_password(password))
         now = time.time()
@@ -147,16 +148,16 @@ class Agents:
                 await record(s, "agent_add", by, detail=f"{name} ({role})")
                 return agent_item(agent)
         except IntegrityError:
-            raise Invalid(f"an agent named {name!r} already exists") from None
+            raise Invalid(N_("an agent named %(name)r already exists"), name=name) from None
 
     async def bootstrap(self, name: str, password: str, *, address: str | None) -> ConsoleSession:
         """The first admin, created from the console with the admin token; signs them in."""
-        name = check_name(name, "your name")
+        name = check_name(name, "your_name")
         hashed = await hash_password(check_password(password))
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             if (await s.execute(select(func.count()).select_from(Agent))).scalar_one():
-                raise Forbidden("an admin exists already: sign in with your name and password")
+                raise Forbidden(N_("an admin exists already: sign in with your name and password"))
             agent = Agent(name=name, role="admin", password_hash=hashed, disabled=False, created_at=now,
                           password_changed_at=now)
             s.add(agent)
@@ -182,7 +183,7 @@ class Agents:
                 admins = (await s.execute(select(func.count()).select_from(Agent).where(
                     Agent.role == "admin", Agent.disabled.is_(False)))).scalar_one()
                 if admins <= 1:
-                    raise Invalid(f"{name} is the last enabled admin; add another admin first")
+                    raise Invalid(N_("%(name)s is the last enabled admin; add another admin first"), name=name)
             await s.execute(update(Agent).where(Agent.id == agent.id).values(disabled=disabled))
             if disabled:
                 await self._revoke(s, agent.id, tokens=True)
@@ -206,7 +207,7 @@ class Agents:
         async with self.sessionmaker() as s, s.begin():
             agent = await self._get(s, name)
             if agent.disabled:
-                raise Invalid(f"{name} is disabled; enable the agent first")
+                raise Invalid(N_("%(name)s is disabled; enable the agent first"), name=name)
             s.add(AgentToken(token_hash=sha256(token), agent_id=agent.id, created_at=time.time()))
             await record(s, "agent_token", by, detail=name)
         return token
@@ -229,14 +230,15 @@ class Agents:
             agent = (await s.execute(select(Agent).where(Agent.name == name))).scalars().first()
         if by_name >= NAME_LIMIT or by_address >= ADDRESS_LIMIT:
             await self._failed(name, address, "rate limited")
-            raise RateLimited("too many failed sign-ins; wait a few minutes and try again", LIMIT_WINDOW // 3)
+            raise RateLimited(N_("too many failed sign-ins; wait a few minutes and try again"),
+                              retry_after=LIMIT_WINDOW // 3)
         ok = await verify_password(agent.password_hash if agent else _DUMMY_HASH, password or "")
         if agent is None or not ok:
             await self._failed(name, address, "wrong name or password")
-            raise SignInRefused("wrong name or password")
+            raise SignInRefused(N_("wrong name or password"))
         if agent.disabled:
             await self._failed(name, address, "disabled")
-            raise SignInRefused("this account is disabled")
+            raise SignInRefused(N_("this account is disabled"))
         rehash = _hasher.check_needs_rehash(agent.password_hash)
         new_hash = await hash_password(password) if rehash else None
         async with self.sessionmaker() as s, s.begin():

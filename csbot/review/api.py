@@ -1,8 +1,8 @@
 """The review HTTP API under ``/api/``: JSON, bearer-token authenticated, described at /api/openapi.json.
 
-Mounted only when ``CSBOT_ADMIN_TOKEN`` is set (otherwise ``/api/`` is a plain 404). Every call
-needs ``Authorization: Bearer <token>``: the admin token (compared in constant time; acts as an
-admin named by the body's ``agent``/``author``, default ``api``) or an agent's API token from
+Always mounted. Every call needs ``Authorization: Bearer <token>``: the admin token when
+``CSBOT_ADMIN_TOKEN`` is set (compared in constant time; acts as an admin named by the body's
+``agent``/``author``, default ``api``; an unset token matches nothing) or an agent's API token from
 ``csbot agents token NAME`` (acts as that agent, with that agent's role; the body's names are
 ignored). A missing or wrong token gets 401. Every error is a short JSON ``{"error": "..."}``
 with a 4xx status; nothing else leaks.
@@ -18,7 +18,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from csbot.review import i18n
 from csbot.review.audit import Actor
+from csbot.review.i18n import N_
 from csbot.review.cli import CSV_BOM, format_batch
 from csbot.review.service import (ASSIGNED_FILTERS, STATUSES, Conflict, Invalid, NotYours, ReviewError,
                                   parse_time)
@@ -36,8 +38,8 @@ def json_error(status: int, message: str, **headers: str) -> web.Response:
 def bearer_ok(request: web.Request, token: str) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
+    if not token or scheme.lower() != "bearer" or not given.strip():
+        return False  # no admin token set: nothing matches it, not even an empty one
     return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
 
 
@@ -55,21 +57,23 @@ def actor_for(request: web.Request, name: str | None = None) -> Actor:
 def make_middlewares(token: str, services: Services | None = None) -> list[Any]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # errors in the caller's language (Accept-Language; English when it names none we have)
+        i18n.activate(i18n.from_accept_language(request.headers.get("Accept-Language")) or i18n.DEFAULT)
         try:
             return await handler(request)
         except ReviewError as exc:
             headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else {}
-            return json_error(exc.status, str(exc), **headers)
+            return json_error(exc.status, exc.localized(), **headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
-            return json_error(exc.status, exc.reason, **headers)
+            return json_error(exc.status, i18n.gettext(exc.reason), **headers)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("review API: unexpected error on %s %s", request.method, request.path)
-            return json_error(500, "internal error")
+            return json_error(500, i18n.gettext(N_("internal error")))
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -83,7 +87,10 @@ def make_middlewares(token: str, services: Services | None = None) -> list[Any]:
         if agent is None:
             log.warning("review API: refused %s %s from %s: missing or wrong bearer token",
                         request.method, request.path, request.remote)
-            return json_error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+            message = (N_("missing or wrong bearer token") if token else
+                       N_("missing or wrong bearer token; CSBOT_ADMIN_TOKEN is not set, so only agents' tokens "
+                          "work: csbot agents add NAME --role admin, then csbot agents token NAME"))
+            return json_error(401, i18n.gettext(message), **{"WWW-Authenticate": "Bearer"})
         request[ACTOR] = agent
         return await handler(request)
 
@@ -97,9 +104,9 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     except web.HTTPRequestEntityTooLarge:
         raise
     except (ValueError, UnicodeDecodeError):
-        raise Invalid("the body must be a JSON object") from None
+        raise Invalid(N_("the body must be a JSON object")) from None
     if not isinstance(data, dict):
-        raise Invalid("the body must be a JSON object")
+        raise Invalid(N_("the body must be a JSON object"))
     return data
 
 
@@ -110,9 +117,9 @@ def int_param(request: web.Request, name: str, default: int | None, lo: int, hi:
     try:
         value = int(raw)
     except ValueError:
-        raise Invalid(f"{name} must be an integer") from None
+        raise Invalid(N_("%(name)s must be an integer"), name=name) from None
     if not lo <= value <= hi:
-        raise Invalid(f"{name} must be between {lo} and {hi}")
+        raise Invalid(N_("%(name)s must be between %(lo)s and %(hi)s"), name=name, lo=lo, hi=hi)
     return value
 
 
@@ -122,13 +129,13 @@ def bool_param(request: web.Request, name: str) -> bool:
         return False
     if raw in ("1", "true", "yes"):
         return True
-    raise Invalid(f"{name} must be true or false")
+    raise Invalid(N_("%(name)s must be true or false"), name=name)
 
 
 def optional_str(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is not None and not isinstance(value, str):
-        raise Invalid(f"{name} must be a string")
+        raise Invalid(N_("%(name)s must be a string"), name=name)
     return value
 
 
@@ -142,10 +149,10 @@ def build_api(services: Services) -> web.Application:
         q = request.query
         status = q.get("status") or None
         if status is not None and status not in STATUSES:
-            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+            raise Invalid(N_("status must be one of %(choices)s"), choices=", ".join(STATUSES))
         assigned = q.get("assigned") or None
         if assigned is not None and assigned not in ASSIGNED_FILTERS:
-            raise Invalid(f"assigned must be one of {', '.join(ASSIGNED_FILTERS)}")
+            raise Invalid(N_("assigned must be one of %(choices)s"), choices=", ".join(ASSIGNED_FILTERS))
         page = await services.review.list_conversations(
             app=q.get("app") or None, status=status, since=parse_time(q.get("since")),
             search=(q.get("search") or None), limit=int_param(request, "limit", 50, 1, 500),
@@ -176,7 +183,7 @@ def build_api(services: Services) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         data = await read_object(request)
         if data.get("status") not in STATUSES:
-            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+            raise Invalid(N_("status must be one of %(choices)s"), choices=", ".join(STATUSES))
         agent = optional_str(data, "agent")
         by = actor_for(request, agent)
         conv = await services.review.set_status(request.match_info["app"], request.match_info["openid"],
@@ -187,7 +194,7 @@ def build_api(services: Services) -> web.Application:
     async def assign(request: web.Request) -> web.Response:
         data = await read_object(request)
         if "agent" not in data:
-            raise Invalid("give agent: a name, or null to unassign")
+            raise Invalid(N_("give agent: a name, or null to unassign"))
         agent = optional_str(data, "agent")
         by = actor_for(request, optional_str(data, "by"))
         conv = await services.review.assign(request.match_info["app"], request.match_info["openid"], agent or None,
@@ -218,7 +225,7 @@ def build_api(services: Services) -> web.Application:
         try:
             message_id = int(request.match_info["id"])
         except ValueError:
-            raise Invalid("the message id must be an integer") from None
+            raise Invalid(N_("the message id must be an integer")) from None
         message = await services.review.retry(message_id, by=actor_for(request, actor))
         return web.json_response({"message": message, "status": "queued"}, status=202)
 
@@ -227,7 +234,7 @@ def build_api(services: Services) -> web.Application:
         from csbot.outbound_webhooks import list_deliveries
 
         if not request[ACTOR].is_admin:
-            raise NotYours("only an admin sees webhook deliveries")
+            raise NotYours(N_("only an admin sees webhook deliveries"))
         q = request.query
         rows = await list_deliveries(services.sessionmaker, status=q.get("status") or None,  # type: ignore[arg-type]
                                      webhook=q.get("webhook") or None,
@@ -239,15 +246,15 @@ def build_api(services: Services) -> web.Application:
         from csbot.outbound_webhooks import redeliver
 
         if not request[ACTOR].is_admin:
-            raise NotYours("only an admin re-drives webhook deliveries")
+            raise NotYours(N_("only an admin re-drives webhook deliveries"))
         try:
             delivery_id = int(request.match_info["id"])
         except ValueError:
-            raise Invalid("the delivery id must be an integer") from None
+            raise Invalid(N_("the delivery id must be an integer")) from None
         if not 0 < delivery_id < 2**62:
-            raise Invalid("the delivery id must be a positive integer")
+            raise Invalid(N_("the delivery id must be a positive integer"))
         if not await redeliver(services.sessionmaker, [delivery_id]):  # type: ignore[arg-type]
-            raise Conflict(f"delivery {delivery_id} does not exist or has not failed")
+            raise Conflict(N_("delivery %(id)s does not exist or has not failed"), id=delivery_id)
         if services.webhooks is not None:
             services.webhooks.wake()
         return web.json_response({"id": delivery_id, "status": "pending"}, status=202)
@@ -255,11 +262,11 @@ def build_api(services: Services) -> web.Application:
     @routes.get("/export")
     async def export(request: web.Request) -> web.StreamResponse:
         if not request[ACTOR].is_admin:
-            raise NotYours("only an admin exports every conversation")
+            raise NotYours(N_("only an admin exports every conversation"))
         q = request.query
         fmt = q.get("format") or "jsonl"
         if fmt not in ("jsonl", "csv"):
-            raise Invalid("format must be jsonl or csv")
+            raise Invalid(N_("format must be jsonl or csv"))
         since, until = parse_time(q.get("since")), parse_time(q.get("until"))
         app = q.get("app") or None
         ctype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
@@ -283,14 +290,14 @@ def build_api(services: Services) -> web.Application:
         data = await read_object(request)
         app, touser = data.get("app", "default"), data.get("touser")
         if not isinstance(app, str):
-            raise Invalid("app must be a string")
+            raise Invalid(N_("app must be a string"))
         message_id = await services.review.send(app, touser, data, author="operator", by=actor_for(request, "operator"))
         return web.json_response({"message_id": message_id, "status": "queued"}, status=202)
 
     @routes.get("/audit")
     async def audit(request: web.Request) -> web.Response:
         if not request[ACTOR].is_admin:
-            raise NotYours("only an admin reads the audit log")
+            raise NotYours(N_("only an admin reads the audit log"))
         q = request.query
         entries = await services.audit.entries(since=parse_time(q.get("since")), until=parse_time(q.get("until")),
                                           action=q.get("action") or None, agent=q.get("agent") or None,

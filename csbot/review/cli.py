@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, TextIO
 from csbot.config import Settings, load_settings
 from csbot.escaping import csv_cell, terminal_safe
 from csbot.review.audit import ACTIONS, Actor
+from csbot.review.i18n import N_
 from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time, timestamp
 from csbot.statuses import INBOUND_UNSETTLED, ConversationStatus, InboundStatus, OutboundStatus
 
@@ -160,9 +161,10 @@ async def _pick_app(review: Review, openid: str, app: str | None) -> str:
         return app
     apps = await review.find_apps(openid)
     if not apps:
-        raise ReviewError(f"no conversation with {openid}")
+        raise ReviewError(N_("no conversation with %(openid)s"), openid=openid)
     if len(apps) > 1:
-        raise ReviewError(f"{openid} has conversations in several apps ({', '.join(apps)}): give --app")
+        raise ReviewError(N_("%(openid)s has conversations in several apps (%(apps)s): give --app"),
+                          openid=openid, apps=", ".join(apps))
     return apps[0]
 
 
@@ -425,9 +427,15 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def read_password(args: argparse.Namespace, name: str) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass(f"password for {name}: ")
-    if getpass.getpass("again: ") != first:
-        raise ReviewError("the two passwords differ")
+    if not sys.stdin.isatty():  # getpass would fall back to echoing, or meet the end of the input
+        raise ReviewError(N_("no terminal to ask for the password: pipe it in with --password-stdin"))
+    try:
+        first = getpass.getpass(f"password for {name}: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise ReviewError(N_("no password given")) from None
+    if again != first:
+        raise ReviewError(N_("the two passwords differ"))
     return first
 
 

@@ -9,7 +9,8 @@ markup or sentences from data. Security:
 
 - sign-in with an agent's name and password (:mod:`csbot.review.agents`: argon2id, rate-limited
   per name and per address); while no agent exists, the sign-in page creates the first admin
-  from ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a name and password;
+  from ``CSBOT_ADMIN_TOKEN`` (compared in constant time) and a name and password, or, with no
+  token set, answers 403 saying to run ``csbot agents add NAME --role admin``;
 - a server-side session (random cookie, ``HttpOnly``, ``SameSite=Strict``, ``Secure`` over
   HTTPS; the store keeps its hash): disabling an agent or resetting their password ends it;
 - a CSRF token (random, kept with the session) on every form and POST; the sign-in form itself
@@ -32,17 +33,19 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
 from csbot.review import i18n
-from csbot.review.agents import SESSION_TTL, ConsoleSession, RateLimited
+from csbot.review.i18n import N_
+from csbot.review.agents import SESSION_TTL, ConsoleSession, Forbidden, RateLimited
 from csbot.review.live import LiveState
 from csbot.review.saved_replies import SavedReplies
-from csbot.review.service import ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, timestamp
+from csbot.review.service import (ASSIGNED_FILTERS, STATUSES, Invalid, ReviewError, iso, localized_detail,
+                                  timestamp)
 from csbot.services import Services
 from csbot.statuses import as_json as statuses_json
 
@@ -109,6 +112,12 @@ def linkify(text: Any) -> Markup:
     return Markup("").join(out)
 
 
+def bdi(value: Any) -> Markup:
+    """A name or text typed by somebody, isolated from the sentence around it: a right-to-left
+    override (U+202E) in an agent's name or a tag cannot reorder the rest of the line."""
+    return Markup("<bdi>{}</bdi>").format("" if value is None else value)
+
+
 def is_http_url(value: Any) -> bool:
     return isinstance(value, str) and value.lower().startswith(("https://", "http://"))
 
@@ -122,6 +131,8 @@ def make_env() -> jinja2.Environment:
     env.filters["ago"] = lambda at: time_tag(at, mode="ago")
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["linkify"] = linkify
+    env.filters["bdi"] = bdi
+    env.filters["detail"] = localized_detail
     env.globals["is_http_url"] = is_http_url
     env.globals["statuses"] = statuses_json()
     env.globals["languages"] = i18n.LANGUAGES
@@ -142,6 +153,7 @@ def js_strings() -> dict[str, str]:
         "notify_off": _("Notifications"),
         "notify_denied": _("Notifications blocked by the browser"),
         "no_saved": _("No saved replies match"),
+        "image_failed": _("The image could not be loaded"),
         "just_now": _("just now"),
         "min_ago": _("%(n)s min ago"),
         "h_ago": _("%(n)s h ago"),
@@ -187,17 +199,17 @@ def build_console(services: Services) -> web.Application:
         except web.HTTPException as exc:
             if exc.status < 400:
                 resp = exc  # redirects
-            else:
-                resp = error_page(exc.status, exc.reason)
+            else:  # our reasons are catalog ids (N_), and aiohttp's are in the catalogs too
+                resp = error_page(exc.status, i18n.gettext(exc.reason))
         except ReviewError as exc:
-            resp = error_page(exc.status, str(exc))
+            resp = error_page(exc.status, exc.localized())
             if isinstance(exc, RateLimited):
                 resp.headers["Retry-After"] = str(exc.retry_after)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("console: unexpected error on %s %s", request.method, request.path)
-            resp = error_page(500, "internal error")
+            resp = error_page(500, i18n.gettext(N_("internal error")))
         if not resp.prepared:
             resp.headers.setdefault("Content-Security-Policy", CSP)
             resp.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -230,8 +242,20 @@ def build_console(services: Services) -> web.Application:
         if session is None:
             if page:
                 raise web.HTTPSeeOther("/admin/login?" + urlencode({"next": request.path_qs}))
-            raise web.HTTPUnauthorized(reason="sign in first")
+            if request.method == "POST" and "X-CSRF-Token" not in request.headers:
+                # a form sent after the session ended (expired, signed out elsewhere, password reset):
+                # sign in and come back to the page it came from, where console.js kept the draft
+                raise web.HTTPSeeOther("/admin/login?" + urlencode({"next": came_from(request), "ended": "1"}))
+            raise web.HTTPUnauthorized(reason=N_("sign in first"))
         return session
+
+    def came_from(request: web.Request) -> str:
+        """The console page a form was sent from (its same-origin Referer), else the list."""
+        ref = urlsplit(request.headers.get("Referer", ""))
+        path = ref.path + (f"?{ref.query}" if ref.query else "")
+        if ref.netloc == request.host and path.startswith("/admin/") and not path.startswith("/admin//"):
+            return path
+        return "/admin/"
 
     async def require_post(request: web.Request) -> tuple[ConsoleSession, Any]:
         session = await require(request)
@@ -239,7 +263,7 @@ def build_console(services: Services) -> web.Application:
         given = str(form.get("csrf") or request.headers.get("X-CSRF-Token") or "")
         if not given or not hmac.compare_digest(given.encode(), session.csrf.encode()):
             log.warning("console: refused %s %s: missing or wrong CSRF token", request.method, request.path)
-            raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
+            raise web.HTTPForbidden(reason=N_("missing or wrong CSRF token; reload the page and try again"))
         return session, form
 
     def secure(request: web.Request) -> bool:
@@ -261,7 +285,7 @@ def build_console(services: Services) -> web.Application:
     async def language(request: web.Request) -> web.Response:
         lang = request.match_info["lang"]
         if lang not in i18n.LANGUAGES:
-            raise web.HTTPNotFound(reason="no such language")
+            raise web.HTTPNotFound(reason=N_("no such language"))
         nxt = request.query.get("next", "/admin/")
         resp = web.HTTPSeeOther(nxt if nxt.startswith("/admin/") and not nxt.startswith("/admin//") else "/admin/")
         resp.set_cookie(i18n.LANG_COOKIE, lang, httponly=True, samesite="Lax", path="/admin",
@@ -274,8 +298,12 @@ def build_console(services: Services) -> web.Application:
                          name: str = "") -> web.Response:
         nonce = secrets.token_urlsafe(24)
         nxt = request.query.get("next", "/admin/")
+        no_account = await services.agents.count() == 0
+        if no_account and not settings.admin_token:  # nobody can sign in: say how to make the first admin
+            status = 403
         resp = render("login.html", http_status=status, csrf=nonce, message=message, name=name, **lang_ctx(request),
-                      bootstrap=await services.agents.count() == 0,
+                      bootstrap=no_account and bool(settings.admin_token),
+                      no_account=no_account and not settings.admin_token,
                       next=nxt if nxt.startswith("/admin/") else "/admin/")
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path="/admin",
                         secure=secure(request), max_age=3600)
@@ -284,7 +312,8 @@ def build_console(services: Services) -> web.Application:
     async def login_page(request: web.Request) -> web.Response:
         if await session_of(request) is not None:
             raise web.HTTPSeeOther("/admin/")
-        return await login_form(request)
+        ended = N_("Your session has ended. Sign in again: what you were typing is kept.")
+        return await login_form(request, message=i18n.gettext(ended) if request.query.get("ended") else "")
 
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
@@ -292,7 +321,7 @@ def build_console(services: Services) -> web.Application:
         cookie_csrf = request.cookies.get(LOGIN_COOKIE, "")
         if not given_csrf or not cookie_csrf or not hmac.compare_digest(given_csrf.encode(), cookie_csrf.encode()):
             log.warning("console: refused sign-in from %s: missing or wrong CSRF token", request.remote)
-            raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
+            raise web.HTTPForbidden(reason=N_("missing or wrong CSRF token; reload the page and try again"))
         name = str(form.get("name") or "")[:64]
         password = str(form.get("password") or "")
         try:
@@ -304,7 +333,7 @@ def build_console(services: Services) -> web.Application:
             raise
         except ReviewError as exc:
             log.warning("console: failed sign-in as %r from %s: %s", name, request.remote, exc)
-            return await login_form(request, status=exc.status, message=str(exc), name=name)
+            return await login_form(request, status=exc.status, message=exc.localized(), name=name)
         nxt = str(form.get("next") or "/admin/")
         resp = web.HTTPSeeOther(nxt if nxt.startswith("/admin/") else "/admin/")
         resp.set_cookie(SESSION_COOKIE, session.cookie or "", httponly=True, samesite="Strict", path="/admin",
@@ -318,6 +347,9 @@ def build_console(services: Services) -> web.Application:
         from csbot.review.agents import SignInRefused
 
         token = str(form.get("token") or "")
+        if not settings.admin_token:  # no token, no bootstrap from the browser (and never an empty match)
+            raise Forbidden(N_("No agent account exists yet. Create the first admin on the server with "
+                               "csbot agents add NAME --role admin, then sign in here."))
         if not hmac.compare_digest(token.encode("utf-8"), settings.admin_token.encode("utf-8")):
             async with services.sessionmaker() as s, s.begin():
                 from csbot.review.audit import record
@@ -325,7 +357,7 @@ def build_console(services: Services) -> web.Application:
                 await record(s, "failed_sign_in", None, agent=name, address=request.remote,
                              detail="first admin: wrong admin token")
             await asyncio.sleep(0.5)  # slows guessing
-            raise SignInRefused("That is not the admin token.")
+            raise SignInRefused(N_("That is not the admin token."))
         return await services.agents.bootstrap(name, password, address=request.remote)
 
     async def logout(request: web.Request) -> web.Response:
@@ -394,10 +426,12 @@ def build_console(services: Services) -> web.Application:
         thread = await services.review.thread(app, openid, limit=THREAD_LIMIT, viewer=session.actor)
         return await console_page(request, session, thread)
 
-    def back_to_thread(request: web.Request, app: str, openid: str) -> web.HTTPSeeOther:
-        """Back to the thread, keeping the list's filters (they ride along in the query string)."""
+    def back_to_thread(request: web.Request, app: str, openid: str, *, sent: bool = False) -> web.HTTPSeeOther:
+        """Back to the thread, keeping the list's filters (they ride along in the query string);
+        ``sent``: the reply went into the outbox, so console.js drops its kept draft (``#sent``)."""
         qs = request.query_string
-        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}" + (f"?{qs}" if qs else ""))
+        return web.HTTPSeeOther(f"/admin/c/{quote(app, safe='')}/{quote(openid, safe='')}" + (f"?{qs}" if qs else "")
+                                + ("#sent" if sent else ""))
 
     def key_of(request: web.Request) -> tuple[str, str]:
         return request.match_info["app"], request.match_info["openid"]
@@ -407,7 +441,7 @@ def build_console(services: Services) -> web.Application:
         app, openid = key_of(request)
         await services.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
                                     by=session.actor)
-        raise back_to_thread(request, app, openid)
+        raise back_to_thread(request, app, openid, sent=True)
 
     async def send_image(request: web.Request) -> web.Response:
         """An image from the agent's computer: kept in the media store, sent through the outbox."""
@@ -418,12 +452,12 @@ def build_console(services: Services) -> web.Application:
         field = form.get("image")
         data = field.file.read(MAX_IMAGE + 1) if isinstance(field, web.FileField) else b""
         if not data:
-            raise Invalid("choose an image to send")
+            raise Invalid(N_("choose an image to send"))
         if len(data) > MAX_IMAGE:
-            raise Invalid("the image is larger than 10 MB")
+            raise Invalid(N_("the image is larger than %(mb)s MB"), mb=MAX_IMAGE // (1024 * 1024))
         ext = next((e for magic, e in IMAGE_TYPES.items() if data.startswith(magic)), None)
         if ext is None:
-            raise Invalid("send a JPEG, PNG or GIF image")
+            raise Invalid(N_("send a JPEG, PNG or GIF image"))
         await services.review.conversation(app, openid, viewer=session.actor)  # exists, and theirs to answer
         key = await services.media.put(f"outgoing/{uuid.uuid4().hex}{ext}", data)  # type: ignore[union-attr]
         await services.review.reply_with(app, openid, Image(path=str(services.media.path_of(key))),  # type: ignore[union-attr]
@@ -475,7 +509,7 @@ def build_console(services: Services) -> web.Application:
         try:
             last_id = int(str(form.get("last_id") or "0"))
         except ValueError:
-            raise Invalid("last_id must be an integer") from None
+            raise Invalid(N_("last_id must be an integer")) from None
         await live().mark_read(session.actor, app, openid, last_id)
         return web.json_response({"ok": True, "my_unread": await live().my_unread(session.actor)})
 
@@ -493,7 +527,7 @@ def build_console(services: Services) -> web.Application:
     async def require_admin(request: web.Request, *, post: bool = False) -> tuple[ConsoleSession, Any]:
         session, form = (await require_post(request)) if post else (await require(request, page=True), None)
         if not session.actor.is_admin:
-            raise web.HTTPForbidden(reason="only an admin may do this")
+            raise web.HTTPForbidden(reason=N_("only an admin may do this"))
         return session, form
 
     async def agents_page(request: web.Request) -> web.Response:
@@ -522,7 +556,7 @@ def build_console(services: Services) -> web.Application:
     async def saved_page(request: web.Request) -> web.Response:
         session = await require(request, page=True)
         if not session.actor.is_admin:
-            raise web.HTTPForbidden(reason="only an admin manages saved replies")
+            raise web.HTTPForbidden(reason=N_("only an admin manages saved replies"))
         return render("saved_replies.html", **(await base_ctx(request, session)), saved=await saved().list())
 
     async def saved_put(request: web.Request) -> web.Response:
@@ -549,11 +583,11 @@ def build_console(services: Services) -> web.Application:
             path = None
         root = services.media.path_of("outgoing")  # type: ignore[union-attr]
         if not path or not Path(path).resolve().is_relative_to(root):
-            raise web.HTTPNotFound(reason="no stored media for this message")
+            raise web.HTTPNotFound(reason=N_("no stored media for this message"))
         try:
             data = await asyncio.to_thread(Path(path).read_bytes)
         except OSError:
-            raise web.HTTPNotFound(reason="the stored media file is missing") from None
+            raise web.HTTPNotFound(reason=N_("the stored media file is missing")) from None
         ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return web.Response(body=data, content_type=ctype if ctype.startswith("image/") else "application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})
@@ -570,7 +604,7 @@ def build_console(services: Services) -> web.Application:
         if row is not None and row.direction == "out":
             return await sent_image(row)
         if row is None or row.direction != "in" or not (row.file_id or row.media_path):
-            raise web.HTTPNotFound(reason="no stored media for this message")
+            raise web.HTTPNotFound(reason=N_("no stored media for this message"))
         if row.file_id:  # kept in cloud storage
             from csbot.cloud.storage import StorageError
 
@@ -578,7 +612,7 @@ def build_console(services: Services) -> web.Application:
             try:
                 stored, stream = await storage.open(*storage.resolve(row.file_id))
             except StorageError:
-                raise web.HTTPNotFound(reason="the stored media file is missing") from None
+                raise web.HTTPNotFound(reason=N_("the stored media file is missing")) from None
             ctype = stored.content_type if stored.content_type.startswith("image/") else "application/octet-stream"
             response = web.StreamResponse(headers={"Content-Type": ctype, "X-Content-Type-Options": "nosniff",
                                                    "Cache-Control": "private, max-age=3600"})
@@ -591,7 +625,7 @@ def build_console(services: Services) -> web.Application:
         try:
             data = await services.media.get(row.media_path)
         except (OSError, ValueError):
-            raise web.HTTPNotFound(reason="the stored media file is missing") from None
+            raise web.HTTPNotFound(reason=N_("the stored media file is missing")) from None
         ctype = mimetypes.guess_type(row.media_path)[0] or "application/octet-stream"
         if not ctype.startswith("image/"):
             ctype = "application/octet-stream"

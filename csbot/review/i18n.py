@@ -6,12 +6,19 @@ assembled in code. The catalogs live in ``locale/<lang>/LC_MESSAGES/messages.po`
 ``.mo`` committed next to them (a plain ``pip install`` needs no build step; a test checks that
 each ``.mo`` matches its ``.po`` and that every marked string is translated).
 
+Errors an agent can see (a refusal of the service layer, a sign-in error, a validation
+message) are message ids too: raised as ``Invalid(N_("... %(name)s ..."), name=value)`` and
+translated where they are shown (:meth:`ReviewError.localized`), in the console and in the
+``/api/`` JSON errors (by the request's ``Accept-Language``; English when it asks for none). The
+English catalog (``locale/en``) lists the same ids with the text left as written, so a test can
+check that every id exists in both.
+
 Which language: the ``csbot_lang`` cookie (the header's switch sets it), else the first of the
 browser's ``Accept-Language`` that we have (``zh``, ``zh-CN``, ``zh-Hans``... → zh-CN), else English.
 
 To change strings::
 
-    pybabel extract -F csbot/review/babel.cfg -o /tmp/messages.pot csbot/review
+    pybabel extract -F csbot/review/babel.cfg -k N_ -o /tmp/messages.pot csbot/review
     pybabel update -i /tmp/messages.pot -d csbot/review/locale
     # translate the new entries in locale/zh_CN/LC_MESSAGES/messages.po, then
     pybabel compile -d csbot/review/locale
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import contextvars
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from babel.support import NullTranslations, Translations
 
@@ -37,10 +44,7 @@ _current: contextvars.ContextVar[str] = contextvars.ContextVar("csbot_console_la
 
 def catalog(lang: str) -> NullTranslations:
     if lang not in _catalogs:
-        if lang == "en":
-            _catalogs[lang] = NullTranslations()
-        else:
-            _catalogs[lang] = Translations.load(str(LOCALE_DIR), [lang], domain="messages")
+        _catalogs[lang] = Translations.load(str(LOCALE_DIR), [lang], domain="messages")
     return _catalogs[lang]
 
 
@@ -91,9 +95,29 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return catalog(_current.get()).ungettext(singular, plural, n)
 
 
+def N_(message: str) -> str:
+    """Marks a message id for the catalogs (``pybabel extract -k N_``) without translating it:
+    the message is translated where it is shown, in the language of the request showing it."""
+    return message
+
+
+def translate(message: str, params: Mapping[str, Any] | None = None) -> str:
+    """A message id in the current language, its named ``%(name)s`` placeholders filled in."""
+    text = gettext(message)
+    return text % dict(params) if params else text
+
+
+#: aiohttp's own reasons that reach an agent (an unknown address, a wrong method, a too large
+#: upload): marked here so they are in the catalogs like our own messages
+HTTP_REASONS = (N_("Bad Request"), N_("Unauthorized"), N_("Forbidden"), N_("Not Found"),
+                N_("Method Not Allowed"), N_("Request Entity Too Large"), N_("Too Many Requests"),
+                N_("Internal Server Error"))
+
+
 def install(env: Any) -> None:
     """Give a Jinja2 environment (with the i18n extension) the request's language."""
     env.install_gettext_callables(gettext, ngettext, newstyle=True)
 
 
-__all__ = ["LANGUAGES", "LANG_COOKIE", "activate", "current", "gettext", "install", "ngettext", "pick"]
+__all__ = ["LANGUAGES", "LANG_COOKIE", "N_", "activate", "current", "gettext", "install", "ngettext", "pick",
+           "translate"]

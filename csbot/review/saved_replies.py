@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from csbot.review.audit import Actor, record
 from csbot.review.agents import Forbidden
+from csbot.review.i18n import N_
 from csbot.review.models import SavedReply
 from csbot.review.service import Invalid, NotFound, check_text
 
@@ -30,7 +31,7 @@ def saved_item(r: SavedReply) -> dict[str, Any]:
 def check_shortcut(value: Any) -> str:
     value = str(value or "").strip().lstrip("/")
     if not SHORTCUT.match(value):
-        raise Invalid("a shortcut is 1 to 32 letters, digits, - or _")
+        raise Invalid(N_("a shortcut is 1 to 32 letters, digits, - or _"))
     return value
 
 
@@ -46,9 +47,9 @@ class SavedReplies:
     async def put(self, shortcut: str, text: str, *, by: Actor) -> dict[str, Any]:
         """Add a saved reply, or change the one with this shortcut."""
         if not by.is_admin:
-            raise Forbidden("only an admin manages saved replies")
+            raise Forbidden(N_("only an admin manages saved replies"))
         shortcut = check_shortcut(shortcut)
-        text = check_text(text, "the saved reply")
+        text = check_text(text, "saved_reply")
         async with self.sessionmaker() as s, s.begin():
             row = (await s.execute(select(SavedReply).where(SavedReply.shortcut == shortcut))).scalars().first()
             if row is None:
@@ -63,11 +64,11 @@ class SavedReplies:
 
     async def delete(self, reply_id: int, *, by: Actor) -> None:
         if not by.is_admin:
-            raise Forbidden("only an admin manages saved replies")
+            raise Forbidden(N_("only an admin manages saved replies"))
         async with self.sessionmaker() as s, s.begin():
             row = (await s.execute(select(SavedReply).where(SavedReply.id == reply_id))).scalars().first()
             if row is None:
-                raise NotFound("no such saved reply")
+                raise NotFound(N_("no such saved reply"))
             await s.execute(delete(SavedReply).where(SavedReply.id == reply_id))
             await record(s, "saved_reply", by, detail=f"deleted /{row.shortcut}")
 

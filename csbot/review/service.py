@@ -36,7 +36,9 @@ from csbot import conversations
 from csbot.config import Settings
 from csbot.messages import MAX_TEXT, Reply, Text, reply_from_send_body
 from csbot.outbox import outbound_message, queue_messages
+from csbot.review import i18n
 from csbot.review.audit import Actor, record
+from csbot.review.i18n import N_
 from csbot.review.models import AuditEntry, ConversationEvent
 from csbot.review.search import matching_ids
 from csbot.statuses import OUTBOUND_UNDELIVERED, ConversationStatus
@@ -55,9 +57,21 @@ MAX_LIMIT = 500
 _ENVELOPE = {"ToUserName", "FromUserName", "CreateTime", "MsgType", "Encrypt", "MsgId"}
 
 class ReviewError(Exception):
-    """Something the caller asked for cannot be done; the message says why (safe to show)."""
+    """Something the caller asked for cannot be done; the message says why (safe to show).
+
+    The message is a catalog id with named placeholders (``Invalid(N_("no agent named
+    %(name)s"), name=name)``): ``str()`` is the English text (CLI, logs), :meth:`localized`
+    the text in the language of the request showing it (console, ``/api/``)."""
 
     status = 400
+
+    def __init__(self, message: str, /, **params: Any) -> None:
+        self.message_id = message
+        self.params = params
+        super().__init__(message % params if params else message)
+
+    def localized(self) -> str:
+        return i18n.translate(self.message_id, self.params)
 
 
 class NotFound(ReviewError):
@@ -80,6 +94,41 @@ class NotYours(ReviewError):
 
 ASSIGNED_FILTERS = ("mine", "unassigned")
 
+#: what an audit entry or status event on a conversation says (stored in English, for the CLI and
+#: the audit log); the console shows each through the catalogs (:func:`localized_detail`)
+DETAILS = {
+    "assigned": N_("assigned to %(agent)s"),
+    "by_replying": N_("by replying"),
+    "message": N_("message %(id)s"),
+    "message_of_type": N_("message %(id)s (%(type)s)"),
+    "retried": N_("reply %(id)s (%(status)s)"),
+    "assign_to": N_("to %(agent)s"),
+    "unassign": N_("unassigned"),
+    "note": N_("note %(id)s"),
+    # written by csbot.conversations.return_idle_to_bot
+    "timeout": N_("no agent reply for %(n)s s: back to the bot"),
+}
+_DETAIL_SHAPES = [
+    (re.compile("^" + re.sub(r"%\\\((\w+)\\\)s", r"(?P<\1>.+?)", re.escape(fmt)) + "$", re.S), fmt)
+    for fmt in sorted(DETAILS.values(), key=len, reverse=True)]
+
+
+def detail(kind: str, **params: Any) -> str:
+    """The stored (English) detail of an action on a conversation."""
+    return DETAILS[kind] % params
+
+
+def localized_detail(text: str | None) -> str:
+    """A stored detail in the request's language, when it has one of :data:`DETAILS`' shapes
+    (tags' ``+vip -old`` and anything older stay as they are)."""
+    if not text:
+        return ""
+    for shape, fmt in _DETAIL_SHAPES:
+        m = shape.match(text)
+        if m:
+            return i18n.translate(fmt, m.groupdict())
+    return text
+
 
 def as_actor(by: Actor | None, name: str | None = None) -> Actor:
     """Who acts: ``by`` when the caller knows (console, API token), else the admin-level ``name``."""
@@ -89,7 +138,8 @@ def as_actor(by: Actor | None, name: str | None = None) -> Actor:
 def check_access(conv: Conversation, by: Actor | None) -> None:
     """Agents see and act on conversations that are theirs or nobody's; admins on every one."""
     if by is not None and not by.is_admin and conv.assigned_agent not in (None, by.name):
-        raise NotYours(f"this conversation is assigned to {conv.assigned_agent}; ask an admin to reassign it")
+        raise NotYours(N_("this conversation is assigned to %(agent)s; ask an admin to reassign it"),
+                       agent=conv.assigned_agent)
 
 
 # --------------------------------------------------------------------------- input parsing
@@ -114,34 +164,58 @@ def parse_time(value: str | None, *, now: float | None = None) -> float | None:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise Invalid(f"not a time: {value[:40]!r} (use e.g. 2h, 3d, 2026-11-20 or 2026-11-20T10:00)") from None
+        raise Invalid(N_("not a time: %(value)r (use e.g. 2h, 3d, 2026-11-20 or 2026-11-20T10:00)"),
+                      value=value[:40]) from None
     if dt.tzinfo is None:
         dt = dt.astimezone()  # local time
     return dt.timestamp()
 
 
-def check_name(value: Any, what: str = "agent") -> str:
+#: per field a name is checked for: (its message when empty, when too long), whole sentences
+NAME_MESSAGES = {
+    "agent": (N_("agent must be a non-empty string"),
+              N_("agent must be at most %(n)s printable characters")),
+    "author": (N_("author must be a non-empty string"),
+               N_("author must be at most %(n)s printable characters")),
+    "new_agent": (N_("an agent's name must be a non-empty string"),
+                  N_("an agent's name must be at most %(n)s printable characters")),
+    "your_name": (N_("enter your name"),
+                  N_("your name must be at most %(n)s printable characters")),
+}
+#: per field a text is checked for: (its message when empty, when too long)
+TEXT_MESSAGES = {
+    "text": (N_("text must be a non-empty string"), N_("text must be at most %(n)s characters")),
+    "saved_reply": (N_("the saved reply must not be empty"),
+                    N_("the saved reply must be at most %(n)s characters")),
+}
+
+
+def check_name(value: Any, field: str = "agent") -> str:
+    """A person's name (``field``: a key of :data:`NAME_MESSAGES`, which says what to answer)."""
+    empty, too_long = NAME_MESSAGES[field]
     if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{what} must be a non-empty string")
+        raise Invalid(empty)
     value = value.strip()
     if len(value) > MAX_NAME or any(ord(c) < 32 for c in value):
-        raise Invalid(f"{what} must be at most {MAX_NAME} printable characters")
+        raise Invalid(too_long, n=MAX_NAME)
     return value
 
 
-def check_text(value: Any, what: str = "text") -> str:
+def check_text(value: Any, field: str = "text") -> str:
+    """A message's or note's text (``field``: a key of :data:`TEXT_MESSAGES`)."""
+    empty, too_long = TEXT_MESSAGES[field]
     if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{what} must be a non-empty string")
+        raise Invalid(empty)
     if len(value) > MAX_TEXT:
-        raise Invalid(f"{what} must be at most {MAX_TEXT} characters")
+        raise Invalid(too_long, n=MAX_TEXT)
     return value
 
 
 def check_key(app: Any, openid: Any) -> tuple[str, str]:
     if not isinstance(app, str) or not 0 < len(app) <= 64:
-        raise NotFound("no such conversation")
+        raise NotFound(N_("no such conversation"))
     if not isinstance(openid, str) or not 0 < len(openid) <= 128:
-        raise NotFound("no such conversation")
+        raise NotFound(N_("no such conversation"))
     return app, openid
 
 
@@ -155,7 +229,7 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
         at, _, conv_id = raw.partition(":")
         return float(at), int(conv_id)
     except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise Invalid("bad cursor") from None
+        raise Invalid(N_("bad cursor")) from None
 
 
 # --------------------------------------------------------------------------- shapes
@@ -273,9 +347,9 @@ class Review:
         sees only conversations that are theirs or nobody's; ``undelivered``: only those with a
         reply that never arrived."""
         if status is not None and status not in STATUSES:
-            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+            raise Invalid(N_("status must be one of %(choices)s"), choices=", ".join(STATUSES))
         if assigned is not None and assigned not in ASSIGNED_FILTERS:
-            raise Invalid(f"assigned must be one of {', '.join(ASSIGNED_FILTERS)}")
+            raise Invalid(N_("assigned must be one of %(choices)s"), choices=", ".join(ASSIGNED_FILTERS))
         limit = max(1, min(int(limit), MAX_LIMIT))
         async with self.sessionmaker() as s:
             q = await self.list_query(s, app=app, status=status, since=since, search=search, cursor=cursor,
@@ -354,10 +428,15 @@ class Review:
         check_key(app, openid)
         q = select(Conversation).where(Conversation.app == app, Conversation.openid == openid)
         if lock:
+            # write the row before reading it: that takes its lock on every store. FOR UPDATE alone is
+            # a no-op on SQLite, where two agents pressing Send at once both read "unassigned" and
+            # both took the conversation over (and both replies went out)
+            await s.execute(update(Conversation).where(Conversation.app == app, Conversation.openid == openid)
+                            .values(status=Conversation.status).execution_options(synchronize_session=False))
             q = q.with_for_update()
         conv = (await s.execute(q)).scalars().first()
         if conv is None:
-            raise NotFound(f"no conversation with {openid} in app {app}")
+            raise NotFound(N_("no conversation with %(openid)s in app %(app)s"), openid=openid, app=app)
         check_access(conv, viewer)
         return conv
 
@@ -504,24 +583,24 @@ class Review:
         conversations that are theirs or nobody's."""
         by = as_actor(by, actor)
         if isinstance(message_id, bool) or not isinstance(message_id, int) or not 0 < message_id < 2**62:
-            raise Invalid("message_id must be a positive integer")
+            raise Invalid(N_("message_id must be a positive integer"))
         outbox = self._require_outbox()
         async with self.sessionmaker() as s:
             row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().first()
         if row is None:
-            raise NotFound(f"no message {message_id}")
+            raise NotFound(N_("no message %(id)s"), id=message_id)
         if row.direction != "out":
-            raise Invalid(f"message {message_id} is from the customer, not a reply")
+            raise Invalid(N_("message %(id)s is from the customer, not a reply"), id=message_id)
         async with self.sessionmaker() as s:
             conv = await self._conversation(s, row.app, row.openid, viewer=by)
         if row.status not in UNDELIVERED:
-            raise Conflict(f"reply {message_id} is {row.status}; only {', '.join(map(str, UNDELIVERED))} replies "
-                           "can be retried")
+            raise Conflict(N_("reply %(id)s is %(status)s; only %(retryable)s replies can be retried"),
+                           id=message_id, status=row.status, retryable=", ".join(map(str, UNDELIVERED)))
         if not await outbox.retry(message_id, actor=by.name):
-            raise Conflict(f"reply {message_id} changed meanwhile; reload and try again")
+            raise Conflict(N_("reply %(id)s changed meanwhile; reload and try again"), id=message_id)
         async with self.sessionmaker() as s, s.begin():
             await record(s, "retry", by, conversation_id=conv.id, app=row.app, openid=row.openid,
-                         detail=f"reply {message_id} ({row.status})")
+                         detail=detail("retried", id=message_id, status=row.status))
         async with self.sessionmaker() as s:
             row = (await s.execute(select(Message).where(Message.id == message_id))).scalars().one()
             return message_item(row)
@@ -533,7 +612,7 @@ class Review:
         ``by`` (who acts, audited) defaults to an admin named ``agent``; an agent account always
         takes over for itself."""
         if status not in STATUSES:
-            raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+            raise Invalid(N_("status must be one of %(choices)s"), choices=", ".join(STATUSES))
         if agent is not None:
             agent = check_name(agent)
         by = as_actor(by, actor or agent)
@@ -545,7 +624,7 @@ class Review:
             changed = await conversations.change(s, conv, status, agent=agent or actor, actor=by.name, now=now)
             if changed:
                 await record(s, conversations.EVENT_FOR_STATUS[status], by, conversation_id=conv.id, app=app,
-                             openid=openid, detail=f"assigned to {agent}" if status == ConversationStatus.HUMAN
+                             openid=openid, detail=detail("assigned", agent=agent) if status == ConversationStatus.HUMAN
                              and agent and agent != by.name else None, at=now)
         if changed:
             self._status_changed(app, openid)
@@ -559,18 +638,18 @@ class Review:
         if agent is not None:
             agent = check_name(agent)
             if known_agents is not None and agent not in known_agents:
-                raise Invalid(f"no enabled agent named {agent!r}")
+                raise Invalid(N_("no enabled agent named %(name)r"), name=agent)
         if not by.is_admin and agent not in (None, by.name):
-            raise NotYours("only an admin assigns a conversation to somebody else")
+            raise NotYours(N_("only an admin assigns a conversation to somebody else"))
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
             if agent is None and conv.status == ConversationStatus.HUMAN:
-                raise Invalid("a conversation with an agent needs one: hand it back to the bot to unassign it")
+                raise Invalid(N_("a conversation with an agent needs one: hand it back to the bot to unassign it"))
             if conv.assigned_agent != agent:
                 await s.execute(update(Conversation).where(Conversation.id == conv.id)
                                 .values(assigned_agent=agent))
                 await record(s, "assign", by, conversation_id=conv.id, app=app, openid=openid,
-                             detail=f"to {agent}" if agent else "unassigned")
+                             detail=detail("assign_to", agent=agent) if agent else detail("unassign"))
         return await self.conversation(app, openid)
 
     async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None) -> int:
@@ -587,7 +666,7 @@ class Review:
         by = as_actor(by, agent)
         agent = check_name(by.name if not by.is_admin else agent)
         if app not in self.settings.apps:
-            raise NotFound(f"unknown app {app!r}")
+            raise NotFound(N_("unknown app %(app)r"), app=app)
         outbox = self._require_outbox()
         outbound = outbound_message(app, openid, message, author=f"agent:{agent}")
         now = time.time()
@@ -598,11 +677,11 @@ class Review:
                 if await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):
                     taken_over = True
                     await record(s, "takeover", by, conversation_id=conv.id, app=app, openid=openid, at=now,
-                                 detail="by replying")
+                                 detail=detail("by_replying"))
             (message_id,) = await queue_messages(await s.connection(), [outbound], now=now)
             await conversations.record_agent_reply(s, conv, now)
             await record(s, action, by, conversation_id=conv.id, app=app, openid=openid,
-                         detail=f"message {message_id}")
+                         detail=detail("message", id=message_id))
         outbox.wake()
         if taken_over:
             self._status_changed(app, openid)
@@ -617,9 +696,9 @@ class Review:
                    by: Actor | None = None) -> int:
         """Any customer-service message (text, image, link, miniprogrampage) to a user, via the outbox."""
         if app not in self.settings.apps:
-            raise NotFound(f"unknown app {app!r}")
+            raise NotFound(N_("unknown app %(app)r"), app=app)
         if not isinstance(touser, str) or not 0 < len(touser) <= 128:
-            raise Invalid("touser must be an openid")
+            raise Invalid(N_("touser must be an openid"))
         reply = build_reply(message)
         outbox = self._require_outbox()
         by = as_actor(by, author)
@@ -632,7 +711,7 @@ class Review:
         async with self.sessionmaker() as s, s.begin():  # the message and its audit entry together
             (message_id,) = await queue_messages(await s.connection(), [outbound])
             await record(s, "send", by, conversation_id=conv.id if conv else None, app=app, openid=touser,
-                         detail=f"message {message_id} ({reply.msgtype})")
+                         detail=detail("message_of_type", id=message_id, type=reply.msgtype))
         outbox.wake()
         return message_id  # type: ignore[return-value]
 
@@ -642,7 +721,7 @@ class Review:
         for value in (tags, add, remove):
             if value is not None and (not isinstance(value, list) or
                                       not all(isinstance(t, str) for t in value)):
-                raise Invalid("tags, add and remove must be lists of strings")
+                raise Invalid(N_("tags, add and remove must be lists of strings"))
         by = as_actor(by, actor)
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
@@ -651,13 +730,13 @@ class Review:
             for t in (tags or []) + (add or []):
                 t = t.strip()
                 if not t or len(t) > MAX_TAG_LENGTH or any(ord(c) < 32 for c in t):
-                    raise Invalid(f"a tag must be 1 to {MAX_TAG_LENGTH} printable characters")
+                    raise Invalid(N_("a tag must be 1 to %(n)s printable characters"), n=MAX_TAG_LENGTH)
                 if t not in current:
                     current.append(t)
             drop = {t.strip() for t in (remove or [])}
             current = [t for t in current if t not in drop]
             if len(current) > MAX_TAGS:
-                raise Invalid(f"at most {MAX_TAGS} tags")
+                raise Invalid(N_("at most %(n)s tags"), n=MAX_TAGS)
             await s.execute(update(Conversation).where(Conversation.id == conv.id)
                             .values(tags=json.dumps(current, ensure_ascii=False)))
             added = [t for t in current if t not in before]
@@ -678,7 +757,7 @@ class Review:
             s.add(note)
             await s.flush()
             item = note_item(note)
-            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=f"note {note.id}")
+            await record(s, "note", by, conversation_id=conv.id, app=app, openid=openid, detail=detail("note", id=note.id))
         return item
 
     async def return_idle_to_bot(self, timeout: float, *, now: float | None = None) -> list[tuple[str, str]]:
@@ -696,7 +775,7 @@ def build_reply(message: dict[str, Any]) -> Reply:
     try:
         return reply_from_send_body(message)
     except ValueError as exc:
-        raise Invalid(str(exc)) from None
+        raise Invalid(N_("not a message WeChat accepts: %(reason)s"), reason=str(exc)) from None
 
 
 EXPORT_FIELDS = ["id", "app", "openid", "direction", "type", "event", "text", "status", "handler", "author",

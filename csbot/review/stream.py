@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from csbot.review import i18n
+from csbot.review.i18n import N_
 from csbot.review.agents import ConsoleSession
 from csbot.review.live import LiveState
 from csbot.review.service import ASSIGNED_FILTERS, STATUSES, message_item
@@ -44,7 +45,7 @@ def _int(value: str | None) -> int:
     try:
         return max(0, int(value or 0))
     except ValueError:
-        raise web.HTTPBadRequest(reason="after, after_event and after_audit must be integers") from None
+        raise web.HTTPBadRequest(reason=N_("after, after_event and after_audit must be integers")) from None
 
 
 async def stream_events(request: web.Request, services: Services, session: ConsoleSession, renderer: Any,

@@ -245,6 +245,10 @@ def test_cli_agents_and_audit(tmp_path, monkeypatch, capsys):
     assert main(["agents", "reset-password", "bob", "--password-stdin"]) == 0
     assert main(["agents", "disable", "nobody"]) == 1
     capsys.readouterr()
+    # no terminal and no --password-stdin (a script, cron): one line saying what to do, no traceback
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["agents", "reset-password", "bob"]) == 1
+    assert capsys.readouterr().err == "csbot: no terminal to ask for the password: pipe it in with --password-stdin\n"
     assert main(["agents", "list", "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(a["name"], a["role"], a["disabled"]) for a in listed] == [("ada", "admin", False), ("bob", "agent", False)]

@@ -4,9 +4,11 @@ OpenAPI document that schemathesis checks against the running handlers."""
 import asyncio
 import json
 
+import aiohttp
 import pytest
 
 from csbot.review.api import openapi_document
+from csbot.services import services_of
 from csbot.testing.harness import Harness
 
 from .support import ADMIN_TOKEN, AUTH, api, start
@@ -18,11 +20,43 @@ async def fill(bot):
         await bot.wait_idle()
 
 
-async def test_without_an_admin_token_the_api_and_console_do_not_exist():
+async def test_without_an_admin_token_or_an_account_the_console_and_api_say_how_to_make_the_first_admin():
     async with Harness.start(handlers_dir=None) as bot:
-        for path in ("/api/conversations", "/api/openapi.json", "/admin", "/admin/login"):
-            status, _ = await api(bot, "GET", path)
-            assert status == 404, path
+        status, page = await api(bot, "GET", "/admin/login")
+        assert status == 403 and "csbot agents add NAME --role admin" in page and 'name="password"' not in page
+        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer  "}, {"Authorization": "Bearer x"}):
+            for path in ("/api/conversations", "/api/openapi.json"):
+                status, body = await api(bot, "GET", path, headers=headers)
+                assert status == 401 and "csbot agents add NAME --role admin" in body["error"], (headers, body)
+        # the first-admin form cannot be used with an empty token
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
+            async with web.get(bot.url + "/admin/login") as r:
+                csrf = r.cookies["csbot_login"].value
+            async with web.post(bot.url + "/admin/login", allow_redirects=False,
+                                data={"name": "eve", "password": "x" * 12, "token": "", "csrf": csrf}) as r:
+                assert r.status == 403 and "csbot agents add NAME --role admin" in await r.text()
+        assert await services_of(bot.app).agents.count() == 0
+
+
+async def test_without_an_admin_token_agents_made_on_the_command_line_sign_in_and_use_their_tokens():
+    from .support import PASSWORD, add_agent, agents_of, console_sign_in
+
+    async with Harness.start(handlers_dir=None) as bot:
+        await bot.send_text("oAnn", "怎么退款")
+        await bot.wait_idle()
+        await add_agent(bot, "wang", role="admin")  # what `csbot agents add wang --role admin` does
+        async with bot.session.get(bot.url + "/admin/login") as r:
+            page = await r.text()
+            assert r.status == 200 and 'name="password"' in page and 'name="token"' not in page
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
+            assert (await console_sign_in(bot, web, "wang", PASSWORD)).status == 303
+            async with web.get(bot.url + "/admin/c/default/oAnn") as r:
+                assert r.status == 200 and "怎么退款" in await r.text()
+        token = await agents_of(bot).issue_token("wang")
+        status, page = await api(bot, "GET", "/api/conversations", headers={"Authorization": f"Bearer {token}"})
+        assert status == 200 and [c["openid"] for c in page["conversations"]] == ["oAnn"]
+        status, body = await api(bot, "GET", "/api/conversations", headers={"Authorization": "Bearer "})
+        assert status == 401
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},

@@ -9,6 +9,7 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -317,6 +318,28 @@ async def test_phone_width_and_the_chinese_interface(browser):
 
 
 @needs_chromium
+async def test_a_refusal_reads_in_chinese_in_a_chinese_console(browser):
+    """小王 writes a reply while an admin gives the conversation to bob: the refusal is Chinese."""
+    async with start() as bot:
+        await bot.send_text("oAnn", "我想退货")
+        await bot.wait_idle()
+        await add_agent(bot, "bob")
+        page, dialogs = await signed_in_page(browser, bot, name="小王", role="agent", locale="zh-CN",
+                                             extra_http_headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+        await page.goto(bot.url + "/admin/c/default/oAnn")
+        assert await page.locator("#send-reply").inner_text() == "发送"
+        await page.fill("#reply-text", "您好，请提供订单号")
+        await review_of(bot).assign("default", "oAnn", "bob")  # meanwhile, an admin
+        await page.click("#send-reply")
+        await page.locator("main.card h1").wait_for()
+        assert await page.locator("main.card h1").inner_text() == "403"
+        assert await page.locator("main.card p").first.inner_text() == "此会话已分配给 bob；如需接手，请管理员重新分配"
+        assert "assigned" not in await page.content()
+        assert "您好，请提供订单号" not in bot.replies_to("oAnn")
+        assert dialogs == []
+
+
+@needs_chromium
 async def test_customer_text_that_looks_like_html_is_shown_as_text_and_runs_nothing(browser):
     async with start() as bot:
         await bot.send_text("oXss", LINKS)
@@ -361,8 +384,16 @@ async def test_requests_without_a_session_or_csrf_token_are_refused():
             for path in ("/events", "/media/1"):
                 async with anon.get(base + path) as r:
                     assert r.status == 401, path
-            async with anon.post(base + "/c/default/oAnn/reply", data={"text": "x"}) as r:
+            # a form without a session goes to sign in (and back to where it came from); a script gets 401
+            async with anon.post(base + "/c/default/oAnn/reply", data={"text": "x"}, allow_redirects=False,
+                                 headers={"Referer": "https://evil.test/admin/x"}) as r:
+                location = r.headers["Location"]
+                assert r.status == 303 and location.startswith("/admin/login?")
+                assert parse_qs(location.partition("?")[2]) == {"next": ["/admin/"], "ended": ["1"]}
+            async with anon.post(base + "/c/default/oAnn/reply", data={"text": "x"},
+                                 headers={"X-CSRF-Token": "x"}) as r:
                 assert r.status == 401
+            assert "x" not in bot.replies_to("oAnn")
             async with anon.post(base + "/login", data={"name": "mallory", "password": PASSWORD,
                                                         "token": ADMIN_TOKEN}) as r:
                 assert r.status == 403  # no sign-in CSRF token
@@ -389,3 +420,78 @@ async def test_requests_without_a_session_or_csrf_token_are_refused():
                 assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
             async with agent.get(base + "/c/default/oNobody") as r:
                 assert r.status == 404 and "Traceback" not in await r.text()
+
+
+@needs_chromium
+async def test_a_session_that_ends_mid_reply_keeps_what_the_agent_typed(browser):
+    async with start() as bot:
+        await bot.send_text("oAnn", "我的快递三天没动了")
+        await bot.wait_idle()
+        page, dialogs = await signed_in_page(browser, bot, name="ada", role="agent")
+        await page.goto(bot.url + "/admin/c/default/oAnn")
+        draft = "您好，我查了一下，您的包裹在中转站，预计明天送到。"
+        await page.fill("#reply-text", draft)
+        # meanwhile an admin resets ada's password (or her 12 hours are up): the session ends
+        await agents_of(bot).reset_password("ada", PASSWORD)
+        await page.click("#send-reply")
+        await page.wait_for_url(re.compile(r"/admin/login\?"))
+        assert "Your session has ended" in await page.locator(".alert").inner_text()
+        assert draft not in bot.replies_to("oAnn")
+        await page.fill("input[name=name]", "ada")
+        await page.fill("input[name=password]", PASSWORD)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(re.compile(r"/admin/c/default/oAnn$"))  # back where she was
+        assert await page.input_value("#reply-text") == draft
+        async with page.expect_navigation():
+            await page.click("#send-reply")
+        assert page.url.endswith("/admin/c/default/oAnn")  # the #sent mark was read and dropped
+        await wait_until(lambda: asyncio.sleep(0, draft in bot.replies_to("oAnn")), what="the reply to be sent")
+        await page.reload()
+        assert await page.input_value("#reply-text") == ""  # sent: not offered again
+        assert bot.replies_to("oAnn").count(draft) == 1
+        # the live page of a session ended elsewhere goes to the sign-in page, the draft kept
+        await page.fill("#reply-text", "还有别的问题吗？")
+        await agents_of(bot).set_disabled("ada", True)
+        await page.wait_for_url(re.compile(r"/admin/login\?.*ended=1"), timeout=15000)
+        assert await page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('csbot-draft:ada:'))") \
+            == ["csbot-draft:ada:default/oAnn"]
+        assert dialogs == []
+
+
+@needs_chromium
+async def test_long_text_right_to_left_text_and_images_that_fail_to_load(browser):
+    from csbot.messages import Image
+
+    async with start() as bot:
+        long_url = "https://shop.example/track?" + "x" * 3000
+        await bot.send_text("oLong", long_url)
+        await bot.send_text("oLong", "我" * 1500)
+        arabic = "مرحبا، أين طلبي رقم 1234؟"
+        await bot.send_text("oLong", arabic)
+        await bot.wait_idle()
+        review = review_of(bot)
+        evil = "\u202eeve"  # a right-to-left override in an agent's name
+        await review.reply("default", "oLong", "稍等", agent=evil)
+        await review.set_tags("default", "oLong", add=["\u202evip"])
+        gone = services_of(bot.app).media.path_of("outgoing/deleted-meanwhile.png")
+        image_id = await review.reply_with("default", "oLong", Image(path=str(gone)), agent="Alice", action="image")
+        page, dialogs = await signed_in_page(browser, bot)
+        await page.goto(bot.url + "/admin/c/default/oLong")
+        # nothing widens the thread or the page, at desktop and phone width
+        for width in (1280, 390):
+            await page.set_viewport_size({"width": width, "height": 860})
+            assert await page.locator("#thread").evaluate("t => t.scrollWidth <= t.clientWidth"), width
+            assert await page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth"), width
+        await page.set_viewport_size({"width": 1280, "height": 860})
+        # Arabic reads right to left in its bubble; the reversing name does not reorder its line
+        bubble = page.locator(".msg.in .text", has_text="مرحبا")
+        assert await bubble.evaluate("e => getComputedStyle(e).direction") == "rtl"
+        meta = page.locator(".msg.out.agent .meta", has_text="eve").first
+        name_box = await meta.locator("bdi").bounding_box()
+        time_box = await meta.locator("time").bounding_box()
+        assert name_box["x"] + name_box["width"] <= time_box["x"] + 1, (name_box, time_box)
+        # the image that is gone says so instead of a broken icon
+        failed = page.locator(f"#m{image_id} .media-failed")
+        await failed.wait_for()
+        assert await failed.inner_text() == "The image could not be loaded"
+        assert dialogs == []

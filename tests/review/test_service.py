@@ -182,3 +182,44 @@ def test_times_are_iso_dates_date_times_or_relative():
     assert parse_time("") is None
     with pytest.raises(Invalid):
         parse_time("yesterday-ish")
+
+
+async def test_two_agents_answering_one_conversation_at_once_one_wins_and_the_other_is_told_who(bot):
+    await two_agents_at_once(bot)
+
+
+async def test_two_agents_at_once_on_postgresql(pg_url):
+    async with start(database_url=pg_url) as bot:
+        await two_agents_at_once(bot)
+
+
+async def two_agents_at_once(bot):
+    from csbot.review.audit import Actor
+    from csbot.review.service import NotYours
+
+    review = review_of(bot)
+    for openid in ("oAnn", "oBen"):
+        await bot.send_text(openid, "在吗")
+    await bot.wait_idle()
+    ada, bob = Actor("ada", role="agent", agent_id=1), Actor("bob", role="agent", agent_id=2)
+
+    # both press "Send" on the same unassigned conversation
+    results = await asyncio.gather(review.reply("default", "oAnn", "我来处理", agent="ada", by=ada),
+                                   review.reply("default", "oAnn", "我来处理", agent="bob", by=bob),
+                                   return_exceptions=True)
+    won = [r for r in results if isinstance(r, int)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], NotYours), results
+    winner = (await review.conversation("default", "oAnn"))["assigned_agent"]
+    assert winner in ("ada", "bob") and lost[0].params == {"agent": winner}
+    sent = [m.author for m in await bot.messages("oAnn", direction="out") if (m.author or "").startswith("agent:")]
+    assert sent == [f"agent:{winner}"]  # exactly one reply went out, the winner's
+
+    # both press "Take over" at once
+    results = await asyncio.gather(review.set_status("default", "oBen", "human", by=ada),
+                                   review.set_status("default", "oBen", "human", by=bob), return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["NotYours", "dict"], results
+    conv = await review.conversation("default", "oBen")
+    assert conv["status"] == "human" and conv["assigned_agent"] in ("ada", "bob")
+    events = [i for i in (await review.thread("default", "oBen"))["items"] if i["kind"] == "event"]
+    assert [e["event"] for e in events] == ["takeover"]  # one takeover recorded, not two

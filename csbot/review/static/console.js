@@ -219,7 +219,7 @@
 
   // ---- saved replies in the composer: "/" + shortcut, or Ctrl+/
 
-  function startComposer() {
+  function startComposer(saveDraft) {
     var text = document.getElementById('reply-text');
     var menu = document.getElementById('saved-menu');
     var button = document.getElementById('saved-btn');
@@ -283,6 +283,7 @@
       text.value = before + r.text + after;
       var caret = before.length + r.text.length;
       text.setSelectionRange(caret, caret);
+      if (saveDraft) saveDraft();
       close();
       text.focus();
     }
@@ -307,6 +308,66 @@
       if (file.files.length) document.getElementById('image-form').requestSubmit();
     });
   }
+
+  // ---- the reply being typed outlives a reload, an ended session and a refused send: it is kept
+  // in this browser per agent and conversation until the server says it went out (#sent)
+
+  function draftKey() { return 'csbot-draft:' + data.me + ':' + data.app + '/' + data.openid; }
+
+  function store(action, key, value) {
+    try {
+      if (action === 'get') return localStorage.getItem(key);
+      if (action === 'set') localStorage.setItem(key, value);
+      else localStorage.removeItem(key);
+    } catch (e) { /* storage off (private mode): drafts are not kept */ }
+    return null;
+  }
+
+  function keepDraft() {
+    var text = document.getElementById('reply-text');
+    if (!text || !data.app) return null;
+    var key = draftKey();
+    if (location.hash === '#sent') {
+      store('remove', key);
+      history.replaceState(null, '', location.pathname + location.search);
+    } else if (!text.value) {
+      var kept = store('get', key);
+      if (kept) text.value = kept;
+    }
+    function save() { if (text.value) store('set', key, text.value); else store('remove', key); }
+    text.addEventListener('input', save);
+    return save;
+  }
+
+  function forgetDraftsOnSignOut() {
+    var form = document.getElementById('logout-form');
+    if (!form) return;
+    form.addEventListener('submit', function () {
+      var prefix = 'csbot-draft:' + data.me + ':';
+      try {
+        Object.keys(localStorage).forEach(function (k) { if (k.indexOf(prefix) === 0) localStorage.removeItem(k); });
+      } catch (e) { /* nothing kept */ }
+    });
+  }
+
+  // ---- an image that cannot be loaded (deleted, expired, the network) says so instead of a
+  // broken icon
+
+  function brokenImage(img) {
+    if (img.getAttribute('data-broken')) return;
+    img.setAttribute('data-broken', '1');
+    var box = document.createElement('div');
+    box.className = 'media-missing media-failed';
+    box.setAttribute('role', 'img');
+    box.textContent = strings.image_failed || '';
+    var link = img.parentNode && img.parentNode.tagName === 'A' ? img.parentNode : null;
+    (link || img).replaceWith(box);
+  }
+
+  document.addEventListener('error', function (e) {
+    var t = e.target;
+    if (t && t.tagName === 'IMG' && t.classList.contains('photo')) brokenImage(t);
+  }, true);
 
   // ---- the stream
 
@@ -334,7 +395,10 @@
       setWaiting(s.waiting);
       setMyUnread(s.my_unread);
     });
-    source.addEventListener('signed_out', function () { source.close(); location.reload(); });
+    source.addEventListener('signed_out', function () {
+      source.close();  // sign in again and come back here; the draft is kept
+      location.href = '/admin/login?' + new URLSearchParams({ next: location.pathname + location.search, ended: '1' });
+    });
   }
 
   document.addEventListener('DOMContentLoaded', function () {
@@ -359,7 +423,12 @@
     notifyButton = document.getElementById('notify-toggle');
     if (notifyButton) { notifyButton.addEventListener('click', toggleNotifications); showNotifyState(); }
     if (thread) window.addEventListener('load', function () { if (marker && marker.hidden) toBottom(); });
-    startComposer();
+    document.querySelectorAll('img.photo').forEach(function (img) {
+      if (img.complete && img.naturalWidth === 0) brokenImage(img);  // failed before this script ran
+    });
+    var saveDraft = keepDraft();
+    forgetDraftsOnSignOut();
+    startComposer(saveDraft);
     start();
     setInterval(refreshAgo, 30000);
   });
