@@ -26,6 +26,7 @@ from csbot.cloud.storage import start_storage
 from csbot.inbox import Inbox
 from csbot.media import LocalMediaStore, MediaFetcher
 from csbot.outbox import Outbox
+from csbot.store.leases import clear_named_leases
 from csbot.refused import RefusedKeeper
 from csbot.outbound_webhooks import Webhooks
 from csbot.replay import ReplayGuard
@@ -92,6 +93,9 @@ def create_app(settings: Settings, *, router: Router | None = None, run_workers:
         services.agents = Agents(services.sessionmaker)
         services.audit = AuditLog(services.sessionmaker)
         if run_workers:
+            if settings.is_sqlite:  # one process: a lease found now is a dead process's (the token fetch)
+                async with services.engine.begin() as conn:
+                    await clear_named_leases(conn)
             await services.inbox.recover()
             await services.outbox.recover()
             services.inbox.start()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
-from csbot.escaping import terminal_safe
+from csbot.escaping import json_text, terminal_safe
 from csbot.config import ConfigError, Settings, load_settings, with_overrides
 
 
@@ -98,7 +97,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     print("effective settings (secrets masked):")
-    print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
+    print(json_text(settings.masked(), indent=2))
     ok, msg = asyncio.run(_check_database(settings))
     print(f"database: {msg}")
     try:
@@ -329,7 +328,7 @@ def diagnose(app: Any, query: dict[str, str], body: bytes) -> tuple[bool, list[s
     lines.append(f"body: {fmt.upper()}")
     if "Encrypt" not in fields:
         lines.append("mode: plaintext (no Encrypt field)")
-        lines.append("push: " + json.dumps(fields, ensure_ascii=False))
+        lines.append("push: " + json_text(fields))
         return True, lines
     encrypt = str(fields["Encrypt"])
     if "msg_signature" in query:
@@ -396,7 +395,7 @@ def cmd_refused(args: argparse.Namespace) -> int:
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any, empty: str) -> None:
     """A listing: one JSON object a line with --json, else one text line each."""
     for row in rows:
-        print(json.dumps(row, ensure_ascii=False) if as_json else terminal_safe(line(row)))
+        print(json_text(row) if as_json else terminal_safe(line(row)))
     if not rows and not as_json:
         print(empty)
 
@@ -586,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, common)
     from csbot.cloud.database.cli import add_commands as add_db_commands  # csbot db ...
     add_db_commands(sub, common)
+    from csbot.cloud.storage_cli import add_commands as add_storage_commands  # csbot storage sweep
+    add_storage_commands(sub, common)
     return parser
 
 

@@ -47,8 +47,10 @@ class ConversationInfo:
     status: str = ConversationStatus.BOT
 
 
-#: queues one reply now: ``await send(reply, touser=None)``; True when it was queued
+#: queues one reply now: ``await send(reply, touser=None, key=None)``; True when it was queued
 Send = Callable[..., Awaitable[bool]]
+#: a reply's own key (``context.reply(..., key=…)``) is at most this long
+MAX_REPLY_KEY = 200
 
 
 @dataclass
@@ -88,23 +90,32 @@ class Context:
     services: Any = field(default=None, repr=False)
     call_depth: int = 0
 
-    async def reply(self, message: str | Reply) -> None:
+    async def reply(self, message: str | Reply, *, key: str | None = None) -> None:
         """Send ``message`` (text, or a csbot message object) to this user now.
 
         The reply is committed to the outbox before this returns and the sender is woken, so a
-        "please wait" leaves while the handler goes on working. It is keyed by the push and its
-        place among this handler's replies: if the handler runs again after a crash, a reply it
-        had already given is not queued twice. While a person has the conversation, replies of
-        routes not declared ``while_human`` are not sent. A reply that cannot be sent raises
-        :class:`csbot.outbox.ReplyNotSendable`.
+        "please wait" leaves while the handler goes on working. A push handler's replies are keyed
+        by the push and their place among its replies: if the handler runs again after a crash, a
+        reply it had already given is not queued twice. While a person has the conversation,
+        replies of routes not declared ``while_human`` are not sent. A reply that cannot be sent
+        raises :class:`csbot.outbox.ReplyNotSendable`.
+
+        In a callable function the reply goes to the caller (``OPENID``) the same way; a call
+        with no caller (``SOURCE`` "wx_http") raises :class:`csbot.cloud.functions.FunctionReplyError`.
+        Each call's replies are new unless given a ``key``: a reply with the same ``key`` (up to
+        200 characters) from the same function to the same user is queued once, however often
+        the mini program retries the call. A function called from a push handler replies as
+        that handler does (keyed by the push).
         """
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_REPLY_KEY):
+            raise ValueError(f"a reply's key must be a non-empty str of at most {MAX_REPLY_KEY} characters")
         reply = as_reply(message)
         if reply is None:
             return
         if self.send is None:
             self.replies.append(reply)
             return
-        await self.send(reply)
+        await self.send(reply, key=key)
 
     async def typing(self, on: bool = True) -> None:
         """Show (or stop) "typing…" to the user. Failures are ignored: it is only a courtesy.
@@ -159,8 +170,10 @@ class Context:
         if functions is None:
             raise RuntimeError("callable functions are not available in this context")
         event = json.loads(json.dumps(dict(data or {}), ensure_ascii=False, allow_nan=False))
+        # the callee's replies are this caller's: keyed by this push handler's run (or this call)
         invocation = await functions.invoke(name, event, app=self.app, openid=self.OPENID or None,
-                                            unionid=self.UNIONID, source="csbot", depth=self.call_depth + 1)
+                                            unionid=self.UNIONID, source="csbot", depth=self.call_depth + 1,
+                                            send=self.send)
         return invocation.answer()
 
     async def _session_key(self) -> str:

@@ -3,19 +3,22 @@
 A customer can type anything: an ANSI escape that recolours, clears or retitles an operator's
 terminal (or, in some terminals, writes a file), a newline that forges the next line of a
 thread, a formula that a spreadsheet runs when the export is opened. Everything csbot prints
-or exports from customer text goes through one of these two functions.
+or exports from customer text goes through one of these functions; JSON output (``--json``,
+JSON lines) through :func:`json_text`, which escapes what ``json.dumps`` leaves raw.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-__all__ = ["terminal_safe", "csv_cell"]
+__all__ = ["terminal_safe", "csv_cell", "json_text"]
 
 #: C0 controls (newline and tab included: a thread's layout is csbot's, not the customer's),
-#: DEL, C1 controls (0x9b is an 8-bit CSI), and the bidi controls that reorder what is seen
-_UNSAFE_FOR_TERMINAL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: DEL, C1 controls (0x9b is an 8-bit CSI), the bidi controls that reorder what is seen, and
+#: the Unicode line and paragraph separators (a forged line break where one is rendered)
+_UNSAFE_FOR_TERMINAL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -28,7 +31,7 @@ def _escape(match: re.Match[str]) -> str:
 
 
 #: the same without newline and tab, for multi-line text shown as it is (a decrypted push)
-_UNSAFE_KEEPING_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_KEEPING_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 
 def terminal_safe(text: Any, *, keep_lines: bool = False) -> str:
@@ -52,3 +55,19 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
+
+
+#: what ``json.dumps(..., ensure_ascii=False)`` leaves raw but a terminal acts on: DEL, the C1
+#: controls (0x9b is an 8-bit CSI), the bidi controls, the line/paragraph separators, and lone
+#: surrogates (which no terminal encoding can print)
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+
+
+def json_text(value: Any, **dumps: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False, **dumps)`` that is inert on a terminal.
+
+    Readable text stays as it is (Chinese included); the characters above become ``\\u`` escapes
+    (``\\u202e``), so the JSON decodes to exactly the same value.
+    """
+    text = json.dumps(value, ensure_ascii=False, **dumps)
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -38,7 +38,7 @@ from csbot.routing import NEXT, Route, Router
 from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED, ConversationStatus, InboundStatus
 from csbot.store import Conversation, Message, User
 from csbot.store.batch import BatchWriter
-from csbot.store.leases import Lease, LeaseKeeper
+from csbot.store.leases import Lease, LeaseKeeper, db_now
 from csbot.store.statements import cached as _cached, dialect_of as _dialect
 from csbot.store.users import remember_unionid
 from csbot.wire import Push
@@ -334,7 +334,8 @@ class StatusOp:
 
 #: seconds an idle lane keeps its lease, waiting for the user's next push
 LANE_LINGER = 1.0
-#: an ``inline`` push older than this was abandoned by a process that died (budgets are < 5 s)
+#: an ``inline`` push still inline this long (database clock) after a sweep first saw it was
+#: abandoned by a process that died (budgets are < 5 s)
 INLINE_ABANDONED_AFTER = 10.0
 #: how often a running process looks for work abandoned by a process that died
 SWEEP_SECONDS = 5.0
@@ -419,8 +420,9 @@ class _Replies:
 
     def sender(self, route: Route) -> Callable[..., Awaitable[bool]]:
         """``context.reply`` of ``route``: the reply is committed to the outbox before it returns."""
-        async def send(reply: Any, touser: str | None = None) -> bool:
-            message = self.prepare(reply, author=route.name, openid=touser)
+        async def send(reply: Any, touser: str | None = None, key: str | None = None) -> bool:
+            message = self.prepare(reply, author=route.name, openid=touser,
+                                   key_suffix=None if key is None else f"key:{key}")
             queued = await self.inbox.writer.run(ReplyOp(message, self.info.id, self.info.status,
                                                          while_human=route.while_human))
             if queued:
@@ -736,17 +738,27 @@ class Inbox:
     async def _release_stale_inline(self, *, at_start: bool = False) -> None:
         """Pushes left ``inline`` by a process that died before answering go to the normal path.
 
-        An inline run lasts at most its budget (< 5 s), so an older ``inline`` row is abandoned.
-        At start on SQLite (one process) every ``inline`` row is.
+        An inline run lasts at most its budget (< 5 s). Judged by the database's clock alone (the
+        receiving process's clock, which wrote ``received_at``, may differ from this one's): the
+        first sweep that finds a push ``inline`` stamps it with ``next_attempt_at`` = the
+        database's now + ``INLINE_ABANDONED_AFTER``; a push still ``inline`` when a later sweep
+        finds that time passed was abandoned. At start on SQLite (one process) every one is.
         """
-        cutoff = (time.time() + 1 if (at_start and self.settings.is_sqlite)
-                  else time.time() - INLINE_ABANDONED_AFTER)
-        abandoned = (Message.direction == "in") & (Message.status == INLINE) & (Message.received_at < cutoff)
-        # rows locked in id order, as the batch writer's status and outcome writes lock them
-        locked = select(Message.id).where(abandoned).order_by(Message.id).with_for_update()
+        is_inline = (Message.direction == "in") & (Message.status == INLINE)
+
+        async def update_in_id_order(s: AsyncSession, where: Any, values: dict[str, Any]) -> Any:
+            # rows locked in id order, as the batch writer's status and outcome writes lock them
+            locked = select(Message.id).where(where).order_by(Message.id).with_for_update()
+            return await s.execute(update(Message).where(Message.id.in_(locked), where).values(**values))
+
         async with self.sessionmaker() as s, s.begin():
-            res = await s.execute(update(Message).where(Message.id.in_(locked), abandoned)
-                                  .values(status=PENDING))
+            now = db_now(_dialect(s))
+            if at_start and self.settings.is_sqlite:
+                res = await update_in_id_order(s, is_inline, {"status": PENDING})
+            else:
+                res = await update_in_id_order(s, is_inline & (Message.next_attempt_at < now), {"status": PENDING})
+                await update_in_id_order(s, is_inline & Message.next_attempt_at.is_(None),
+                                         {"next_attempt_at": now + INLINE_ABANDONED_AFTER})
         if res.rowcount:  # type: ignore[attr-defined]
             log.warning("%d push(es) abandoned during an inline handler go on through the normal path",
                         res.rowcount)  # type: ignore[attr-defined]

@@ -30,7 +30,6 @@ import logging
 import random
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -42,6 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from csbot.store.models import Base, BigId
+from csbot.store.leases import db_now
+from csbot.store.statements import dialect_of
 
 log = logging.getLogger("csbot.outbound_webhooks")
 
@@ -191,7 +192,12 @@ class Webhooks:
                  *, instance_id: str | None = None, metrics: Any = None, review: Any = None) -> None:
         self.configs = dict(configs)
         self.sessionmaker = sessionmaker
-        self.instance_id = instance_id or uuid.uuid4().hex[:16]
+        if instance_id is None:
+            from csbot.openapi.client import default_instance_id
+
+            instance_id = default_instance_id()
+        #: the process's one instance identity: the owner of the deliveries it claims
+        self.instance_id = instance_id
         self.metrics = metrics
         self.review = review
         self.dropped = 0
@@ -332,20 +338,22 @@ class Webhooks:
                 await asyncio.sleep(1.0)
 
     async def _claim(self, limit: int = 20) -> list[WebhookDelivery]:
+        """Claim due deliveries: a lease per row, timed by the database's clock (as every lease,
+        csbot.store.leases), so a process whose clock runs fast never takes a live claim."""
         now = time.time()
         async with self.sessionmaker() as s:
+            db_clock = db_now(dialect_of(s))
+            free = or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < db_clock)
             ids = list((await s.execute(
                 select(WebhookDelivery.id).where(
-                    WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
-                    or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now))
+                    WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now, free)
                 .order_by(WebhookDelivery.id).limit(limit))).scalars())
         claimed = []
         for delivery_id in ids:
             async with self.sessionmaker() as s, s.begin():
                 res = await s.execute(update(WebhookDelivery).where(
-                    WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
-                    or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now))
-                    .values(lease_owner=self.instance_id, lease_until=now + LEASE_SECONDS))
+                    WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING, free)
+                    .values(lease_owner=self.instance_id, lease_until=db_clock + LEASE_SECONDS))
                 if res.rowcount == 1:  # type: ignore[attr-defined]
                     row = (await s.execute(select(WebhookDelivery).where(
                         WebhookDelivery.id == delivery_id))).scalars().one()

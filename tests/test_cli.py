@@ -133,3 +133,36 @@ def test_check_warns_with_a_non_zero_exit_when_no_reply_can_ever_be_sent(tmp_pat
     empty.mkdir()
     res = run("check", env=app_env(tmp_path, CSBOT_HANDLERS=str(empty)), cwd=repo)
     assert res.returncode == 1 and "WARNING: no handler" in res.stdout
+
+
+#: text a stranger controls, with what a terminal acts on: a bidi override, an 8-bit CSI, an OSC
+HOSTILE = "evil\u202etxt.exe\u2066 \x9b2J\x1b]0;owned\x07\u2028"
+TERMINAL_ACTIVE = set(map(chr, [*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F,
+                                *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029]))
+
+
+def test_json_output_of_refused_and_webhooks_is_inert_on_a_terminal(tmp_path):
+    """--json lines escape C1 controls and bidi overrides (\\u202e) like the human output does;
+    decoded, they are the stored text exactly."""
+    import sqlite3
+
+    env = app_env(tmp_path, CSBOT_KEEP_REFUSED="5")
+    assert run("migrate", env=env).returncode == 0
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        db.execute("INSERT INTO refused_pushes (app, at, remote, method, path, query, content_type, body, "
+                   "body_size, status, reason) VALUES ('default', 1700000000, ?, 'POST', '/wechat', ?, ?, NULL, 0, "
+                   "400, ?)", (HOSTILE[:40], "nonce=" + HOSTILE, "text/xml" + HOSTILE, "bad body: " + HOSTILE))
+        db.execute("INSERT INTO webhook_deliveries (webhook, event, app, openid, body, status, attempts, "
+                   "next_attempt_at, created_at, last_status, last_error) VALUES ('crm', 'message.received', "
+                   "'default', ?, '{}', 'failed', 1, 0, 1700000000, 500, ?)", ("o" + HOSTILE, "HTTP 500: " + HOSTILE))
+
+    for args, field, value in ((("refused", "--json"), "query", "nonce=" + HOSTILE),
+                               (("webhooks", "list", "--json"), "last_error", "HTTP 500: " + HOSTILE)):
+        res = run(*args, env=env)
+        assert res.returncode == 0, res.stderr
+        [line] = res.stdout.splitlines()
+        assert not TERMINAL_ACTIVE & set(line), args
+        assert "\\u202e" in line and "\\u009b" in line
+        assert json.loads(line)[field] == value
+        human = run(*args[:-1], env=env)  # the human listing was already escaped
+        assert human.returncode == 0 and not TERMINAL_ACTIVE & set(human.stdout.rstrip("\n")), args

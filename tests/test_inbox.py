@@ -238,3 +238,62 @@ async def test_a_push_abandoned_inline_by_a_dead_process_is_handled_by_a_live_on
         await asyncio.sleep(1.5)
         await bot.wait_idle()
         assert bot.replies_to("oLost") == ["answered hello?"]
+
+
+async def _inline_push(bot, openid: str, text: str) -> int:
+    """A push stored ``inline``, as a process between storing it and answering leaves it."""
+    from csbot.wire import decode_push
+
+    push = bot.builder.build(bot.builder.text(openid, text))
+    decoded = decode_push(bot.settings.apps["default"], push.query, push.body, now=time.time(), max_clock_skew=0)
+    accepted = await bot.services.inbox.accept("default", decoded, status="inline")
+    return accepted.message_id
+
+
+async def _status_of(bot, message_id: int) -> str:
+    [row] = [m for m in await bot.messages(direction="in") if m.id == message_id]
+    return row.status
+
+
+async def test_the_stale_inline_sweep_goes_by_the_database_clock_not_this_process_clock(monkeypatch):
+    """received_at is written by the receiving process's clock; the sweeping process's clock may
+    differ. A sweeper whose clock runs an hour fast leaves a live inline run alone; a push written
+    by a process whose clock ran an hour fast (received_at in the future) is still recovered."""
+    from csbot import inbox
+
+    monkeypatch.setattr(inbox, "INLINE_ABANDONED_AFTER", 0.5)
+    monkeypatch.setattr(inbox, "SWEEP_SECONDS", 3600)  # the test drives the sweeps itself
+    real = time.time
+    async with Harness.start(router=Router([])) as bot:
+        sweep = bot.services.inbox._release_stale_inline
+        live = await _inline_push(bot, "oLive", "still in its inline handler")
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this process's clock: an hour fast
+        for _ in range(3):
+            await sweep()
+        assert await _status_of(bot, live) == "inline"  # a live run is not taken from its process
+
+        future = await _inline_push(bot, "oFuture", "written by a fast clock, then its process died")
+        monkeypatch.setattr(time, "time", real)  # the sweeper's clock is right again
+        await sweep()  # first seen: stamped with the database's now + INLINE_ABANDONED_AFTER
+        assert await _status_of(bot, future) == "inline"
+        await asyncio.sleep(0.7)
+        await sweep()
+        # abandoned, by the database's clock: on the normal path (where the dispatcher may finish it)
+        assert await _status_of(bot, future) in ("pending", "done")
+        assert await _status_of(bot, live) in ("pending", "done")  # (by now this one was abandoned too)
+
+
+async def test_a_reply_given_a_key_is_queued_once_per_push_whatever_its_place():
+    async def keyed(event, context):
+        await context.reply("收到", key="ack")
+        await context.reply("收到", key="ack")  # the same key again: already queued
+        await context.reply("numbered")  # numbering is not moved by keyed replies
+        return "done"
+
+    async with Harness.start(router=Router([Route("keyed", keyed, fallback=True)])) as bot:
+        await bot.send_text("oK", "hi")
+        await bot.wait_idle()
+        assert bot.replies_to("oK") == ["收到", "numbered", "done"]
+        [push] = await bot.messages(direction="in")
+        assert [m.dedup_key for m in await bot.messages(direction="out")] == [
+            f"out:{push.id}:push:key:ack", f"out:{push.id}:push:0", f"out:{push.id}:push:1"]

@@ -248,3 +248,37 @@ async def test_a_closed_conversation_reopened_by_the_customer_is_a_status_change
         await bot.wait_idle()
         await until(lambda: len(receiver.got) == 2)
         assert [p["conversation"]["status"] for _, _, p in receiver.got] == ["closed", "bot"]
+
+
+async def test_a_process_whose_clock_runs_fast_never_claims_a_live_delivery(tmp_path, monkeypatch):
+    """Delivery claims are leases timed by the database's clock, like every lease."""
+    from sqlalchemy import select, update
+
+    from csbot.store import make_engine, make_sessionmaker
+    from csbot.store.migrate import upgrade_async
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'csbot.db'}"
+    await upgrade_async(url)
+    engine = make_engine(url)
+    sessionmaker = make_sessionmaker(engine)
+    real = time.time
+    try:
+        async with sessionmaker() as s, s.begin():
+            s.add(wh.WebhookDelivery(webhook="crm", event="message.received", body="{}", status="pending",
+                                     attempts=0, next_attempt_at=real() - 1, created_at=real(),
+                                     lease_owner="host:1:other", lease_until=real() + 30))
+        fast = wh.Webhooks({}, sessionmaker)
+        assert fast.instance_id.count(":") == 2  # host:pid:random, the process's instance identity
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this process's clock: an hour fast
+
+        assert await fast._claim() == []  # by the database's clock the other's claim has 30 s left
+
+        async with sessionmaker() as s, s.begin():  # the other process died; its claim ran out
+            await s.execute(update(wh.WebhookDelivery).values(lease_until=real() - 1))
+        [claimed] = await fast._claim()
+        async with sessionmaker() as s:
+            row = (await s.execute(select(wh.WebhookDelivery))).scalar_one()
+        assert claimed.id == row.id and row.lease_owner == fast.instance_id
+        assert real() + 50 < row.lease_until < real() + 70  # LEASE_SECONDS from the database's now
+    finally:
+        await engine.dispose()

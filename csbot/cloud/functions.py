@@ -12,6 +12,9 @@ callable function is not a push handler). ``POST /cloud/functions/{name}`` runs 
 caller's session; ``context.call_function(name, data)`` runs one from server code. Every call gets
 a ``requestID``, runs within its time limit, and is counted in ``csbot_function_seconds`` by
 function and outcome; failures are logged with their requestID (tracebacks only in the log).
+
+``context.reply(...)`` in a function sends to the caller (``OPENID``) through the outbox, at once,
+like a push handler's; so does ``context.openapi.customer_service_message.send(touser=…)``.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Mutabl
 
 from aiolimiter import AsyncLimiter
 
-from csbot.context import Context
+from csbot.context import Context, HandlerOpenAPI, Send
 from csbot.cloud.errors import (ERR_BAD_REQUEST, ERR_BAD_RESULT, ERR_FUNCTION_FAILED, ERR_NOT_FOUND,
                                 ERR_TIMEOUT, CloudError)
 
-__all__ = ["function", "FunctionSpec", "FunctionRegistry", "Functions", "FunctionCallError", "Invocation",
-           "DEFAULT_TIMEOUT", "MAX_CALL_DEPTH", "SOURCE_CLIENT", "SOURCE_HTTP", "SOURCE_CSBOT"]
+__all__ = ["function", "FunctionSpec", "FunctionRegistry", "Functions", "FunctionCallError", "FunctionReplyError",
+           "Invocation", "DEFAULT_TIMEOUT", "MAX_CALL_DEPTH", "SOURCE_CLIENT", "SOURCE_HTTP", "SOURCE_CSBOT"]
 
 log = logging.getLogger("csbot.cloud.functions")
 
@@ -139,6 +142,44 @@ class FunctionCallError(Exception):
         return CloudError(self.status, self.err_code, self.err_msg, **extra)
 
 
+class FunctionReplyError(RuntimeError):
+    """``context.reply`` in a function that has nobody to reply to (a server-API call, ``SOURCE``
+    "wx_http", has no ``OPENID``) or no outbox to send through."""
+
+
+class _FunctionReplies:
+    """``context.reply`` of one function call: each reply committed to the outbox at once.
+
+    Keys: ``fn:<requestID>:<n>`` (every call's replies are new), or, for a reply given a ``key``,
+    ``fn:<function>:<user>:<key>`` (queued once per function, user and key across calls).
+    """
+
+    def __init__(self, outbox: Any, app: str, openid: str, function: str, request_id: str, source: str) -> None:
+        self.outbox = outbox
+        self.app = app
+        self.openid = openid
+        self.function = function
+        self.request_id = request_id
+        self.source = source
+        self._next = 0
+
+    async def send(self, reply: Any, touser: str | None = None, key: str | None = None) -> bool:
+        to = touser or self.openid
+        if not to:
+            raise FunctionReplyError(
+                f"context.reply in function {self.function!r}: this call (SOURCE {self.source}) has no caller "
+                "to reply to; send to a user with context.openapi.customer_service_message.send(touser=…)")
+        if self.outbox is None:
+            raise FunctionReplyError("context.reply in a function needs the outbox (a running csbot serve)")
+        if key is None:
+            key = f"fn:{self.request_id}:{self._next}"
+            self._next += 1
+        else:
+            key = f"fn:{self.function}:{to[:128]}:{key}"
+        message_id = await self.outbox.enqueue(self.app, to, reply, author=f"function:{self.function}", key=key)
+        return message_id is not None
+
+
 @dataclass(frozen=True)
 class Invocation:
     request_id: str
@@ -204,11 +245,14 @@ class Functions:
         client_ip: str | None = None,
         open_data_info: Iterable[str] = (),
         depth: int = 0,
+        send: Send | None = None,
     ) -> Invocation:
         """Run function ``name`` with ``data`` as its event; raises ``FunctionCallError``.
 
         The identity (app, openid, unionid) is the caller's, established by the caller of this
         method (a session, or the handler's own context) and never taken from ``data``.
+        ``send``: the calling handler's (or function's) ``context.reply``, when called from one,
+        so the function's replies are that caller's; otherwise they go to the outbox as this call's.
         """
         spec = self.registry.get(name)
         if spec is None:
@@ -224,10 +268,14 @@ class Functions:
         openapi = self.services.openapi.get(app) if self.services.openapi is not None and appid else None
         logger = _CallLogger(logging.getLogger("csbot.function"),
                              {"function": name, "requestID": request_id, "app": app})
-        context = Context(OPENID=openid or "", APPID=appid, app=app, logger=logger, openapi=openapi,
+        if send is None:
+            send = _FunctionReplies(getattr(self.services, "outbox", None), app, openid or "", name, request_id,
+                                    source).send
+        context = Context(OPENID=openid or "", APPID=appid, app=app, logger=logger,
+                          openapi=HandlerOpenAPI(openapi, send) if openapi is not None else None,
                           options=spec.options, UNIONID=unionid, SOURCE=source, CLIENTIP=client_ip,
                           OPEN_DATA_INFO=list(open_data_info), requestID=request_id, services=self.services,
-                          call_depth=depth)
+                          call_depth=depth, send=send)
         started = self.clock()
         outcome = "ok"
         try:

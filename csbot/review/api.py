@@ -174,7 +174,8 @@ def build_api(services: Services) -> web.Application:
         agent = optional_str(data, "agent") or "api"
         app, openid = request.match_info["app"], request.match_info["openid"]
         by = actor_for(request, agent)
-        message_id = await services.review.reply(app, openid, data.get("text"), agent=by.name, by=by)
+        message_id = await services.review.reply(app, openid, data.get("text"), agent=by.name, by=by,
+                                                 key=request.headers.get("Idempotency-Key") or None)
         conv = await services.review.conversation(app, openid)
         return web.json_response({"message_id": message_id, "status": "queued", "conversation": conv},
                                  status=202)
@@ -388,6 +389,10 @@ def openapi_document() -> dict[str, Any]:
             "/conversations/{app}/{openid}/reply": {**conv_ops, "post": {
                 "operationId": "reply", "summary": "an agent's text reply through the outbox; takes the "
                                                    "conversation over",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "description": "the same key again (a retry after a timeout) queues nothing "
+                                               "more and answers with the first reply's message_id",
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["text"],
                     "properties": {"text": TEXT, "agent": NAME}}}}},

@@ -13,15 +13,13 @@ import asyncio
 import csv
 import getpass
 import io
-import json
-import re
 import sys
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, AsyncIterator, TextIO
 
 from csbot.config import Settings, load_settings
-from csbot.escaping import csv_cell, terminal_safe
+from csbot.escaping import csv_cell, json_text, terminal_safe
 from csbot.review.audit import ACTIONS, Actor
 from csbot.review.i18n import N_
 from csbot.review.service import EXPORT_FIELDS, STATUSES, Review, ReviewError, ago, iso, parse_time, timestamp
@@ -168,13 +166,9 @@ async def _pick_app(review: Review, openid: str, app: str | None) -> str:
     return apps[0]
 
 
-#: JSON leaves DEL, C1 and bidi controls raw; escaped, the line is the same JSON and inert on a terminal
-_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-
-
 def _line(obj: dict[str, Any], out: TextIO | None = None) -> None:
-    text = json.dumps(obj, ensure_ascii=False)
-    (out or sys.stdout).write(_JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+    """One JSON line, inert on a terminal (csbot.escaping.json_text)."""
+    (out or sys.stdout).write(json_text(obj) + "\n")
 
 
 def _when(at: str | float | None) -> str:
@@ -244,7 +238,7 @@ def _item_lines(item: dict[str, Any]) -> list[str]:
         return [f"{when}  * {item['action']} by {item.get('agent') or '?'}{detail}"]
     if item["direction"] == "in":
         kind = item["type"] if item["type"] != "event" else f"event {item.get('event') or ''}".strip()
-        lines = [f"{when}  < customer [{kind}] {describe_inbound(item)}"]
+        lines = [f"{when}  < customer [{kind}] {describe_inbound(item)}".rstrip()]
         if item.get("transferred"):
             lines.append(" " * 21 + "~ transferred to WeChat's customer-service tool")
         elif item.get("passive_reply"):
@@ -272,6 +266,9 @@ def describe_inbound(item: dict[str, Any]) -> str:
         stored = (f"kept as {item['file_id']}" if item.get("file_id")
                   else "kept in the media store" if item.get("media_stored") else "not stored")
         return f"image MediaId={c.get('MediaId', '?')} ({stored})"
+    if t == "event":  # the [kind] says which event already: what else it carried (SessionFrom, EventKey)
+        text, said = str(item.get("text") or ""), f"[event] {item.get('event') or ''}"
+        return text[len(said):].strip() if text.startswith(said) else text
     if t == "miniprogrampage":
         return f"mini program card {c.get('Title', '')!r} → {c.get('PagePath', '')} (appid {c.get('AppId', '')})"
     return item.get("text") or f"[{t}]"
@@ -346,7 +343,7 @@ CSV_BOM = "\ufeff"
 
 def format_batch(rows: list[dict[str, Any]], fmt: str, *, header: bool) -> str:
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return "".join(json_text(r) + "\n" for r in rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
     if header:

@@ -414,6 +414,7 @@ def build_console(services: Services) -> web.Application:
                       next_cursor=page.next_cursor, status=f["status"], search=f["search"], assigned=f["assigned"],
                       unread=unread, list_qs=list_qs, thread_qs=list_qs(), c=c, items=items,
                       truncated=thread["truncated"] if thread else False, agent_names=agent_names,
+                      send_key=secrets.token_urlsafe(18),
                       page_data=page_data)
 
     async def list_page(request: web.Request) -> web.Response:
@@ -440,7 +441,7 @@ def build_console(services: Services) -> web.Application:
         session, form = await require_post(request)
         app, openid = key_of(request)
         await services.review.reply(app, openid, str(form.get("text") or ""), agent=session.actor.name,
-                                    by=session.actor)
+                                    by=session.actor, key=str(form.get("send_key") or "")[:200] or None)
         raise back_to_thread(request, app, openid, sent=True)
 
     async def send_image(request: web.Request) -> web.Response:

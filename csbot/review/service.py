@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
@@ -652,12 +653,22 @@ class Review:
                              detail=detail("assign_to", agent=agent) if agent else detail("unassign"))
         return await self.conversation(app, openid)
 
-    async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None) -> int:
-        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``."""
-        return await self.reply_with(app, openid, Text(check_text(text)), agent=agent, by=by, action="reply")
+    async def reply(self, app: str, openid: str, text: str, *, agent: str, by: Actor | None = None,
+                    key: str | None = None) -> int:
+        """An agent's text reply, queued in the outbox; the conversation is taken over by ``agent``.
+
+        ``key`` (the console's per-form key, the API's ``Idempotency-Key``) makes it idempotent: the
+        same key again (a double click, a client retrying after a timeout) queues nothing more and
+        returns the first reply's id. The key covers the text too: another text is another reply."""
+        text = check_text(text)
+        if key is not None:
+            if not isinstance(key, str) or not 0 < len(key) <= 200:
+                raise Invalid(N_("an idempotency key is 1 to 200 characters"))
+            key = f"{key}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+        return await self.reply_with(app, openid, Text(text), agent=agent, by=by, action="reply", key=key)
 
     async def reply_with(self, app: str, openid: str, message: Reply, *, agent: str, by: Actor | None = None,
-                         action: str = "reply") -> int:
+                         action: str = "reply", key: str | None = None) -> int:
         """An agent's reply of any kind (text, image), audited as ``action``; takes the conversation over.
 
         One transaction: the takeover, the queued reply, the agent-reply time and the audit entry
@@ -668,10 +679,18 @@ class Review:
         if app not in self.settings.apps:
             raise NotFound(N_("unknown app %(app)r"), app=app)
         outbox = self._require_outbox()
-        outbound = outbound_message(app, openid, message, author=f"agent:{agent}")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 240):
+            raise ValueError("reply_with's key is 1 to 240 characters")
+        outbound = outbound_message(app, openid, message, author=f"agent:{agent}",
+                                    key=f"reply:{agent}:{key}" if key else None)
         now = time.time()
         async with self.sessionmaker() as s, s.begin():
             conv = await self._conversation(s, app, openid, lock=True, viewer=by)
+            if key:  # the same reply sent again: the row (locked above) says it is queued already
+                first = (await s.execute(select(Message.id).where(
+                    Message.app == app, Message.dedup_key == outbound.key))).scalar()
+                if first is not None:
+                    return int(first)
             taken_over = False
             if conv.status != ConversationStatus.HUMAN:
                 if await conversations.change(s, conv, ConversationStatus.HUMAN, agent=agent, actor=agent, now=now):

@@ -363,3 +363,11 @@ async def release_named_lease(conn: Any, lease: NamedLease) -> None:
     table = _named_table()
     await conn.execute(update(table).where(table.c.name == lease.name, table.c.owner == lease.owner,
                                            table.c.fence == lease.fence).values(owner=None, until=None))
+
+
+async def clear_named_leases(conn: Any) -> int:
+    """At start on SQLite, which serves one process (csbot.store.engine.hold_sqlite_file): every
+    named lease found belongs to a process that is gone, so it need not be waited out."""
+    table = _named_table()
+    result = await conn.execute(update(table).where(table.c.owner.is_not(None)).values(owner=None, until=None))
+    return int(result.rowcount or 0)

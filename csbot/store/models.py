@@ -115,6 +115,8 @@ class Message(Base):
     #: outbound: who wrote it (handler name, "agent:NAME", "apology")
     author: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: outbound: when the next send may start; inbound ``inline``: when the normal path may take
+    #: the push over (the database's clock, stamped by the inbox's sweep, csbot.inbox)
     next_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     errcode: Mapped[int | None] = mapped_column(Integer, nullable=True)
     errmsg: Mapped[str | None] = mapped_column(Text, nullable=True)

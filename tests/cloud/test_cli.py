@@ -23,7 +23,7 @@ def test_check_lists_the_callable_functions(capsys, monkeypatch, tmp_path) -> No
     monkeypatch.setenv("CSBOT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'check.db'}")
     main(["check"])
     out = capsys.readouterr().out
-    assert "callable functions: 13" in out
+    assert "callable functions: 15" in out
     assert "  - server_only (server only, timeout 20s, in echo)" in out
     assert "  - slow (mini program and server, timeout 0.3s, in echo)" in out
 

@@ -61,8 +61,8 @@ class TestCalling:
         router = Router.load(FUNCTIONS_DIR, use_entry_points=False)
         assert [r.name for r in router.routes] == ["pushes"]
         names = [spec.name for spec in FunctionRegistry.from_router(router)]
-        assert names == ["boom", "caller", "decrypt", "echo", "loop", "nan", "not_json", "opened", "own_timeout",
-                         "server_only", "signature", "slow", "whoami"]
+        assert names == ["boom", "caller", "decrypt", "echo", "loop", "nan", "not_json", "notify", "opened",
+                         "own_timeout", "server_only", "server_reply", "signature", "slow", "whoami"]
 
     async def test_options_are_the_modules_handlers_table(self, fake, tmp_path) -> None:
         async with Harness.start(handlers_dir=FUNCTIONS_DIR, fake=fake,
@@ -80,6 +80,88 @@ class TestCalling:
         for i, (mp, resp) in enumerate(zip(users, answers)):
             body = await resp.json()
             assert body["result"]["OPENID"] == mp.openid and body["result"]["event"] == {"i": i}
+
+
+async def _until(check, timeout: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+class TestReplies:
+    """``context.reply`` in a function: to the caller, through the outbox, committed at once."""
+
+    async def test_a_reply_is_committed_at_once_and_sent_to_the_caller(self, user: MiniProgram) -> None:
+        bot = user.bot
+        bot.fake.user_message(TEST_APPID, user.openid)  # within WeChat's reply window
+        status, body = await answer(await user.call("notify", {"texts": ["收到", "处理中"], "then_fail": True}))
+        assert status == 500  # the function failed after replying: what it replied still leaves
+
+        assert await _until(lambda: _sent(bot, user.openid, 2))
+        assert bot.replies_to(user.openid) == ["收到", "处理中"]
+        out = await bot.messages(direction="out")
+        assert [(m.author, m.openid, m.status) for m in out] == [("function:notify", user.openid, "sent")] * 2
+        assert [m.dedup_key for m in out] == [f"out:fn:{body['requestID']}:0", f"out:fn:{body['requestID']}:1"]
+
+    async def test_a_keyed_reply_is_sent_once_however_often_the_call_is_retried(self, user: MiniProgram) -> None:
+        bot = user.bot
+        other = MiniProgram(bot, "oCloudUser0002")
+        await other.login()
+        for mp in (user, other):
+            bot.fake.user_message(TEST_APPID, mp.openid)
+        for _ in range(3):  # the mini program retries (a new requestID each time)
+            for mp in (user, other):
+                status, _ = await answer(await mp.call("notify", {"texts": ["订单已发货"], "keys": ["order-7"]}))
+                assert status == 200
+        status, _ = await answer(await user.call("notify", {"texts": ["unkeyed"]}))
+        status, _ = await answer(await user.call("notify", {"texts": ["unkeyed"]}))
+
+        assert await _until(lambda: _sent(bot, user.openid, 3))
+        await asyncio.sleep(0.3)
+        assert bot.replies_to(user.openid) == ["订单已发货", "unkeyed", "unkeyed"]  # unkeyed calls are new each time
+        assert bot.replies_to(other.openid) == ["订单已发货"]  # keys are per user
+
+    async def test_a_call_with_no_caller_refuses_reply_but_sends_to_a_named_user(self, bot: Harness) -> None:
+        bot.fake.user_message(TEST_APPID, "oNamed")
+        invocation = await bot.services.functions.invoke("server_reply", {"to": "oNamed"}, app="default",
+                                                         openid=None, source="wx_http")
+        result = invocation.answer()["result"]
+
+        assert "has no caller to reply to" in result["refused"] and "wx_http" in result["refused"]
+        assert result["answer"] == {"errcode": 0, "errmsg": "ok", "queued": True}  # through the outbox
+        assert await _until(lambda: _sent(bot, "oNamed", 1))
+        assert bot.replies_to("oNamed") == ["to a named user"]
+        [out] = await bot.messages(direction="out")
+        assert out.author == "function:server_reply"
+
+    async def test_a_function_called_by_a_push_handler_replies_once_when_the_handler_runs_again(
+            self, bot: Harness) -> None:
+        """Its replies are the handler's: keyed by the push, so a re-run after a crash adds none."""
+        await bot.send_text("oPushUser", "call notify")
+        await bot.wait_idle(timeout=10)
+
+        assert bot.replies_to("oPushUser") == ["通知 from a function", "done"]
+        [push] = await bot.messages(direction="in")
+        assert push.status == "done" and push.attempts == 2
+        assert [m.dedup_key for m in await bot.messages(direction="out")] == [
+            f"out:{push.id}:push:0", f"out:{push.id}:push:1"]
+
+    async def test_a_reply_key_must_be_a_short_string(self, user: MiniProgram) -> None:
+        from csbot.context import Context
+
+        context = Context(OPENID="oU", APPID=TEST_APPID, app="default")
+        for key in ("", "k" * 201, 7):
+            with pytest.raises(ValueError):
+                await context.reply("hi", key=key)  # type: ignore[arg-type]
+        await context.reply("kept", key="k" * 200)  # no outbox behind it (a unit test): kept in replies
+        assert [r.describe() for r in context.replies] == ["kept"]
+
+
+async def _sent(bot: Harness, openid: str, count: int) -> bool:
+    return len([m for m in await bot.messages(direction="out") if m.openid == openid and m.status == "sent"]) >= count
 
 
 class TestRefusals:

@@ -201,3 +201,34 @@ async def test_a_fetcher_killed_mid_fetch_lets_another_take_over_after_its_lease
     assert await stored(survivor) == token
     row = await lease_row(survivor)
     assert row.owner is None and row.fence == 2
+
+
+async def test_a_restarted_sqlite_csbot_does_not_wait_out_its_dead_predecessors_token_lease(tmp_path: Path) -> None:
+    """SQLite serves one process: a token lease found at start is a dead process's, cleared."""
+    from sqlalchemy import text
+
+    from csbot.routing import Router
+    from csbot.store import make_engine
+    from csbot.testing.harness import TEST_APPID, TEST_SECRET, Harness, test_settings
+
+    db = tmp_path / "csbot.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    await upgrade_async(url)
+    engine = make_engine(url)
+    async with engine.begin() as conn:  # as a csbot killed during a token fetch left it
+        await conn.execute(text("INSERT INTO leases (name, owner, until, fence) "
+                                "VALUES ('token:default', 'host:1:dead', :until, 4)"), {"until": time.time() + 600})
+    await engine.dispose()
+
+    wechat = FakeWeChat(apps={TEST_APPID: TEST_SECRET})
+    await wechat.start()
+    try:
+        async with Harness.start(router=Router([]), fake=wechat, settings=test_settings(db, wechat.base_url)) as bot:
+            started = time.monotonic()
+            await bot.services.openapi.get("default").tokens.get()
+            assert time.monotonic() - started < 5
+            async with bot.services.engine.connect() as conn:
+                owner, fence = (await conn.execute(text("SELECT owner, fence FROM leases"))).one()
+            assert owner is None and fence == 5  # cleared at start, then taken (and given back) once
+    finally:
+        await wechat.close()

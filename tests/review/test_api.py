@@ -225,3 +225,18 @@ async def test_schemathesis_finds_no_server_error_and_no_mismatch_with_the_docum
         await asyncio.to_thread(run_all)
         assert not failures, "\n\n".join(failures)
         assert calls["n"] > 50
+
+
+async def test_a_reply_retried_with_its_idempotency_key_is_queued_once(bot):
+    await bot.send_text("oAnn", "在吗")
+    await bot.wait_idle()
+    path = "/api/conversations/default/oAnn/reply"
+    headers = {**AUTH, "Idempotency-Key": "crm-7781"}
+    answers = [await api(bot, "POST", path, headers=headers, json={"text": "您好", "agent": "wang"}) for _ in range(2)]
+    assert [s for s, _ in answers] == [202, 202]
+    assert answers[0][1]["message_id"] == answers[1][1]["message_id"]
+    status, body = await api(bot, "POST", path, headers={**AUTH, "Idempotency-Key": "x" * 201},
+                             json={"text": "您好", "agent": "wang"})
+    assert status == 400 and "idempotency key" in body["error"]
+    await bot.wait_idle()
+    assert bot.replies_to("oAnn").count("您好") == 1

@@ -495,3 +495,23 @@ async def test_long_text_right_to_left_text_and_images_that_fail_to_load(browser
         await failed.wait_for()
         assert await failed.inner_text() == "The image could not be loaded"
         assert dialogs == []
+
+
+async def test_a_double_click_on_send_sends_one_reply():
+    import aiohttp
+
+    async with start() as bot:
+        await bot.send_text("oAnn", "在吗")
+        await bot.wait_idle()
+        await add_agent(bot, "ada")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
+            assert (await console_sign_in(bot, web, "ada")).status == 303
+            async with web.get(bot.url + "/admin/c/default/oAnn") as r:
+                page = await r.text()
+            form = {name: re.search(f'name="{name}" value="([^"]+)"', page).group(1) for name in ("csrf", "send_key")}
+            for _ in range(2):
+                async with web.post(bot.url + "/admin/c/default/oAnn/reply", data={**form, "text": "您好"},
+                                    allow_redirects=False) as r:
+                    assert r.status == 303
+        await bot.wait_idle()
+        assert bot.replies_to("oAnn").count("您好") == 1

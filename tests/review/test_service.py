@@ -223,3 +223,21 @@ async def two_agents_at_once(bot):
     assert conv["status"] == "human" and conv["assigned_agent"] in ("ada", "bob")
     events = [i for i in (await review.thread("default", "oBen"))["items"] if i["kind"] == "event"]
     assert [e["event"] for e in events] == ["takeover"]  # one takeover recorded, not two
+
+
+async def test_the_same_reply_sent_twice_with_one_key_goes_out_once(bot):
+    """A double click in the console, or an integration retrying after a timeout."""
+    review = review_of(bot)
+    await bot.send_text("oAnn", "在吗")
+    await bot.wait_idle()
+    first = await review.reply("default", "oAnn", "您好，在的", agent="ada", key="form-1")
+    again = await asyncio.gather(*(review.reply("default", "oAnn", "您好，在的", agent="ada", key="form-1")
+                                   for _ in range(3)))
+    assert again == [first] * 3
+    other_text = await review.reply("default", "oAnn", "请稍等", agent="ada", key="form-1")  # another reply
+    no_key = await review.reply("default", "oAnn", "请稍等", agent="ada")
+    assert len({first, other_text, no_key}) == 3
+    await bot.wait_idle()
+    assert [r for r in bot.replies_to("oAnn") if r in ("您好，在的", "请稍等")] == ["您好，在的", "请稍等", "请稍等"]
+    with pytest.raises(Invalid):
+        await review.reply("default", "oAnn", "x", agent="ada", key="k" * 201)

@@ -46,7 +46,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _line(doc: Any) -> str:
-    return json.dumps(doc, ensure_ascii=False)
+    """A document as one JSON line; its text is the mini program's users', so inert on a terminal."""
+    from csbot.escaping import json_text
+
+    return json_text(doc)
 
 
 async def _database(args: argparse.Namespace) -> AsyncIterator[Any]:

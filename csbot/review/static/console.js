@@ -303,6 +303,8 @@
     });
     text.addEventListener('blur', function () { setTimeout(close, 150); });
     if (button) button.addEventListener('click', function () { text.focus(); open(''); });
+    var send = document.getElementById('send-reply');
+    if (form && send) form.addEventListener('submit', function () { send.disabled = true; });  // one click, one reply
     var file = document.getElementById('image-file');
     if (file) file.addEventListener('change', function () {
       if (file.files.length) document.getElementById('image-form').requestSubmit();
