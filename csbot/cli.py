@@ -585,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, common)
     from csbot.cloud.database.cli import add_commands as add_db_commands  # csbot db ...
     add_db_commands(sub, common)
+    from csbot.cloud.storage_cli import add_commands as add_storage_commands  # csbot storage sweep
+    add_storage_commands(sub, common)
     return parser
 
 

@@ -160,7 +160,7 @@ class OutcomeOp:
         # outcomes that send nothing: one executemany (nothing else depends on their row count)
         plain = [op for op in ops if not op.replies and op.passive_reply is None and op.expect == PENDING]
         if plain:
-            await conn.execute(set_outcome, [op._params(now) for op in plain])
+            await conn.execute(set_outcome, [op._params(now) for op in sorted(plain, key=lambda o: o.message_id)])
             await conversations.record_activity(conn, [op.activity for op in plain], now)
         results: dict[int, bool] = {id(op): True for op in plain}
         answering = [op for op in ops if id(op) not in results]
@@ -307,7 +307,7 @@ class AttemptFailedOp:
     batch_kind: str = "attempt_failed"
 
     async def apply_many(self, session: AsyncSession, ops: Sequence["AttemptFailedOp"]) -> list[None]:
-        for op in ops:
+        for op in sorted(ops, key=lambda o: o.message_id):  # row locks in id order
             await session.execute(update(_MSG).where(_MSG.c.id == op.message_id, _MSG.c.status == PENDING)
                                   .values(error=op.error[:2000]))
         return [None] * len(ops)

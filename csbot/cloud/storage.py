@@ -10,7 +10,8 @@ storable (``a`` and ``a/b`` both, names longer than a file name may be, characte
 refuses), and an overwrite must never expose half a file. Each upload streams into a fresh,
 uniquely named blob (temp file, fsync, rename); the row is switched to it in one transaction;
 only then is the previous blob removed. A crash at any point leaves the old or the new version
-whole, at worst an unreferenced blob.
+whole, at worst an unreferenced blob or a temp file, which :meth:`Storage.sweep` removes once
+older than a grace period (at start, hourly, and ``csbot storage sweep``).
 
 Temporary URLs are HMAC-SHA256 signatures over (app, cloudPath, expiry) served at
 ``/cloud/files/<app>/<cloudPath>?expires=…&sign=…``: the URL is the capability, as in WeChat.
@@ -30,7 +31,7 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import quote
@@ -51,6 +52,10 @@ DEFAULT_MAX_AGE = 3600
 MAX_MAX_AGE = 86400
 DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024
 CHUNK = 64 * 1024
+#: an unreferenced blob or temp file younger than this is left alone (an upload may be between
+#: its write and its commit in another process); the sweep runs at start and at this interval
+ORPHAN_GRACE_SECONDS = 3600.0
+SWEEP_INTERVAL_SECONDS = 3600.0
 _APP = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
@@ -229,6 +234,14 @@ class StorageBackend(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the blob; a missing one is not an error."""
 
+    async def list_blobs(self, older_than: float) -> list[str]:
+        """Keys of the blobs last written more than ``older_than`` seconds ago (the orphan
+        sweep's candidates; unfinished writes are not blobs)."""
+
+    async def sweep_partials(self, older_than: float, keep: frozenset[str] = frozenset()) -> int:
+        """Remove what writes killed halfway left behind, older than ``older_than`` seconds,
+        except the unfinished writes of the keys in ``keep``."""
+
 
 class LocalBackend:
     """Blobs as files under ``root`` (``CSBOT_DATA_DIR/storage``). File I/O runs in threads."""
@@ -281,9 +294,14 @@ class LocalBackend:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(_unlink_quietly, self.path_of(key))
 
-    async def sweep_partials(self, older_than: float = 3600.0) -> int:
-        """Remove temp files an upload killed halfway left behind (at start; in a thread)."""
-        return await asyncio.to_thread(_sweep_partials, self.root, older_than)
+    async def sweep_partials(self, older_than: float = 3600.0, keep: frozenset[str] = frozenset()) -> int:
+        """Remove temp files an upload killed halfway left behind (in a thread); not those of
+        the blob keys in ``keep`` (uploads in progress)."""
+        names = frozenset(k.rsplit("/", 1)[-1] for k in keep)
+        return await asyncio.to_thread(_sweep_partials, self.root, older_than, names)
+
+    async def list_blobs(self, older_than: float) -> list[str]:
+        return await asyncio.to_thread(_list_blobs, self.root, older_than)
 
 
 def _open_exclusive(path: Path) -> Any:
@@ -326,12 +344,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sweep_partials(root: Path, older_than: float) -> int:
+def _sweep_partials(root: Path, older_than: float, keep_names: frozenset[str] = frozenset()) -> int:
     removed = 0
     cutoff = time.time() - older_than
     if not root.exists():
         return 0
     for path in root.rglob(".*.part"):
+        if path.name.split(".")[1] in keep_names:
+            continue  # ".<name>.<uuid>.part" of an upload still writing
         try:
             if path.stat().st_mtime < cutoff:
                 path.unlink()
@@ -339,6 +359,26 @@ def _sweep_partials(root: Path, older_than: float) -> int:
         except OSError:
             continue
     return removed
+
+
+def _list_blobs(root: Path, older_than: float) -> list[str]:
+    keys = []
+    cutoff = time.time() - older_than
+    objects = root / "objects"
+    if not objects.is_dir():
+        return keys
+    for shard in os.scandir(objects):
+        if not shard.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(shard.path):
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue  # ".<name>.<uuid>.part": an upload still writing (or killed: sweep_partials)
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    keys.append(f"objects/{shard.name}/{entry.name}")
+            except FileNotFoundError:
+                continue
+    return keys
 
 
 # ---------------------------------------------------------------- sources
@@ -443,6 +483,19 @@ class StorageRules:
 # ---------------------------------------------------------------- the service
 
 
+@dataclass
+class SweepReport:
+    """What :meth:`Storage.sweep` found: orphaned blob keys, unfinished uploads removed."""
+
+    partials_removed: int = 0
+    blobs_checked: int = 0
+    orphans: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"partials_removed": self.partials_removed, "blobs_checked": self.blobs_checked,
+                "orphans": len(self.orphans), "orphan_keys": self.orphans}
+
+
 @dataclass(frozen=True)
 class TempURL:
     file_id: str
@@ -468,6 +521,9 @@ class Storage:
         self.public_url = public_url.rstrip("/")
         self.apps = frozenset(apps) if apps is not None else None
         self._background: set[asyncio.Task[Any]] = set()
+        #: blobs written (or being written) by this process that no row references yet: an upload
+        #: between its blob and its commit. The orphan sweep never touches them, whatever their age.
+        self._pending: set[str] = set()
 
     def for_app(self, app: str) -> "AppStorage":
         return AppStorage(self, app)
@@ -543,8 +599,12 @@ class Storage:
     async def write_blob(self, source: Any) -> WrittenBlob:
         """Stream ``source`` into a new blob (not yet any file's contents; see :meth:`commit`)."""
         key = f"objects/{secrets.token_hex(1)}/{uuid.uuid4().hex}"
+        self._pending.add(key)  # until commit() or discard_blob()
+        written = False
         try:
-            return await self.backend.write(key, _source_chunks(source), self.max_file_size)
+            blob = await self.backend.write(key, _source_chunks(source), self.max_file_size)
+            written = True
+            return blob
         except _SourceFailed as failed:
             cause = failed.__cause__
             if isinstance(source, os.PathLike) and isinstance(cause, OSError):
@@ -553,6 +613,9 @@ class Storage:
         except OSError as exc:
             log.error("storage backend could not write a file: %s", exc)
             raise StorageUnavailable("the storage backend could not write the file; try again later") from None
+        finally:
+            if not written:
+                self._pending.discard(key)  # the backend removed its partial write
 
     async def commit(self, app: str, cloud_path: str, blob: WrittenBlob, *, openid: str | None = None,
                      owner_openid: str | None = None, content_type: str | None = None) -> StoredFile:
@@ -565,13 +628,64 @@ class Storage:
         except BaseException:
             await asyncio.shield(self.backend.delete(blob.key))
             raise
+        finally:
+            self._pending.discard(blob.key)  # referenced by its row now, or removed
         if replaced is not None:
             await self._drop_blob(replaced)
         log.info("stored %s (%d bytes)", stored.file_id, stored.size)
         return stored
 
     async def discard_blob(self, blob: WrittenBlob) -> None:
-        await self._drop_blob(blob.key)
+        try:
+            await self._drop_blob(blob.key)
+        finally:
+            self._pending.discard(blob.key)
+
+    # ---- garbage: what crashes leave behind
+
+    async def sweep(self, grace: float = ORPHAN_GRACE_SECONDS, *, dry_run: bool = False) -> "SweepReport":
+        """Remove unfinished uploads' temp files and blobs no row references, both older than
+        ``grace`` seconds: what a crash leaves between a blob's rename into place and its
+        row's commit, or between a delete's (or an overwrite's) commit and the old blob's unlink.
+
+        Never removed: a blob of an upload in progress in this process (whatever its age), a
+        blob younger than ``grace`` (an upload in another process between its write and its
+        commit: ``grace`` must exceed that, one hour by default), a blob any row references.
+        The candidates are listed before the rows are read, so a blob committed meanwhile is
+        seen as referenced.
+        """
+        candidates = [k for k in await self.backend.list_blobs(grace) if k not in self._pending]
+        partials = 0 if dry_run else await self.backend.sweep_partials(grace, frozenset(self._pending))
+        report = SweepReport(partials_removed=partials, blobs_checked=len(candidates))
+        if not candidates:
+            return report
+        referenced: set[str] = set()
+        async with self.sessionmaker() as s:
+            for start in range(0, len(candidates), 500):
+                batch = candidates[start:start + 500]
+                rows = await s.execute(select(StorageFile.blob_key).where(StorageFile.blob_key.in_(batch)))
+                referenced.update(r[0] for r in rows)
+        for key in candidates:
+            if key in referenced or key in self._pending:
+                continue
+            report.orphans.append(key)
+            if not dry_run:
+                await self.backend.delete(key)
+        if report.orphans or partials:
+            log.warning("storage sweep: %s %d blob(s) no file references and %d unfinished upload(s)",
+                        "found" if dry_run else "removed", len(report.orphans), partials)
+        return report
+
+    async def maintain(self, interval: float = SWEEP_INTERVAL_SECONDS, grace: float = ORPHAN_GRACE_SECONDS) -> None:
+        """Sweep now and every ``interval`` seconds until cancelled (``csbot serve``)."""
+        while True:
+            try:
+                await self.sweep(grace)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("storage sweep failed (retried in %d s)", interval)
+            await asyncio.sleep(interval)
 
     async def _switch_to(self, app: str, cloud_path: str, blob: WrittenBlob, ctype: str,
                          owner_openid: str | None, caller: str | None) -> tuple[StoredFile, str | None]:
@@ -824,8 +938,9 @@ def load_signing_key(configured: str, data_dir: Path) -> bytes:
 async def start_storage(settings: Any, sessionmaker: Any, *, adopt_media: bool = True) -> Storage:
     """Cloud storage as ``csbot serve`` runs it: the local backend under ``data_dir/storage``.
 
-    In the background: leftovers of killed uploads are swept, and images kept before storage
-    existed (``data_dir/media``) are moved into it.
+    In the background: leftovers of killed uploads and blobs no file references are swept (at
+    start and hourly, :meth:`Storage.sweep`), and images kept before storage existed
+    (``data_dir/media``) are moved into it.
     """
     from csbot.media import adopt_legacy_media
 
@@ -834,7 +949,7 @@ async def start_storage(settings: Any, sessionmaker: Any, *, adopt_media: bool =
     storage = Storage(sessionmaker, backend, signing_key=key, max_file_size=settings.storage_max_file_size,
                       rules=StorageRules.from_mapping(settings.storage_rules), public_url=settings.public_url,
                       apps=settings.apps)
-    storage.run_in_background(backend.sweep_partials(), "sweeping unfinished uploads")
+    storage.run_in_background(storage.maintain(), "sweeping unfinished uploads and orphaned blobs")
     if adopt_media and (settings.data_dir / "media").is_dir():
         storage.run_in_background(adopt_legacy_media(storage, sessionmaker, settings.data_dir / "media"),
                                   "moving media kept before storage into it")

@@ -46,6 +46,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur.close()
             # the cloud database's $regex (csbot.cloud.database): Python's re, as its reference matcher
             dbapi_conn.create_function("csbot_regexp", 3, regexp_sql_function, deterministic=True)
+            dbapi_conn.create_function("csbot_regexp", 4, regexp_sql_function)
 
         return engine
     kwargs.setdefault("pool_size", 16)

@@ -172,3 +172,19 @@ test('a condition that is not an object or a command is refused', () => {
   assert.throws(() => db.collection('c').where('a == 1'), /must be an object/)
   assert.throws(() => db.collection('c').where(_.gt(1)), /needs a field/)
 })
+
+test('dates: Date and db.serverDate() go out as $date, {$date: ms} comes back as a Date', async () => {
+  const { wx, db, _ } = setup((o) => (o.method === 'GET'
+    ? { data: { _id: 'x', at: { $date: 5 }, list: [{ $date: 7 }, { k: { $date: 9 } }], n: 1 } }
+    : o.url.endsWith('/get') ? { data: [{ _id: 'y', at: { $date: 6 } }] } : { _id: 'new' }))
+  await db.collection('logs').add({ data: { at: db.serverDate(), due: db.serverDate({ offset: 60000 }) } })
+  assert.deepEqual(wx.calls[0].body, { data: { at: { $date: { offset: 0 } }, due: { $date: { offset: 60000 } } } })
+  const got = await db.collection('logs').where({ at: _.lt(db.serverDate()) }).get()
+  assert.deepEqual(wx.calls[1].body, { where: { at: { $lt: { $date: { offset: 0 } } } } })
+  assert.ok(got.data[0].at instanceof Date && got.data[0].at.getTime() === 6)
+  const doc = await db.collection('logs').doc('x').get()
+  assert.ok(doc.data.at instanceof Date && doc.data.at.getTime() === 5)
+  assert.equal(doc.data.list[0].getTime(), 7)
+  assert.equal(doc.data.list[1].k.getTime(), 9)
+  assert.equal(doc.data.n, 1)
+})

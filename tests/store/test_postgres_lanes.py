@@ -4,6 +4,7 @@ Skipped (with the reason) when CSBOT_TEST_DATABASE_URL is unset; .ci/run sets it
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -451,4 +452,73 @@ async def test_a_rolling_restart_of_two_processes_sends_every_reply_once_and_in_
     assert await _count(pg_url, "SELECT count(*) FROM messages WHERE direction = 'in' AND status <> 'done'") == 0
     assert await _count(pg_url, "SELECT count(*) FROM messages WHERE direction = 'out' AND status <> 'sent'") == 0
     assert await _count(pg_url, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == 0
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+INLINE_HANDLER = '''
+import asyncio, os
+from pathlib import Path
+
+from csbot import route
+
+
+@route(regex=r"^first$", inline=True, priority=10, budget=4.0)
+async def early(event, context):
+    Path(os.environ["MARKER_DIR"], "inline-started").write_text(str(os.getpid()))
+    await asyncio.sleep(3600)  # the process is killed meanwhile
+
+
+async def main(event, context):
+    return f"{os.getpid()}:{event['Content']}"
+'''
+
+
+async def test_a_push_abandoned_in_an_inline_handler_by_a_killed_process_still_comes_first(pg_url, tmp_path):
+    """Process A dies (kill -9) in the middle of an inline handler; the user's next pushes reach
+    process B. B must not answer them before the abandoned one: it waits until the push is found
+    abandoned, handles it, then the later ones, in order."""
+    from csbot.store.migrate import upgrade_async
+    from tests.test_recovery import wait_for
+
+    await upgrade_async(pg_url)
+    (tmp_path / "h").mkdir()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "h" / "echo.py").write_text(INLINE_HANDLER)
+    extra = dict(CSBOT_LEASE_SECONDS="2", MARKER_DIR=str(tmp_path / "m"))
+    async with FakeWeChat(apps={TEST_APPID: TEST_SECRET}, enforce_reply_window=False) as fake, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        log = open(tmp_path / "serve.log", "ab")
+        ports = [free_port(), free_port()]
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        procs = [_serve(p, pg_url, fake.base_url, str(tmp_path / "h"), log, **extra) for p in ports]
+        builder = PushBuilder(token=TEST_TOKEN, appid=TEST_APPID, encoding_aes_key=TEST_AES_KEY)
+        try:
+            for url, proc in zip(urls, procs):
+                await wait_healthy(session, url, proc, timeout=30)
+            first = builder.build(builder.text("oInline", "first"))
+            answer = asyncio.ensure_future(first.post(session, urls[0]))
+            await wait_for(lambda: (tmp_path / "m" / "inline-started").exists(), timeout=20)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait()
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                await answer  # A never answered: WeChat resends to B, which has it already
+            assert (await first.post(session, urls[1]))[0] == 200
+            for text in ("second", "third"):
+                assert (await builder.build(builder.text("oInline", text)).post(session, urls[1]))[0] == 200
+            await wait_for(lambda: len(fake.sent_to("oInline")) >= 3, timeout=60)
+            await asyncio.sleep(1.0)  # room for a late, wrong delivery to show up
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=30)
+    b = procs[1].pid
+    assert [m["body"]["text"]["content"] for m in fake.sent_to("oInline")] == [
+        f"{b}:first", f"{b}:second", f"{b}:third"]
+    out_of_order = await _count(pg_url, """
+        SELECT count(*) FROM messages a JOIN messages b
+          ON a.app = b.app AND a.openid = b.openid AND a.direction = 'in' AND b.direction = 'in'
+         AND a.id < b.id AND a.handled_at > b.handled_at""")
+    assert out_of_order == 0
     assert "Traceback" not in (tmp_path / "serve.log").read_text()

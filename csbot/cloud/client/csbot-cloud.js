@@ -36,8 +36,8 @@ function CloudError(errCode, errMsg, extra) {
 // database-ql reproduces): nested plain objects are flattened into dotted keys, commands
 // become MongoDB-style `$` operators (neq → $ne, remove → $unset, shift → $pop: -1,
 // pop → $pop: 1, unshift → $push {$each, $position: 0}), a plain value in update data is
-// `$set` of its dotted path, a RegExp is {$regex, $options} and a Date is {$date: ms} (csbot's
-// database refuses dates with a clear error: store Date.now() milliseconds instead).
+// `$set` of its dotted path, a RegExp is {$regex, $options}, a Date is {$date: ms} and
+// db.serverDate({offset}) is {$date: {offset}}; dates read back ({$date: ms}) become Dates.
 
 const UNSET = '__csbot_unset_field__'
 const OPERATOR_NAMES = { neq: '$ne', remove: '$unset', shift: '$pop', unshift: '$push' }
@@ -90,11 +90,32 @@ class DbRegExp {
   }
 }
 
+// db.serverDate({offset}): the server's clock when the request is handled ({$date: {offset}})
+class ServerDate {
+  constructor ({ offset } = {}) {
+    if (offset !== undefined && typeof offset !== 'number') throw new TypeError('db.serverDate: offset must be milliseconds')
+    this.offset = offset || 0
+  }
+}
+
+// documents read back: {$date: ms} (how csbot stores a date) becomes a Date, as in WeChat's SDK
+function decodeDates (v) {
+  if (Array.isArray(v)) return v.map(decodeDates)
+  if (v && typeof v === 'object') {
+    const keys = Object.keys(v)
+    if (keys.length === 1 && keys[0] === '$date' && typeof v.$date === 'number') return new Date(v.$date)
+    const out = {}
+    for (const k of keys) out[k] = decodeDates(v[k])
+    return out
+  }
+  return v
+}
+
 const listOf = (args) => (Array.isArray(args[0]) ? args[0] : Array.from(args))
 const isPlainObject = (v) => Object.prototype.toString.call(v) === '[object Object]' &&
-  !(v instanceof LogicCommand) && !(v instanceof UpdateCommand) && !(v instanceof DbRegExp)
+  !(v instanceof LogicCommand) && !(v instanceof UpdateCommand) && !(v instanceof DbRegExp) && !(v instanceof ServerDate)
 const isSpecial = (v) => v instanceof LogicCommand || v instanceof UpdateCommand || v instanceof DbRegExp ||
-  v instanceof Date || v instanceof RegExp
+  v instanceof Date || v instanceof RegExp || v instanceof ServerDate
 
 const command = {
   eq: (v) => new QueryCommand('eq', [v]),
@@ -141,6 +162,7 @@ const command = {
 
 function encodeValue (v) {
   if (v instanceof Date) return { $date: v.getTime() }
+  if (v instanceof ServerDate) return { $date: { offset: v.offset } }
   if (v instanceof RegExp) return { $regex: v.source, $options: v.flags }
   if (v instanceof DbRegExp) return { $regex: v.regexp, $options: v.options }
   if (v instanceof LogicCommand) return v.fieldName === UNSET ? commandJSON(v) : encodeLogic(v)
@@ -442,7 +464,11 @@ function createCloud(wxApi) {
     return withCallbacks(promise, callbacksOf(options), api)
   }
   Query.prototype.get = function (options) {
-    return this._call('get', this._body(['where', 'orderBy', 'skip', 'limit', 'field']), options, 'collection.get')
+    var promise = request('POST', dbPath(this.collection, '/get'),
+      this._body(['where', 'orderBy', 'skip', 'limit', 'field'])).then(function (res) {
+      return Object.assign({}, res, { data: decodeDates(res.data) })
+    })
+    return withCallbacks(promise, callbacksOf(options), 'collection.get')
   }
   Query.prototype.count = function (options) {
     return this._call('count', this._body(['where']), options, 'collection.count')
@@ -474,7 +500,11 @@ function createCloud(wxApi) {
     var path = dbPath(this.collection, '/doc/' + encodeURIComponent(String(this.id)))
     return withCallbacks(request(method, path, body), callbacksOf(options), api)
   }
-  Document.prototype.get = function (options) { return this._call('GET', undefined, options, 'document.get') }
+  Document.prototype.get = function (options) {
+    var path = dbPath(this.collection, '/doc/' + encodeURIComponent(String(this.id)))
+    var promise = request('GET', path).then(function (res) { return Object.assign({}, res, { data: decodeDates(res.data) }) })
+    return withCallbacks(promise, callbacksOf(options), 'document.get')
+  }
   Document.prototype.set = function (options) {
     options = callbacksOf(options)
     return this._call('PUT', { data: encodeValue(options.data) }, options, 'document.set')
@@ -495,7 +525,8 @@ function createCloud(wxApi) {
         if (typeof name !== 'string' || !name) throw CloudError(-1, 'collection needs a name')
         return new Collection(name)
       },
-      RegExp: function (options) { return new DbRegExp(options) }
+      RegExp: function (options) { return new DbRegExp(options) },
+      serverDate: function (options) { return new ServerDate(options) }
     }
   }
 

@@ -46,11 +46,14 @@ def _now_ms() -> int:
 class ClientDatabase:
     """The database as one mini-program user may use it."""
 
-    def __init__(self, store: DocumentStore, rules: Mapping[str, CollectionRules], app: str, openid: str) -> None:
+    def __init__(self, store: DocumentStore, rules: Mapping[str, CollectionRules], app: str, openid: str,
+                 *, encoded_reads: bool = False) -> None:
         self.store = store
         self.rules = rules
         self.app = app
         self.openid = openid
+        #: ``get`` answers documents as JSON text (:class:`JsonTexts`) for the HTTP layer to splice
+        self.encoded_reads = encoded_reads
 
     def _rules(self, collection: str) -> CollectionRules:
         return self.rules.get(collection, ADMIN_ONLY)
@@ -109,6 +112,8 @@ class ClientDatabase:
         spec = FindSpec(query=query, order=parse_order(body.get("orderBy") or []), skip=skip, limit=limit,
                         projection=Projection.parse(body.get("field")))
         self._check_query(collection, "read", query)
+        if self.encoded_reads:
+            return {"data": await self.store.find_json(self.app, collection, spec)}
         return {"data": await self.store.find(self.app, collection, spec)}
 
     async def _count(self, collection: str, body: dict[str, Any], _: Any) -> dict[str, Any]:

@@ -7,6 +7,8 @@
 
 Server side means no security rules (like cloud functions): rules apply to mini programs only.
 ``get()`` returns 100 documents unless ``limit()`` says otherwise, at most 1000.
+Dates: a ``datetime`` or ``db.server_date()`` is stored as ``{"$date": epoch ms}`` and read
+back in that form (MongoDB's extended JSON, what the mini-program client turns into a Date).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator
 
-from csbot.cloud.database.commands import Command, RegExp, serialize_condition, serialize_update
+from csbot.cloud.database.commands import Command, RegExp, ServerDate, serialize_condition, serialize_update
 from csbot.cloud.database.errors import DatabaseError, DocumentNotFound, InvalidParameter
 from csbot.cloud.database.query import Field, Eq, And, parse_query
 from csbot.cloud.database.store import (
@@ -189,6 +191,13 @@ class Database:
     @staticmethod
     def RegExp(regexp: str, options: str = "") -> RegExp:  # noqa: N802 - the SDK's name
         return RegExp(regexp, options)
+
+    @staticmethod
+    def server_date(offset: float = 0) -> ServerDate:
+        """The server's clock (plus ``offset`` ms) when the operation runs; stored as a date."""
+        return ServerDate(offset)
+
+    serverDate = server_date  # noqa: N815 - the SDK's spelling
 
     def collection(self, name: str) -> CollectionReference:
         return CollectionReference(self, name)

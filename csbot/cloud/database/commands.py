@@ -8,6 +8,7 @@ snake_case (``elem_match``, ``pull_all``, ``add_to_set``); the camelCase names w
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from csbot.cloud.database.errors import QueryError
@@ -66,6 +67,27 @@ class RegExp:
         return wire
 
 
+class ServerDate:
+    """``db.serverDate(offset=ms)``: the server's clock when the request is handled (plus
+    ``offset`` milliseconds); ``{"$date": {"offset": ms}}`` on the wire, as WeChat's SDK sends it."""
+
+    def __init__(self, offset: float = 0) -> None:
+        self.offset = offset
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"$date": {"offset": self.offset}}
+
+    def __repr__(self) -> str:
+        return f"ServerDate(offset={self.offset!r})"
+
+
+def date_wire(value: datetime) -> dict[str, Any]:
+    """A ``datetime`` as a date value (``{"$date": epoch ms}``); a naive one is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return {"$date": round(value.timestamp() * 1000, 3)}
+
+
 def _varargs(values: tuple[Any, ...]) -> list[Any]:
     return list(values[0]) if len(values) == 1 and isinstance(values[0], (list, tuple)) else list(values)
 
@@ -83,16 +105,16 @@ class Command:
         return QueryCommand({"$ne": serialize_value(value)})
 
     def lt(self, value: Any) -> QueryCommand:
-        return QueryCommand({"$lt": value})
+        return QueryCommand({"$lt": serialize_value(value)})
 
     def lte(self, value: Any) -> QueryCommand:
-        return QueryCommand({"$lte": value})
+        return QueryCommand({"$lte": serialize_value(value)})
 
     def gt(self, value: Any) -> QueryCommand:
-        return QueryCommand({"$gt": value})
+        return QueryCommand({"$gt": serialize_value(value)})
 
     def gte(self, value: Any) -> QueryCommand:
-        return QueryCommand({"$gte": value})
+        return QueryCommand({"$gte": serialize_value(value)})
 
     def in_(self, values: list[Any]) -> QueryCommand:
         return QueryCommand({"$in": [serialize_value(v) for v in values]})
@@ -143,10 +165,10 @@ class Command:
         return UpdateCommand("$mul", n)
 
     def min(self, value: Any) -> UpdateCommand:
-        return UpdateCommand("$min", value)
+        return UpdateCommand("$min", serialize_value(value))
 
     def max(self, value: Any) -> UpdateCommand:
-        return UpdateCommand("$max", value)
+        return UpdateCommand("$max", serialize_value(value))
 
     def rename(self, new_path: str) -> UpdateCommand:
         return UpdateCommand("$rename", new_path)
@@ -191,8 +213,10 @@ def serialize_value(value: Any) -> Any:
     """A plain value (lists and objects may not contain commands)."""
     if isinstance(value, (QueryCommand, UpdateCommand)):
         raise QueryError(f"{value!r} cannot be used as a plain value")
-    if isinstance(value, RegExp):
+    if isinstance(value, (RegExp, ServerDate)):
         return value.to_wire()
+    if isinstance(value, datetime):
+        return date_wire(value)
     if isinstance(value, dict):
         return {k: serialize_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -202,8 +226,10 @@ def serialize_value(value: Any) -> Any:
 
 def serialize_condition(cond: Any) -> Any:
     """A ``where`` argument, or one item of a logic command, into wire format."""
-    if isinstance(cond, (QueryCommand, RegExp)):
+    if isinstance(cond, (QueryCommand, RegExp, ServerDate)):
         return cond.to_wire()
+    if isinstance(cond, datetime):
+        return date_wire(cond)
     if isinstance(cond, UpdateCommand):
         raise QueryError(f"{cond!r} is an update command; it cannot be used in a query")
     if isinstance(cond, dict):

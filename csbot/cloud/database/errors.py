@@ -55,3 +55,12 @@ class PermissionDenied(DatabaseError):
 
     status = 403
     code = -502003
+
+
+class RegexTooSlow(QueryError):
+    """A ``$regex`` ran past its time bound on the stored values (catastrophic backtracking)."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (
+            "$regex: the pattern took too long on the stored values (nested repetition such as "
+            "(a|aa)+ backtracks exponentially); simplify the pattern"))

@@ -30,7 +30,7 @@ from csbot.cloud.database.errors import DatabaseError, InvalidParameter
 from csbot.cloud.database.jsquery import ParsedStatement, parse_statement
 from csbot.cloud.database.query import Eq, Field, parse_query
 from csbot.cloud.database.store import (
-    DocumentStore, FindSpec, Projection, check_collection, check_skip_limit, parse_order,
+    DocumentStore, FindSpec, JsonTexts, Projection, check_collection, check_skip_limit, parse_order,
 )
 from csbot.cloud.database.update import parse_update, replacement
 from csbot.cloud.apidoc import TCB_PATHS, tcb_operation
@@ -50,6 +50,10 @@ def _store(request: web.Request) -> DocumentStore | None:
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
+    data = payload.get("data") if isinstance(payload, dict) and len(payload) == 1 else None
+    if isinstance(data, JsonTexts):  # documents as stored: spliced, not decoded and re-encoded
+        return web.Response(body=('{"data":[' + ",".join(data) + "]}").encode("utf-8"), status=status,
+                            content_type="application/json")
     return web.json_response(payload, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
 
@@ -91,7 +95,8 @@ def _client_route(operation: str, *, with_body: bool = True):  # type: ignore[no
             body = await _read_object(request, store.max_document_size + 64 * 1024)
             if isinstance(body, web.Response):
                 return body
-        client = ClientDatabase(store, services.settings.collection_rules, session.app, session.openid)
+        client = ClientDatabase(store, services.settings.collection_rules, session.app, session.openid,
+                                encoded_reads=True)
         collection = request.match_info["collection"]
         try:
             result = await client.run(collection, operation, body, request.match_info.get("id"))

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from csbot.cloud.database.commands import Command, QueryCommand, RegExp, UpdateCommand
+from csbot.cloud.database.commands import Command, QueryCommand, RegExp, ServerDate, UpdateCommand
 from csbot.cloud.database.errors import QueryError
 
 MAX_QUERY_LENGTH = 256 * 1024
@@ -220,8 +220,7 @@ class _Parser:
             if text in ("db", "_"):
                 return self.command_call()
             if text == "new":
-                raise QueryError("query: dates (new Date) are not supported by csbot's database; "
-                                 "store numbers (milliseconds) instead")
+                return self.new_date()
             raise QueryError(f"query: {text!r} is not allowed here (only literals and db.command calls)")
         raise QueryError(f"query: unexpected {text or 'end of query'!r} at position {self.pos}")
 
@@ -273,6 +272,18 @@ class _Parser:
         self.pos = j
         return RegExp(pattern, flags)
 
+    def new_date(self) -> Any:
+        """``new Date()`` (now), ``new Date(ms)`` or ``new Date("ISO 8601")``: a date value."""
+        self.take()
+        if self.name() != "Date":
+            raise QueryError("query: only new Date(...) may be constructed")
+        args = self.args()
+        if not args:
+            return ServerDate()
+        if len(args) == 1 and isinstance(args[0], (int, float, str)) and not isinstance(args[0], bool):
+            return {"$date": args[0]}
+        raise QueryError("query: new Date() takes milliseconds or an ISO 8601 string")
+
     def command_call(self) -> Any:
         root = self.name()
         if root == "db":
@@ -285,8 +296,15 @@ class _Parser:
                 if 1 <= len(args) <= 2 and all(isinstance(a, str) for a in args):
                     return RegExp(*args)
                 raise QueryError("query: db.RegExp() needs {regexp, options}")
-            if member in ("serverDate", "Geo"):
-                raise QueryError(f"query: db.{member} is not supported by csbot's database")
+            if member == "serverDate":
+                args = self.args()
+                if not args:
+                    return ServerDate()
+                if len(args) == 1 and isinstance(args[0], dict) and set(args[0]) <= {"offset"}:
+                    return ServerDate(args[0].get("offset", 0))
+                raise QueryError("query: db.serverDate() takes nothing or {offset: milliseconds}")
+            if member == "Geo":
+                raise QueryError("query: db.Geo (geo queries) is not supported by csbot's database")
             if member != "command":
                 raise QueryError(f"query: db.{member} is not allowed here")
         self.take(".")

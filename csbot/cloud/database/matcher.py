@@ -19,19 +19,33 @@ Semantics (MongoDB's, as WeChat's database follows them):
   candidate exists (an explicit null exists), ``all`` requires each value (``all []`` never
   matches), ``mod`` truncates numbers to integers and keeps the dividend's sign (like C),
   ``regex`` looks at strings only.
+- Dates (``{"$date": ms}``: ``new Date``, ``db.serverDate()``) equal equal dates, compare only
+  with dates and sort after booleans (MongoDB's order).
+
+``$regex`` is matched with the ``regex`` package (``re``'s syntax and semantics) because it
+takes a timeout and releases the GIL: a hostile pattern (``(a|aa)+$``) against a long value
+backtracks exponentially, and Python's ``re`` can be neither interrupted nor bounded. A search
+gets ``REGEX_VALUE_SECONDS`` per value and, in SQLite (where it runs inside the database
+thread for every candidate row), ``REGEX_STATEMENT_SECONDS`` per statement; past either the
+query fails with :class:`RegexTooSlow` (400), never hangs the server.
 """
 
 from __future__ import annotations
 
-import re
+import threading
+import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Iterator
 
+import regex as _regex
+
+from csbot.cloud.database.errors import RegexTooSlow
 from csbot.cloud.database.query import (
     All, And, Cmp, Cond, CondAnd, CondNor, CondOr, ElemMatch, Eq, Exists, Field, In, MatchAll,
     Mod, Ne, Nin, Nor, Not, Or, Query, Regex, Size, regex_flags,
 )
-from csbot.cloud.database.values import equal, is_index, kind, same_kind_comparable
+from csbot.cloud.database.values import comparable_value, equal, is_index, kind, same_kind_comparable
 
 
 def matches(query: Query, doc: Any) -> bool:
@@ -98,8 +112,8 @@ def test(cond: Cond, xs: list[Any]) -> bool:
     if isinstance(cond, Ne):
         return not test(Eq(cond.value), xs)
     if isinstance(cond, Cmp):
-        return any(same_kind_comparable(x, cond.value) and _compare(cond.op, x, cond.value)
-                   for x in _expand(xs))
+        return any(same_kind_comparable(x, cond.value)
+                   and _compare(cond.op, comparable_value(x), comparable_value(cond.value)) for x in _expand(xs))
     if isinstance(cond, In):
         return any(test(Eq(v), xs) for v in cond.values)
     if isinstance(cond, Nin):
@@ -116,8 +130,7 @@ def test(cond: Cond, xs: list[Any]) -> bool:
         return any(kind(x) == "number" and c_remainder(int(x), cond.divisor) == cond.remainder
                    for x in _expand(xs))
     if isinstance(cond, Regex):
-        rx = _compiled(cond.pattern, cond.options)
-        return any(isinstance(x, str) and rx.search(x) is not None for x in _expand(xs))
+        return any(isinstance(x, str) and regex_search(cond.pattern, cond.options, x) for x in _expand(xs))
     if isinstance(cond, Not):
         return not test(cond.cond, xs)
     if isinstance(cond, CondAnd):
@@ -152,13 +165,62 @@ def c_remainder(a: int, d: int) -> int:
     return -r if a < 0 else r
 
 
+#: time one ``$regex`` search may take on one value, and all of one SQLite statement's searches
+REGEX_VALUE_SECONDS = 0.1
+REGEX_STATEMENT_SECONDS = 2.0
+_STATEMENTS_TRACKED = 256
+
+
 @lru_cache(maxsize=256)
-def _compiled(pattern: str, options: str) -> re.Pattern[str]:
-    return re.compile(pattern, regex_flags(options))
+def _compiled(pattern: str, options: str) -> Any:
+    # re.* flag values are the regex package's too (VERSION0: re's semantics)
+    return _regex.compile(pattern, regex_flags(options))
 
 
-def regexp_sql_function(pattern: str, options: str, value: Any) -> int | None:
-    """``csbot_regexp(pattern, options, value)`` registered on SQLite connections."""
+def regex_search(pattern: str, options: str, value: str, timeout: float = REGEX_VALUE_SECONDS) -> bool:
+    """Whether ``pattern`` occurs in ``value``; :class:`RegexTooSlow` past ``timeout`` seconds."""
+    try:
+        return _compiled(pattern, options).search(value, timeout=timeout) is not None
+    except TimeoutError:
+        raise RegexTooSlow() from None
+
+
+class _StatementBudgets:
+    """Seconds of regex search spent per SQLite statement (keyed by the statement's id)."""
+
+    def __init__(self) -> None:
+        self._spent: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def left(self, statement: str) -> float:
+        with self._lock:
+            return REGEX_STATEMENT_SECONDS - self._spent.get(statement, 0.0)
+
+    def spend(self, statement: str, seconds: float) -> None:
+        with self._lock:
+            self._spent[statement] = self._spent.get(statement, 0.0) + seconds
+            self._spent.move_to_end(statement)
+            while len(self._spent) > _STATEMENTS_TRACKED:
+                self._spent.popitem(last=False)
+
+
+_BUDGETS = _StatementBudgets()
+
+
+def regexp_sql_function(pattern: str, options: str, value: Any, statement: str | None = None) -> int | None:
+    """``csbot_regexp(pattern, options, value[, statement])`` registered on SQLite connections.
+
+    An exception here reaches the caller as SQLite's "user-defined function raised exception"
+    (the only function csbot registers); the store turns that into :class:`RegexTooSlow`."""
     if not isinstance(value, str):
         return None
-    return 1 if _compiled(pattern, options).search(value) else 0
+    if statement is None:
+        return 1 if regex_search(pattern, options, value) else 0
+    left = _BUDGETS.left(statement)
+    if left <= 0:
+        raise RegexTooSlow()
+    start = time.perf_counter()
+    try:
+        return 1 if regex_search(pattern, options, value, min(REGEX_VALUE_SECONDS, left)) else 0
+    finally:
+        _BUDGETS.spend(statement, time.perf_counter() - start)

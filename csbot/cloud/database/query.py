@@ -18,8 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import regex as _regex
+
 from csbot.cloud.database.errors import QueryError
-from csbot.cloud.database.values import normalize, split_path
+from csbot.cloud.database.values import DATE_KEY, is_date, normalize, split_path
 
 Path = tuple[str, ...]
 
@@ -148,6 +150,14 @@ class CondNor(Cond):
 # ----------------------------------------------------------------------------- parsing
 
 _COMPARISONS = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
+#: WeChat's commands csbot refuses by name (README, "What the database does not do")
+UNSUPPORTED_OPERATORS = {
+    "$geoNear": "geo queries", "$geoWithin": "geo queries", "$geoIntersects": "geo queries",
+    "$near": "geo queries", "$nearSphere": "geo queries", "$expr": "aggregation expressions",
+    "$where": "JavaScript conditions", "$text": "full-text search", "$jsonSchema": "schema queries",
+    "$type": "type queries", "$bitsAllSet": "bit queries", "$bitsAnySet": "bit queries",
+    "$bitsAllClear": "bit queries", "$bitsAnyClear": "bit queries",
+}
 _LOGIC = ("$and", "$or", "$nor")
 MAX_QUERY_NODES = 2000
 
@@ -195,6 +205,8 @@ def _parse_query(wire: Any, where: str, budget: _Budget, depth: int) -> Query:
 
 
 def _parse_field(path: tuple[str, ...], value: Any, where: str, budget: _Budget, depth: int) -> list[Query]:
+    if is_date_wire(value):  # {"$date": ...} is a value (new Date, db.serverDate()), not an operator
+        return [Field(path, Eq(normalize(value, where=where)))]
     if isinstance(value, dict) and value:
         ops = [k for k in value if isinstance(k, str) and k.startswith("$")]
         if len(ops) == len(value):
@@ -224,8 +236,9 @@ def _parse_ops(ops: dict[str, Any], where: str, budget: _Budget, depth: int) -> 
             conds.append(Ne(normalize(arg, where=w)))
         elif op in _COMPARISONS:
             arg = normalize(arg, where=w)
-            if arg is None or isinstance(arg, (list, dict)):
-                raise QueryError(f"{w}: compares with a number, a string or a boolean, got {_type_name(arg)}")
+            if arg is None or isinstance(arg, list) or isinstance(arg, dict) and not is_date(arg):
+                raise QueryError(f"{w}: compares with a number, a string, a boolean or a date, "
+                                 f"got {_type_name(arg)}")
             conds.append(Cmp(_COMPARISONS[op], arg))
         elif op in ("$in", "$nin"):
             if not isinstance(arg, list):
@@ -278,11 +291,15 @@ def _parse_ops(ops: dict[str, Any], where: str, budget: _Budget, depth: int) -> 
                 else:
                     subs.append(Eq(normalize(item, where=f"{w}[{i}]")))
             conds.append({"$and": CondAnd, "$or": CondOr, "$nor": CondNor}[op](tuple(subs)))
-        elif op in ("$date", "$geoNear", "$geoWithin", "$geoIntersects", "$expr"):
-            raise QueryError(f"{w}: {op} is not supported by csbot's database")
+        elif op in UNSUPPORTED_OPERATORS:
+            raise QueryError(f"{w}: {op} ({UNSUPPORTED_OPERATORS[op]}) is not supported by csbot's database")
         else:
             raise QueryError(f"{where}: unknown query operator {op!r}")
     return conds[0] if len(conds) == 1 else CondAnd(tuple(conds))
+
+
+def is_date_wire(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and DATE_KEY in value
 
 
 def make_regex(pattern: Any, options: Any, where: str) -> Regex:
@@ -295,7 +312,8 @@ def make_regex(pattern: Any, options: Any, where: str) -> Regex:
         raise QueryError(f"{where}: options may only combine 'i', 'm' and 's'")
     try:
         re.compile(pattern)
-    except re.error as exc:
+        _regex.compile(pattern)  # what csbot matches with (matcher.py): re's syntax, bounded in time
+    except (re.error, _regex.error) as exc:
         raise QueryError(f"{where}: not a valid regular expression: {exc}") from None
     return Regex(pattern, "".join(sorted(set(options))))
 

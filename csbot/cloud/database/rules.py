@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 
 from csbot.cloud.database.errors import PermissionDenied
 from csbot.cloud.database.query import Query, pinned_fields
-from csbot.cloud.database.values import equal, kind, same_kind_comparable
+from csbot.cloud.database.values import comparable_value, equal, kind, same_kind_comparable
 
 MAX_RULE_LENGTH = 1024
 OPERATIONS = ("read", "create", "update", "delete")
@@ -312,6 +312,7 @@ def evaluate(expr: Expr, env: Mapping[str, Any]) -> Any:
         return isinstance(right, list) and left is not None and any(equal(left, r) for r in right if r is not None)
     if not same_kind_comparable(left, right):
         return False
+    left, right = comparable_value(left), comparable_value(right)
     return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[expr.op]
 
 

@@ -13,6 +13,7 @@ Negations compile to ``(p) IS NOT TRUE`` so a NULL from a missing field counts a
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from csbot.cloud.database.query import (
     All, And, Cmp, Cond, CondAnd, CondNor, CondOr, ElemMatch, Eq, Exists, Field, In, MatchAll,
     Mod, Ne, Nin, Nor, Not, Or, Query, Regex, Size,
 )
-from csbot.cloud.database.values import dumps, is_index, kind
+from csbot.cloud.database.values import dumps, is_date, is_index, kind
 
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 TRUE = "1=1"
@@ -121,6 +122,10 @@ class SqliteDialect:
         return f"({s.type} = '{k}' AND {s.text} = {bind(dumps(value))})"
 
     def cmp(self, s: Scalar, op: str, value: Any, bind: Callable[[Any], str]) -> str:
+        if is_date(value):  # {"$date": ms}: an object; CASE keeps json_type off non-JSON text
+            ms = f"CASE WHEN {s.type} = 'object' THEN {s.text} END"
+            return (f"(json_type({ms}, '$.\"$date\"') IN ('integer','real') AND "
+                    f"json_extract({ms}, '$.\"$date\"') {_OPS[op]} {bind(value['$date'])})")
         k = kind(value)
         if k == "bool":
             return f"({s.type} IN ('true','false') AND {s.value} {_OPS[op]} {1 if value else 0})"
@@ -129,8 +134,10 @@ class SqliteDialect:
     def mod(self, s: Scalar, d: str, r: str) -> str:
         return f"({s.type} IN ('integer','real') AND CAST({s.value} AS INTEGER) % {d} = {r})"
 
-    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str]) -> str:
-        return f"({s.type} = 'text' AND csbot_regexp({bind(pattern)}, {bind(options)}, {s.value}) = 1)"
+    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str], statement: str) -> str:
+        # statement: this statement's id, so all its searches share one time budget (matcher.py)
+        return (f"({s.type} = 'text' AND csbot_regexp({bind(pattern)}, {bind(options)}, {s.value}, "
+                f"{statement}) = 1)")
 
     def size(self, node: Node, n: str) -> str:
         return f"({self.type_of(node)} = 'array' AND json_array_length({node.expr},{node.path}) = {n})"
@@ -138,10 +145,13 @@ class SqliteDialect:
     def order_keys(self, node: Node) -> list[str]:
         t = self.type_of(node)
         v = f"json_extract({node.expr},{node.path})"
+        date = self.scalar(self.child(node, "$date"))  # a date sorts after booleans, by its ms
         return [
-            f"CASE {t} WHEN 'integer' THEN 1 WHEN 'real' THEN 1 WHEN 'text' THEN 2 WHEN 'object' THEN 3 "
-            f"WHEN 'array' THEN 4 WHEN 'true' THEN 5 WHEN 'false' THEN 5 ELSE 0 END",
-            f"CASE WHEN {t} IN ('integer','real','true','false') THEN {v} END",
+            f"CASE WHEN {date.type} IN ('integer','real') THEN 6 ELSE CASE {t} WHEN 'integer' THEN 1 "
+            f"WHEN 'real' THEN 1 WHEN 'text' THEN 2 WHEN 'object' THEN 3 WHEN 'array' THEN 4 WHEN 'true' THEN 5 "
+            f"WHEN 'false' THEN 5 ELSE 0 END END",
+            f"CASE WHEN {t} IN ('integer','real','true','false') THEN {v} "
+            f"WHEN {date.type} IN ('integer','real') THEN {date.value} END",
             f"CASE WHEN {t} = 'text' THEN {v} END",
         ]
 
@@ -190,6 +200,10 @@ class PostgresDialect:
         return f"{s.value} = CAST({bind(dumps(value))} AS jsonb)"
 
     def cmp(self, s: Scalar, op: str, value: Any, bind: Callable[[Any], str]) -> str:
+        if is_date(value):  # {"$date": ms}
+            ms = f"({s.value} -> '$date')"
+            return (f"({s.type} = 'object' AND jsonb_typeof({ms}) = 'number' AND "
+                    f"{ms} {_OPS[op]} CAST({bind(dumps(value['$date']))} AS jsonb))")
         k = kind(value)
         if k == "string":
             return (f"({s.type} = 'string' AND ({s.value} #>> '{{}}') COLLATE \"C\" {_OPS[op]} "
@@ -200,7 +214,7 @@ class PostgresDialect:
         return (f"COALESCE(CASE WHEN {s.type} = 'number' THEN trunc(CAST({s.value} AS numeric)) % {d} = {r} "
                 f"END, FALSE)")
 
-    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str]) -> str:
+    def regex(self, s: Scalar, pattern: str, options: str, bind: Callable[[Any], str], statement: str) -> str:
         newline = {(False, False): "p", (False, True): "s", (True, False): "n", (True, True): "w"}[
             ("m" in options, "s" in options)]
         flags = newline + ("i" if "i" in options else "")
@@ -213,10 +227,11 @@ class PostgresDialect:
     def order_keys(self, node: Node) -> list[str]:
         e = self.expr(node)
         t = f"jsonb_typeof({e})"
+        ms = f"({e} -> '$date')"  # a date sorts after booleans, by its ms
         return [
-            f"CASE {t} WHEN 'number' THEN 1 WHEN 'string' THEN 2 WHEN 'object' THEN 3 WHEN 'array' THEN 4 "
-            f"WHEN 'boolean' THEN 5 ELSE 0 END",
-            f"CASE WHEN {t} IN ('number','boolean') THEN {e} END",
+            f"CASE WHEN {t} = 'object' AND jsonb_typeof({ms}) = 'number' THEN 6 ELSE CASE {t} WHEN 'number' "
+            f"THEN 1 WHEN 'string' THEN 2 WHEN 'object' THEN 3 WHEN 'array' THEN 4 WHEN 'boolean' THEN 5 ELSE 0 END END",
+            f"CASE WHEN {t} IN ('number','boolean') THEN {e} WHEN {t} = 'object' THEN {ms} END",
             f"CASE WHEN {t} = 'string' THEN ({e} #>> '{{}}') END COLLATE \"C\"",
         ]
 
@@ -243,12 +258,19 @@ class Compiler:
         self._prefix = prefix
         self._n = 0
         self._aliases = 0
+        self._statement: str | None = None
 
     def bind(self, value: Any) -> str:
         self._n += 1
         name = f"{self._prefix}{self._n}"
         self.params[name] = value
         return f":{name}"
+
+    def statement(self) -> str:
+        """A bound id unique to this statement (the SQLite regex time budget is per statement)."""
+        if self._statement is None:
+            self._statement = self.bind(uuid.uuid4().hex)
+        return self._statement
 
     def _alias(self) -> str:
         self._aliases += 1
@@ -329,7 +351,8 @@ class Compiler:
             dv, rv = self.bind(cond.divisor), self.bind(cond.remainder)
             return any_(lambda n: self._expand(n, lambda s: d.mod(s, dv, rv)))
         if isinstance(cond, Regex):
-            return any_(lambda n: self._expand(n, lambda s: d.regex(s, cond.pattern, cond.options, self.bind)))
+            return any_(lambda n: self._expand(n, lambda s: d.regex(s, cond.pattern, cond.options, self.bind,
+                                                                    self.statement())))
         if isinstance(cond, Not):
             return _not(self.cond(cond.cond, any_))
         if isinstance(cond, CondAnd):

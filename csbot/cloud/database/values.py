@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
+from datetime import datetime
 from typing import Any
 
 from csbot.cloud.database.errors import QueryError
@@ -44,6 +46,49 @@ def kind(value: Any) -> str:
     raise QueryError(f"unsupported value of type {type(value).__name__}")
 
 
+DATE_KEY = "$date"
+#: dates WeChat can hold: ±100,000,000 days around 1970, as JavaScript's Date
+MAX_DATE_MS = 8.64e15
+
+
+def is_date(value: Any) -> bool:
+    """A date as csbot keeps it: ``{"$date": <epoch milliseconds>}`` (MongoDB's extended JSON).
+
+    Data can hold no other ``$`` key, so any stored object with ``$date`` is a date."""
+    return (isinstance(value, dict) and len(value) == 1 and DATE_KEY in value
+            and isinstance(value[DATE_KEY], (int, float)) and not isinstance(value[DATE_KEY], bool))
+
+
+def _is_date_wire(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and DATE_KEY in value
+
+
+def normalize_date(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """``{"$date": ms | "ISO 8601" | {"offset": ms}}`` → ``{"$date": ms}``.
+
+    ``{"offset": ms}`` is ``db.serverDate({offset})``: the server's clock when the request is
+    parsed, plus the offset."""
+    arg = value[DATE_KEY]
+    if isinstance(arg, dict) and set(arg) <= {"offset"}:
+        offset = arg.get("offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+            raise QueryError(f"{where}: serverDate's offset must be a number of milliseconds")
+        arg = time.time() * 1000 + offset
+    elif isinstance(arg, str):
+        try:
+            parsed = datetime.fromisoformat(arg.replace("Z", "+00:00"))
+        except ValueError:
+            raise QueryError(f"{where}: $date {arg!r} is not an ISO 8601 date") from None
+        if parsed.tzinfo is None:
+            raise QueryError(f"{where}: $date {arg!r} needs a time zone (such as Z or +08:00)")
+        arg = parsed.timestamp() * 1000
+    if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg) \
+            or abs(arg) > MAX_DATE_MS:
+        raise QueryError(f"{where}: $date needs epoch milliseconds, an ISO 8601 string or "
+                         f"{{\"offset\": ms}} (serverDate)")
+    return {DATE_KEY: int(arg) if float(arg).is_integer() else round(arg, 3)}
+
+
 def normalize(value: Any, *, where: str = "value", data: bool = False, depth: int = 0) -> Any:
     """Validate a JSON value and return its canonical form.
 
@@ -69,6 +114,8 @@ def normalize(value: Any, *, where: str = "value", data: bool = False, depth: in
     if isinstance(value, (list, tuple)):
         return [normalize(v, where=f"{where}[{i}]", data=data, depth=depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
+        if _is_date_wire(value):
+            return normalize_date(value, where)
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
@@ -134,17 +181,20 @@ def equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-#: rank of each type in sort order (missing and null first)
-SORT_RANK = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
+#: rank of each type in sort order (missing and null first; dates last, as in MongoDB)
+SORT_RANK = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5, "date": 6}
 
 
 def sort_key(value: Any, missing: bool = False) -> tuple[int, Any]:
-    """Sort order of ``order_by``: missing/null < numbers < strings < objects < arrays < booleans.
+    """Sort order of ``order_by``: missing/null < numbers < strings < objects < arrays < booleans
+    < dates.
 
     Objects and arrays are not ordered among themselves (ties keep insertion order).
     """
     if missing or value is None:
         return (0, 0)
+    if is_date(value):
+        return (SORT_RANK["date"], value[DATE_KEY])
     k = kind(value)
     if k in ("number", "string", "bool"):
         return (SORT_RANK[k], value)
@@ -152,6 +202,14 @@ def sort_key(value: Any, missing: bool = False) -> tuple[int, Any]:
 
 
 def same_kind_comparable(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` order against each other (numbers, strings or booleans alike)."""
+    """Whether ``a`` and ``b`` order against each other (numbers, strings, booleans or dates
+    alike; compare them with :func:`comparable_value`)."""
+    if is_date(a) or is_date(b):
+        return is_date(a) and is_date(b)
     ka = kind(a)
     return ka == kind(b) and ka in ("number", "string", "bool")
+
+
+def comparable_value(value: Any) -> Any:
+    """What ``<`` compares: a date's milliseconds, else the value itself."""
+    return value[DATE_KEY] if is_date(value) else value

@@ -3,8 +3,8 @@
 Each example inserts a small set of generated documents into a fresh collection and runs a
 batch of generated queries (and one generated ordering) against it: the ids SQLite or
 PostgreSQL return must be exactly those the reference matcher selects, in the matcher's order.
-Values mix types on purpose (numbers, strings that look like numbers, booleans, null, nested
-arrays and objects), paths reach into arrays, and fields go missing.
+Values mix types on purpose (numbers, strings that look like numbers, booleans, null, dates,
+nested arrays and objects), paths reach into arrays, and fields go missing.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ scalars = st.one_of(
     st.sampled_from([0.5, -1.5, 2.25, 1e-7, 1.0]),
     st.text(alphabet="abAé中1\"\\\t", max_size=3),
     st.sampled_from(["1", "true", "", "a"]),
+    st.integers(-2, 2).map(lambda ms: {"$date": ms}),  # dates: compare only with dates, sort last
 )
 values = st.recursive(
     scalars,
@@ -41,7 +42,7 @@ values = st.recursive(
 documents = st.dictionaries(st.sampled_from(KEYS), values, max_size=4)
 paths = st.lists(st.sampled_from(KEYS + ["0"]), min_size=1, max_size=3).map(tuple)
 comparable = st.one_of(st.booleans(), st.integers(-3, 3), st.sampled_from([0.5, -1.5]),
-                       st.sampled_from(["", "a", "b", "1", "中"]))
+                       st.sampled_from(["", "a", "b", "1", "中"]), st.integers(-2, 2).map(lambda ms: {"$date": ms}))
 regexes = st.builds(q.Regex, st.sampled_from(["a", "^a", "a$", "a.", "[a1]", "A", "é", "中", "^$", "\\d"]),
                     st.sampled_from(["", "i"]))
 
