@@ -50,15 +50,18 @@ def _values(activity: Activity, now: float) -> dict[str, Any]:
             "transferred_at": now if activity.transferred else None}
 
 
-def _touch(dialect: str, *, returning: bool) -> Any:
-    def build(_: Any) -> Any:
-        stmt = (update(_CONV).where(_CONV.c.app == bindparam("c_app"), _CONV.c.openid == bindparam("c_openid"))
-                .values(last_message_at=bindparam("lma"),
-                        transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
-                        status=case((and_(_CONV.c.status == CLOSED, bindparam("reopen") == True), BOT),  # noqa: E712
-                                    else_=_CONV.c.status)))
-        return stmt.returning(_CONV.c.status) if returning else stmt
-    return cached(dialect, "touch_conversation_returning" if returning else "touch_conversation", build)
+def _touched() -> dict[str, Any]:
+    """What a push's activity sets on its conversation: last activity, a transfer, reopening."""
+    return dict(last_message_at=bindparam("lma"),
+                transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
+                status=case((and_(_CONV.c.status == CLOSED, bindparam("reopen") == True), BOT),  # noqa: E712
+                            else_=_CONV.c.status))
+
+
+def _touch(dialect: str) -> Any:
+    """One conversation's activity, by key (executemany over many conversations)."""
+    return cached(dialect, "touch_conversation", lambda _: update(_CONV).where(
+        _CONV.c.app == bindparam("c_app"), _CONV.c.openid == bindparam("c_openid")).values(_touched()))
 
 
 async def ensure(conn: Any, keys: Sequence[tuple[str, str]], now: float) -> None:
@@ -81,7 +84,7 @@ async def record_activity(conn: Any, activities: Sequence[Activity], now: float)
             values["transferred_at"] = now
     if latest:
         # rows in key order: two processes' batches never lock conversations in opposite orders
-        await conn.execute(_touch(conn.dialect.name, returning=False), [latest[k] for k in sorted(latest)])
+        await conn.execute(_touch(conn.dialect.name), [latest[k] for k in sorted(latest)])
 
 
 async def record_activity_and_statuses(conn: Any, activities: Sequence[Activity], now: float
@@ -99,11 +102,7 @@ async def record_activity_and_statuses(conn: Any, activities: Sequence[Activity]
 
     def build(_: Any) -> Any:
         return (update(_CONV).where(tuple_(_CONV.c.app, _CONV.c.openid).in_(bindparam("keys", expanding=True)))
-                .values(last_message_at=bindparam("lma"),
-                        transferred_at=func.coalesce(bindparam("transferred_at"), _CONV.c.transferred_at),
-                        status=case((and_(_CONV.c.status == CLOSED, bindparam("reopen") == True), BOT),  # noqa: E712
-                                    else_=_CONV.c.status))
-                .returning(_CONV.c.app, _CONV.c.openid, _CONV.c.status))
+                .values(_touched()).returning(_CONV.c.app, _CONV.c.openid, _CONV.c.status))
     stmt = cached(dialect, "touch_conversations_returning", build)
     out: dict[tuple[str, str], str] = {}
     for (reopen, transferred), keys in sorted(groups.items()):
@@ -119,8 +118,7 @@ async def record_activity_and_status(conn: Any, activity: Activity, now: float) 
     The UPDATE holds the row until commit, so a takeover cannot slip in between this read and
     the replies queued with it (it waits, and the replies were handled before it).
     """
-    row = (await conn.execute(_touch(conn.dialect.name, returning=True), _values(activity, now))).first()
-    return row.status if row is not None else None
+    return (await record_activity_and_statuses(conn, [activity], now)).get((activity.app, activity.openid))
 
 
 async def change(s: Any, conv: Conversation, status: str, *, agent: str | None, actor: str | None,

@@ -38,6 +38,7 @@ from csbot.routing import NEXT, Route, Router
 from csbot.statuses import INBOUND_UNSETTLED, OUTBOUND_UNSETTLED, ConversationStatus, InboundStatus
 from csbot.store import Conversation, Message, User
 from csbot.store.batch import BatchWriter
+from csbot.store.engine import read_connection
 from csbot.store.leases import Lease, LeaseKeeper, db_now
 from csbot.store.statements import cached as _cached, dialect_of as _dialect
 from csbot.store.users import remember_unionid
@@ -869,7 +870,7 @@ class Inbox:
         self._cursor = min(refused) - 1 if refused else max(self._cursor, rows[-1].id)
 
     async def _pending(self, *where: Any) -> Sequence[Any]:
-        async with self.sessionmaker.kw["bind"].connect() as conn:  # no ORM session: nothing to track
+        async with read_connection(self.sessionmaker) as conn:
             return (await conn.execute(
                 select(_MSG.c.id, _MSG.c.app, _MSG.c.openid, _MSG.c.msg_type, _MSG.c.event, _MSG.c.text,
                        _MSG.c.raw, _MSG.c.dedup_key, _MSG.c.attempts, _MSG.c.media_path, _MSG.c.file_id,

@@ -44,8 +44,8 @@ from csbot.messages import FALLBACK_KEY, NOTICE_TYPES, SubscribeMessage, Templat
 from csbot.statuses import OUTBOUND_DUE, OUTBOUND_UNDELIVERED, OUTBOUND_UNSETTLED, OutboundStatus
 from csbot.store import Conversation, Message
 from csbot.store.batch import BatchWriter
+from csbot.store.engine import read_connection
 from csbot.store.leases import Lease, LeaseKeeper, db_now
-from csbot.store.statements import dialect_of
 from csbot.subscriptions import consents_left, forget_consents, spend_consent
 
 log = logging.getLogger("csbot.outbox")
@@ -269,7 +269,7 @@ class Outbox:
 
     def _reads(self) -> Any:
         """A connection for the hot path's reads (no ORM session: nothing to track)."""
-        return self.sessionmaker.kw["bind"].connect()
+        return read_connection(self.sessionmaker)
 
     async def enqueue(self, app: str, openid: str, reply: Any, *, author: str,
                       in_reply_to: int | None = None, key: str | None = None) -> int | None:

@@ -59,6 +59,12 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
+def read_connection(sessionmaker: async_sessionmaker[AsyncSession]) -> Any:
+    """A plain connection of ``sessionmaker``'s engine, for hot-path reads: no ORM session
+    (nothing to track), and on SQLite no rollback round trip when it goes back to the pool."""
+    return sessionmaker.kw["bind"].connect()
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

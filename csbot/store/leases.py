@@ -133,11 +133,6 @@ async def take_leases(conn: Any, *, kind: str, keys: Sequence[tuple[str, str]], 
     return {(r.app, r.openid): r for r in (await conn.execute(take, params)).all()}
 
 
-async def take_lease(conn: Any, *, kind: str, app: str, openid: str, owner: str, seconds: float) -> Any | None:
-    """Take the ``kind`` lease of one lane: its row (``id``, ``status``) when ours, else None."""
-    return (await take_leases(conn, kind=kind, keys=[(app, openid)], owner=owner, seconds=seconds)).get((app, openid))
-
-
 async def ensure_conversations(conn: Any, keys: Iterable[tuple[str, str]], now: float) -> None:
     """Create the conversation rows that do not exist yet, in key order.
 

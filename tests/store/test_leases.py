@@ -2,32 +2,9 @@
 
 import time
 
-import pytest
 from sqlalchemy import text
 
-from csbot.store import make_engine, make_sessionmaker
-from csbot.store.batch import BatchWriter
 from csbot.store.leases import LeaseKeeper
-from csbot.store.migrate import upgrade_async
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'csbot.db'}"
-    else:
-        from tests.conftest import create_test_database
-
-        url, drop = await create_test_database()
-    await upgrade_async(url)
-    engine = make_engine(url)
-    writer = BatchWriter(make_sessionmaker(engine))
-    writer.start()
-    yield engine, writer
-    await writer.close()
-    await engine.dispose()
-    if request.param == "postgresql":
-        await drop()
 
 
 async def _lease_of(engine, openid: str) -> tuple:
